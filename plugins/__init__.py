@@ -1,0 +1,1 @@
+"""The built-in torch plugins of wml, registered through the ``wml`` entry-point group."""

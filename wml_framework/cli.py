@@ -1,0 +1,42 @@
+"""The ``wml`` command line: a click group; each command lives in ``wml_framework.commands``."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from . import __version__
+
+#: command name -> module in wml_framework.commands defining ``command``
+COMMANDS = {
+    "plugins": "plugins_cmd",
+    "run": "run_cmd",
+    "verify": "verify_cmd",
+    "init-peers": "init_peers_cmd",
+    "eval": "eval_cmd",
+    "report": "report_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when it is used (torch is slow to import)."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"wml_framework.commands.{COMMANDS[name]}")
+        return module.command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wml")
+def main() -> None:
+    """Compress a language model into a family of peers by weighted mutual learning."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,318 @@
+"""The one validated configuration object: defaults, TOML file, presets and CLI overrides.
+
+Names follow the seed model card (``learning_rate``, ``loss_alpha``, ``num_batches`` …).
+Every key carries its documentation and its allowed values, so that a bad value fails
+before any work starts with a message naming the key, the value and what is allowed, and
+so that ``docs/config.md`` is generated from this file rather than written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed; the message says which and why."""
+
+
+def _f(default: Any, help: str, *, low=None, high=None, low_open=False, high_open=False,  # noqa: A002
+       choices=None, plugin=None, group="general") -> Any:
+    meta = dict(help=help, low=low, high=high, low_open=low_open, high_open=high_open,
+                choices=choices, plugin=plugin, group=group)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class WMLConfig:
+    """Every setting of a run. Field metadata holds help text and allowed values."""
+
+    # -- what to run -----------------------------------------------------------------
+    init: str = _f("bayes", "Peer initializer plugin (`wml plugins`).", plugin="initializer", group="plugins")
+    updater: str = _f("mirror", "Peer-weight (ω) updater plugin.", plugin="updater", group="plugins")
+    loss: str = _f("wml", "Inner-loop loss plugin.", plugin="loss", group="plugins")
+    num_peers: int = _f(4, "Number of peers M; targets are N/2 … N/(M+1) of the teacher's N.", low=1, high=16, group="plugins")
+    peer_fractions: list = _f([], "Explicit peer sizes as fractions of the teacher (overrides num_peers).", group="plugins")
+
+    # -- data --------------------------------------------------------------------------
+    corpus: str = _f("default", "Text file, folder of .txt files, or 'default' (the corpus shipped in the package).", group="data")
+    vocab_size: int = _f(4096, "Vocabulary of the BPE tokenizer trained when no teacher tokenizer is given.", low=260, high=262144, group="data")
+    val_fraction: float = _f(0.05, "Fraction of the corpus held out (deterministic split at the end).", low=0.0, high=0.5, low_open=True, group="data")
+    block_size: int = _f(128, "Tokens per training sequence.", low=8, high=8192, group="data")
+    batch_size: int = _f(8, "Sequences per micro-batch.", low=1, high=4096, group="data")
+    num_batches: int = _f(1, "Micro-batches accumulated per optimizer step.", low=1, high=10000, group="data")
+
+    # -- teacher -----------------------------------------------------------------------
+    teacher: str = _f("", "Hugging Face model directory of the teacher; empty: train one first.", group="teacher")
+    teacher_family: str = _f("llama", "Family of the teacher trained when none is given.", choices=["llama", "gpt2"], group="teacher")
+    teacher_n_layer: int = _f(4, "Layers of the trained teacher.", low=1, high=64, group="teacher")
+    teacher_n_embd: int = _f(128, "Hidden size of the trained teacher.", low=8, high=8192, group="teacher")
+    teacher_n_head: int = _f(4, "Attention heads of the trained teacher.", low=1, high=128, group="teacher")
+    teacher_steps: int = _f(300, "Optimizer steps spent training the teacher.", low=0, high=10_000_000, group="teacher")
+    teacher_learning_rate: float = _f(3e-3, "Peak learning rate of the teacher's training.", low=0.0, high=10.0, low_open=True, group="teacher")
+
+    # -- optimisation (seed card names) ------------------------------------------------
+    num_epochs: int = _f(100, "Optimizer steps of the peers (each accumulates num_batches micro-batches).", low=1, high=10_000_000, group="optimization")
+    learning_rate: float = _f(3e-3, "Peak learning rate of the peers (AdamW).", low=0.0, high=10.0, low_open=True, group="optimization")
+    min_lr: float = _f(3e-4, "Learning rate at the end of the cosine decay.", low=0.0, high=10.0, group="optimization")
+    warmup_iters: int = _f(10, "Linear learning-rate warm-up steps.", low=0, high=10_000_000, group="optimization")
+    lr_decay_iters: int = _f(100, "Step at which the cosine decay reaches min_lr.", low=1, high=10_000_000, group="optimization")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay.", low=0.0, high=10.0, group="optimization")
+    beta1: float = _f(0.9, "AdamW β1.", low=0.0, high=1.0, high_open=True, group="optimization")
+    beta2: float = _f(0.95, "AdamW β2.", low=0.0, high=1.0, high_open=True, group="optimization")
+    grad_clip: float = _f(1.0, "Gradient-norm clip per peer (0 disables).", low=0.0, high=1e6, group="optimization")
+
+    # -- losses --------------------------------------------------------------------------
+    loss_alpha: float = _f(0.5, "α: weight of the distillation (KL) term in the WML loss.", low=0.0, high=1.0, group="loss")
+    temperature: float = _f(1.0, "Softmax temperature T of the KL terms.", low=0.0, high=100.0, low_open=True, group="loss")
+    kd_alpha: float = _f(0.5, "α_kd of teacher-guided distillation (weight of CE; Baby Llama convention).", low=0.0, high=1.0, group="loss")
+    kd_temperature: float = _f(2.0, "Temperature of teacher-guided distillation.", low=0.0, high=100.0, low_open=True, group="loss")
+
+    # -- peer weights (outer problem) ---------------------------------------------------
+    omega_lr: float = _f(0.25, "Peak mirror-descent step η.", low=0.0, high=1e3, group="omega")
+    omega_min_lr: float = _f(0.0025, "Final mirror-descent step η after cosine decay.", low=0.0, high=1e3, group="omega")
+    omega_warmup_iters: int = _f(2, "Outer steps of linear η warm-up.", low=0, high=10_000_000, group="omega")
+    omega_decay_iters: int = _f(50, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
+    outer_every: int = _f(5, "Run one outer (ω) update every this many optimizer steps.", low=1, high=10_000_000, group="omega")
+    hypergradient: str = _f("exact", "'exact' (one-step-unrolled, Theorem 1) or 'first_order' (L_2 at θ).", choices=["exact", "first_order"], group="omega")
+    fixed_omega: list = _f([], "Peer weights for the 'fixed' updater (normalised to sum 1).", group="omega")
+
+    # -- peer sizing / pruning -----------------------------------------------------------
+    bayesian_init_points: int = _f(10, "Random probes before Bayesian optimization (per peer).", low=1, high=10000, group="init")
+    bayesian_n_iter: int = _f(100, "Bayesian-optimization iterations (per peer).", low=0, high=100000, group="init")
+    prune_importance: str = _f("l1", "Importance used by structured pruning.", choices=["l1", "l2", "taylor"], group="init")
+    layer_bound: float = _f(0.9, "Largest fraction of any layer's units that pruning may remove.", low=0.0, high=1.0, low_open=True, high_open=True, group="init")
+
+    # -- evaluation, early stopping, run control --------------------------------------------
+    eval_interval: int = _f(10, "Evaluate held-out loss every this many steps.", low=1, high=10_000_000, group="run")
+    eval_batches: int = _f(4, "Held-out micro-batches per evaluation.", low=1, high=100000, group="run")
+    enable_early_stopping: bool = _f(True, "Stop when the ensemble's held-out loss stops improving.", group="run")
+    early_stopping_patience: int = _f(5, "Evaluations without improvement before stopping.", low=1, high=100000, group="run")
+    blimp: str = _f("default", "Folder of minimal-pair .jsonl files, or 'default' (the sample shipped), or '' to skip.", group="run")
+    blimp_limit: int = _f(0, "Pairs per paradigm evaluated at the end (0: all).", low=0, high=10_000_000, group="run")
+    checkpoint_interval: int = _f(25, "Write a resumable checkpoint every this many steps.", low=1, high=10_000_000, group="run")
+    seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
+    device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
+    bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
+
+    # -- API ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "WMLConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+
+#: named sets of overrides; ``babylm-champion`` is the seed card's champion configuration
+PRESETS: dict[str, dict[str, Any]] = {
+    "babylm-champion": dict(
+        weight_decay=0.1, beta1=0.9, beta2=0.95, bayesian_init_points=10, bayesian_n_iter=100,
+        grad_clip=1.0, prune_importance="l1", layer_bound=0.9, batch_size=3, block_size=512,
+        num_epochs=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
+        lr_decay_iters=200, min_lr=0.005, enable_early_stopping=True,
+    ),
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(WMLConfig)}
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool, "list": list}[str(f.type)]
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    m = f.metadata
+    if m["choices"]:
+        return "one of " + ", ".join(repr(c) for c in m["choices"])
+    if m["low"] is not None:
+        lo = ("(" if m["low_open"] else "[") + f"{m['low']}"
+        hi = f"{m['high']}" + (")" if m["high_open"] else "]")
+        return f"{_type_of(f).__name__} in {lo}, {hi}"
+    return _type_of(f).__name__
+
+
+def allowed_values(name: str) -> str:
+    """Human-readable description of what ``name`` accepts (for messages and docs)."""
+    return _allowed(FIELDS[name])
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Convert strings from the command line; reject wrong types from TOML."""
+    kind = _type_of(f)
+    bad = ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; expected {_allowed(f)}")
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            if kind is bool:
+                low = text.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise bad
+                return low in ("true", "1", "yes")
+            if kind is int:
+                return int(text)
+            if kind is float:
+                return float(text)
+            if kind is list:
+                return [float(x) for x in text.strip("[]").split(",") if x.strip()]
+        except ValueError:
+            raise bad from None
+    if kind is bool and not isinstance(value, bool):
+        raise bad
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if kind is str and not isinstance(value, str):
+        raise bad
+    if kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [float(x) for x in value]
+    return value
+
+
+def _check(f: dataclasses.Field, value: Any) -> None:
+    m = f.metadata
+    bad = ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; expected {_allowed(f)}")
+    if m["choices"] and value not in m["choices"]:
+        raise bad
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad
+        if m["low"] is not None and (value < m["low"] or (m["low_open"] and value == m["low"])):
+            raise bad
+        if m["high"] is not None and (value > m["high"] or (m["high_open"] and value == m["high"])):
+            raise bad
+
+
+def _check_plugins(cfg: WMLConfig) -> None:
+    from .plugins import get_host  # late: loading plugins is not needed to parse a file
+
+    host = get_host()
+    for f in dataclasses.fields(cfg):
+        kind = f.metadata["plugin"]
+        if kind:
+            valid = host.names(kind)
+            value = getattr(cfg, f.name)
+            if value not in valid:
+                raise ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; "
+                                  f"expected one of the registered {kind}s: {', '.join(valid)}")
+
+
+def _check_relations(cfg: WMLConfig) -> None:
+    if cfg.min_lr > cfg.learning_rate:
+        raise ConfigError(f"config key 'min_lr': value {cfg.min_lr!r} is not allowed; expected ≤ learning_rate ({cfg.learning_rate!r})")
+    if cfg.omega_min_lr > cfg.omega_lr:
+        raise ConfigError(f"config key 'omega_min_lr': value {cfg.omega_min_lr!r} is not allowed; expected ≤ omega_lr ({cfg.omega_lr!r})")
+    if cfg.teacher_n_embd % cfg.teacher_n_head:
+        raise ConfigError(f"config key 'teacher_n_embd': value {cfg.teacher_n_embd!r} is not allowed; "
+                          f"expected a multiple of teacher_n_head ({cfg.teacher_n_head})")
+    for frac in cfg.peer_fractions:
+        if not 0.0 < frac < 1.0:
+            raise ConfigError(f"config key 'peer_fractions': value {cfg.peer_fractions!r} is not allowed; "
+                              "expected fractions in (0, 1)")
+    if cfg.fixed_omega:
+        if any(w < 0 or not math.isfinite(w) for w in cfg.fixed_omega) or sum(cfg.fixed_omega) <= 0:
+            raise ConfigError(f"config key 'fixed_omega': value {cfg.fixed_omega!r} is not allowed; "
+                              "expected non-negative weights with a positive sum")
+    if cfg.updater == "fixed" and len(cfg.fixed_omega) != peer_count(cfg):
+        raise ConfigError(f"config key 'fixed_omega': value {cfg.fixed_omega!r} is not allowed; "
+                          f"the 'fixed' updater needs one weight per peer ({peer_count(cfg)})")
+
+
+def peer_count(cfg: WMLConfig) -> int:
+    return len(cfg.peer_fractions) if cfg.peer_fractions else cfg.num_peers
+
+
+def from_dict(values: dict[str, Any], *, check_plugins: bool = True) -> WMLConfig:
+    """Build and validate a config; unknown keys and bad values raise ConfigError."""
+    clean = {}
+    for key, value in values.items():
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} (see docs/config.md)")
+        f = FIELDS[key]
+        v = _coerce(f, value)
+        _check(f, v)
+        clean[key] = v
+    cfg = WMLConfig(**clean)
+    _check_relations(cfg)
+    if check_plugins:
+        _check_plugins(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, *, preset: str | None = None,
+         overrides: dict[str, Any] | None = None, check_plugins: bool = True) -> WMLConfig:
+    """Defaults, then the preset, then the TOML file, then CLI overrides (later wins)."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    if path:
+        p = Path(path)
+        try:
+            with p.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(p)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+        values.update(data)
+    values.update(overrides or {})
+    return from_dict(values, check_plugins=check_plugins)
+
+
+def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``["key=value", …]`` from ``--set`` options into a dict (values still strings)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def dumps(cfg: WMLConfig) -> str:
+    return tomli_w.dumps(cfg.to_dict())
+
+
+def save(cfg: WMLConfig, path: str | Path) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), dumps(cfg))
+
+
+def markdown_table() -> str:
+    """Every key with its group, default, allowed values and meaning (docs/config.md)."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    group = None
+    for f in dataclasses.fields(WMLConfig):
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            rows.append(f"| **{group}** | | | |")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        allowed = _allowed(f) if not f.metadata["plugin"] else f"a registered {f.metadata['plugin']}"
+        rows.append(f"| `{f.name}` | `{default!r}` | {allowed} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
