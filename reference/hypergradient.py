@@ -21,7 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .losses import ensemble_loss, ensemble_loss_grad_omega, wml_b_grads, wml_losses_grad
+from .losses import (
+    ensemble_loss,
+    ensemble_loss_grad_logits,
+    ensemble_loss_grad_omega,
+    wml_b_grads,
+    wml_losses_grad,
+)
 
 
 def _train(X_train, y_train, W):
@@ -80,20 +86,11 @@ def hypergradient(X_train, y_train, X_val, y_val, W, omega, alpha, T, gamma, *, 
     w = _checks.omega(omega, len(W1), simplex=check_simplex)
     zv = [x @ wi for x, wi in zip(Xv, W1)]
     direct = ensemble_loss_grad_omega(zv, y_val, w, check_simplex=check_simplex)
-    # ∇_{W'_i} L_2 = ω_i X_val,iᵀ G, with G = ∂CE/∂z_ens (one ensemble gradient shared by all peers)
-    G = ensemble_loss_grad_omega_logits(zv, y_val, w, check_simplex)
-    gL2 = [w[i] * Xv[i].T @ G for i in range(len(W1))]
+    # ∇_{W'_i} L_2 = X_val,iᵀ ∂L_2/∂z_i = ω_i X_val,iᵀ G, G = ∂CE/∂z_ens (ω enters here too)
+    gL2 = [x.T @ g for x, g in zip(Xv, ensemble_loss_grad_logits(zv, y_val, w, check_simplex=check_simplex))]
     dB = linear_b_grads(X_train, y_train, W, alpha, T)
     second = np.array([sum(float(np.sum(gL2[i] * dB[j][i])) for i in range(len(W1))) for j in range(len(W1))])
     return direct - gamma * second
-
-
-def ensemble_loss_grad_omega_logits(zv, y_val, w, check_simplex) -> np.ndarray:
-    """∂CE(z_ens, y)/∂z_ens; kept private-ish (helper for ``hypergradient``)."""
-    from .losses import cross_entropy_grad
-
-    z_ens = sum(wi * zi for wi, zi in zip(w, zv))
-    return cross_entropy_grad(z_ens, y_val)
 
 
 def hypergradient_first_order(X_val, y_val, W, omega, *, check_simplex=True) -> np.ndarray:

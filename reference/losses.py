@@ -23,7 +23,8 @@ def _flat(z: np.ndarray) -> np.ndarray:
 
 def _log_softmax_T(z2: np.ndarray, T: float, name: str) -> np.ndarray:
     """log s_T(z) row-wise, stable; refuses z/T overflowing (tiny T with huge logits)."""
-    zt = z2 / T
+    with np.errstate(over="ignore"):
+        zt = z2 / T
     if not np.all(np.isfinite(zt)):
         raise ValueError(f"{name} / T overflows float64 (T = {T} is too small for these logits)")
     return log_softmax(zt, axis=-1)
@@ -163,7 +164,8 @@ def wml_b_grads(logits, y, alpha, T=1.0) -> np.ndarray:
 # ---------------------------------------------------------------- §4 outer problem
 
 def _ensemble(zs, w) -> np.ndarray:
-    z = sum(wi * zi for wi, zi in zip(w, zs))
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = sum(wi * zi for wi, zi in zip(w, zs))
     if not np.all(np.isfinite(z)):
         raise ValueError("ensemble logits Σ ω_i z_i overflow float64")
     return z

@@ -21,7 +21,8 @@ def mirror_step(omega, g, eta) -> np.ndarray:
     w = _checks.omega(omega, None, simplex=True)
     g = _checks.vector(g, w.shape[0], "gradient g")
     eta = _checks.nonnegative(eta, "step size eta")
-    step = eta * g
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = eta * g
     if not np.all(np.isfinite(step)):
         raise ValueError(f"eta * g overflows float64 (eta = {eta}, max |g| = {np.max(np.abs(g))})")
     with np.errstate(divide="ignore"):

@@ -10,6 +10,7 @@ from . import __version__
 
 #: command name -> module in wml_framework.commands defining ``command``
 COMMANDS = {
+    "config": "config_cmd",
     "plugins": "plugins_cmd",
     "run": "run_cmd",
     "verify": "verify_cmd",

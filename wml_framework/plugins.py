@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable
 
@@ -64,12 +64,6 @@ class Entry:
     help: str = ""
 
 
-@dataclass
-class _Source:
-    distribution: str
-    entry_point: str
-
-
 def blocked_plugins() -> set[str]:
     """Plugin names blocked through the ``WML_BLOCK_PLUGINS`` variable (comma separated)."""
     return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
@@ -81,7 +75,7 @@ class PluginHost:
     def __init__(self, load_entry_points: bool = True):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self._sources: dict[str, _Source] = {}
+        self._sources: dict[str, str] = {}  # plugin name -> 'distribution version'
         self._tables: dict[str, dict[str, Entry]] | None = None
         for name in blocked_plugins():
             self.pm.set_blocked(name)
@@ -118,9 +112,12 @@ class PluginHost:
             raise PluginError(name, "register", "a plugin of this name is already registered")
         try:
             self.pm.register(plugin, name=name)
+            self.pm.check_pending()  # a misspelled hook name is an error now, not silence later
         except (ValueError, pluggy.PluginValidationError) as exc:
+            if self.pm.get_plugin(name) is not None:
+                self.pm.unregister(name=name)
             raise PluginError(name, "register", str(exc)) from exc
-        self._sources[name] = _Source(distribution, name)
+        self._sources[name] = distribution
         self._tables = None
 
     def unregister(self, name: str) -> None:
@@ -162,8 +159,7 @@ class PluginHost:
         return tables
 
     def _dist(self, plugin: str) -> str:
-        src = self._sources.get(plugin)
-        return src.distribution if src else "(registered in code)"
+        return self._sources.get(plugin, "(registered in code)")
 
     @property
     def tables(self) -> dict[str, dict[str, Entry]]:

@@ -8,6 +8,9 @@ import click
 
 from ..plugins import KIND_HOOKS, get_host
 
+PLURALS = {"family": "model families", "initializer": "peer initializers", "loss": "losses",
+           "updater": "weight updaters", "evaluator": "evaluators"}
+
 
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -25,7 +28,7 @@ def command(as_json: bool) -> None:
         click.echo(json.dumps({"kinds": list(KIND_HOOKS), "plugins": data}, indent=2))
         return
     for kind, rows in data.items():
-        click.secho(f"{kind}s", bold=True)
+        click.secho(PLURALS[kind], bold=True)
         if not rows:
             click.echo("  (none)")
         width = max((len(r["name"]) for r in rows), default=0)

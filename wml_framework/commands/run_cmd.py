@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .. import config as cfgmod
@@ -39,11 +37,21 @@ def resolve_config(config_path, preset, overrides, **named) -> cfgmod.WMLConfig:
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), help="Continue an interrupted run.")
 def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, out, resume_dir) -> None:
     """Train a family of peers with weighted mutual learning."""
+    from .. import runner
+    from ..teacher import TeacherError
+
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress goes to stderr, results to stdout
     try:
-        cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss,
-                             teacher=teacher, corpus=corpus)
-    except cfgmod.ConfigError as exc:
+        if resume_dir:
+            given = [n for n, v in dict(config=config_path, preset=preset, set=overrides, init=init, updater=updater,
+                                        loss=loss, teacher=teacher, corpus=corpus, out=out).items() if v]
+            if given:
+                raise click.UsageError(f"--resume continues a run with its saved config; drop {', '.join('--' + g for g in given)}")
+            run_dir = runner.resume(resume_dir, log=log)
+        else:
+            cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss,
+                                 teacher=teacher, corpus=corpus)
+            run_dir = runner.start(cfg, out, log=log)
+    except (cfgmod.ConfigError, runner.RunError, TeacherError) as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo("training is not implemented yet (configuration is valid):", err=True)
-    click.echo(cfgmod.dumps(cfg), err=True)
-    sys.exit(3)
+    click.echo(str(run_dir))

@@ -1,0 +1,97 @@
+"""The validated configuration: defaults, presets, TOML files, overrides and error messages."""
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wml_framework import config as cfgmod
+from wml_framework.config import ConfigError, WMLConfig
+
+
+def test_defaults_validate():
+    cfg = cfgmod.load(check_plugins=False)
+    assert cfg == WMLConfig()
+
+
+def test_champion_preset_is_the_seed_card():
+    cfg = cfgmod.load(preset="babylm-champion", check_plugins=False)
+    card = dict(weight_decay=0.1, beta1=0.9, beta2=0.95, bayesian_init_points=10, bayesian_n_iter=100,
+                grad_clip=1.0, prune_importance="l1", layer_bound=0.9, batch_size=3, block_size=512,
+                num_epochs=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
+                lr_decay_iters=200, min_lr=0.005, enable_early_stopping=True)
+    assert {k: getattr(cfg, k) for k in card} == card
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('loss_alpha = 0.3\nnum_peers = 2\ncorpus = "x.txt"\n')
+    cfg = cfgmod.load(path, overrides=cfgmod.parse_overrides(["num_peers=3", "enable_early_stopping=false"]),
+                      check_plugins=False)
+    assert (cfg.loss_alpha, cfg.num_peers, cfg.corpus, cfg.enable_early_stopping) == (0.3, 3, "x.txt", False)
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("loss_alpha", 1.5, "float in [0.0, 1.0]"),
+    ("layer_bound", 1.0, "(0.0, 1.0)"),
+    ("temperature", 0, "(0.0, 100.0]"),
+    ("num_peers", 0, "int in [1, 16]"),
+    ("num_peers", 2.5, "int"),
+    ("device", "tpu", "'auto', 'cpu', 'cuda'"),
+    ("learning_rate", float("nan"), "float"),
+    ("enable_early_stopping", "maybe", "bool"),
+])
+def test_bad_values_name_key_value_and_range(key, value, needle):
+    with pytest.raises(ConfigError) as err:
+        cfgmod.from_dict({key: value}, check_plugins=False)
+    msg = str(err.value)
+    assert repr(key) in msg and (repr(value) in msg or str(value) in msg) and needle in msg
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="unknown config key 'los_alpha'.*'loss_alpha'"):
+        cfgmod.from_dict({"los_alpha": 0.5}, check_plugins=False)
+
+
+def test_plugin_names_are_checked_against_the_registry():
+    with pytest.raises(ConfigError, match="'updater'.*'nope'.*registered updaters"):
+        cfgmod.from_dict({"updater": "nope"})
+
+
+def test_relations_between_keys():
+    with pytest.raises(ConfigError, match="min_lr"):
+        cfgmod.from_dict({"learning_rate": 0.01, "min_lr": 0.1}, check_plugins=False)
+    with pytest.raises(ConfigError, match="fixed_omega"):
+        cfgmod.from_dict({"updater": "fixed", "num_peers": 3, "fixed_omega": [1, 1]}, check_plugins=False)
+
+
+def test_bad_toml_file_is_reported(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("loss_alpha = = 2")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        cfgmod.load(path, check_plugins=False)
+    with pytest.raises(ConfigError, match="does not exist"):
+        cfgmod.load(tmp_path / "missing.toml", check_plugins=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(alpha=st.floats(0, 1), peers=st.integers(1, 16), seed=st.integers(0, 2**32 - 1))
+def test_saved_config_round_trips(tmp_path_factory, alpha, peers, seed):
+    cfg = cfgmod.from_dict({"loss_alpha": alpha, "num_peers": peers, "seed": seed}, check_plugins=False)
+    path = tmp_path_factory.mktemp("cfg") / "config.toml"
+    cfgmod.save(cfg, path)
+    assert cfgmod.load(path, check_plugins=False) == cfg
+
+
+def test_every_key_is_documented():
+    table = cfgmod.markdown_table()
+    for f in dataclasses.fields(WMLConfig):
+        assert f"`{f.name}`" in table and f.metadata["help"]
+
+
+def test_docs_config_md_is_current():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
+    assert cfgmod.markdown_table() in doc, "regenerate docs/config.md from `wml config --markdown`"

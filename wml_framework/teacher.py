@@ -1,0 +1,97 @@
+"""The teacher: a Hugging Face causal LM loaded from a folder, or a small one trained first."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .config import WMLConfig
+from .data import TokenData
+from .plugins import PluginHost
+from .schedules import warmup_cosine
+
+
+class TeacherError(ValueError):
+    """The teacher folder is missing, not a model, or of a family no plugin knows."""
+
+
+def family_for(host: PluginHost, hf_config):
+    """The registered model family whose ``model_type`` matches a Hugging Face config."""
+    names = host.names("family")
+    for name in names:
+        family = host.create("family", name)
+        if family.model_type == hf_config.model_type:
+            return family
+    raise TeacherError(f"no model family plugin handles model_type {hf_config.model_type!r}; "
+                       f"registered families: {', '.join(names) or '(none)'}")
+
+
+def check_teacher_dir(path: str | Path) -> Path:
+    """Fail early, before any work, when ``path`` is not a Hugging Face model folder."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise TeacherError(f"teacher {str(p)!r} is not a directory")
+    if not (p / "config.json").is_file():
+        raise TeacherError(f"teacher {str(p)!r} has no config.json: not a Hugging Face model folder")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise TeacherError(f"teacher {str(p)!r} has no weights (*.safetensors or *.bin)")
+    return p
+
+
+def load_teacher(path: str | Path, dtype=torch.float32):
+    """Model (eval mode) and, when the folder has one, its tokenizer (else ``None``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = check_teacher_dir(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TeacherError(f"teacher {str(p)!r} cannot be loaded as a causal LM: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    return model.eval(), tokenizer
+
+
+def new_teacher(family, cfg: WMLConfig, tokenizer, max_positions: int):
+    """A freshly initialised teacher of the configured size, in the configured family."""
+    from transformers import AutoModelForCausalLM
+
+    hidden = cfg.teacher_n_embd
+    ffn = 4 * hidden if cfg.teacher_family == "gpt2" else 16 * round(8 * hidden / 3 / 16)
+    hf_config = family.make_config(
+        vocab_size=len(tokenizer), n_layer=cfg.teacher_n_layer, n_head=cfg.teacher_n_head,
+        head_dim=hidden // cfg.teacher_n_head, ffn=ffn, max_positions=max_positions,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(cfg.seed)
+    return AutoModelForCausalLM.from_config(hf_config)
+
+
+def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, log=print):
+    """Plain next-token training (AdamW, warm-up + cosine), the same recipe as the peers."""
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.teacher_learning_rate, betas=(cfg.beta1, cfg.beta2),
+                            weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    steps = cfg.teacher_steps
+    warmup = min(cfg.warmup_iters, steps // 10)
+    t0, report_every = time.time(), max(1, steps // 10)
+    for step in range(steps):
+        lr = warmup_cosine(step, cfg.teacher_learning_rate, cfg.teacher_learning_rate / 10, warmup, steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
+        loss = torch.nn.functional.cross_entropy(
+            model(input_ids=x.to(device)).logits.flatten(0, 1).float(), y.to(device).flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        if (step + 1) % report_every == 0 or step + 1 == steps:
+            log(f"teacher: step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+    return model.eval()
