@@ -116,8 +116,10 @@ def labels(y, z_shape: tuple, name: str = "labels") -> tuple[np.ndarray, np.ndar
 def peers(logit_list, name: str = "logits") -> list[np.ndarray]:
     """M >= 1 peer logit arrays, all of one shape (same token count and vocabulary)."""
     if isinstance(logit_list, np.ndarray):
-        if logit_list.ndim < 2:
-            raise ValueError(f"{name} must be a list of M peer arrays of shape (n, V), got shape {logit_list.shape}")
+        if logit_list.ndim < 3:
+            raise ValueError(
+                f"{name} must be a list of M peer arrays or one (M, n, V) array, got an array of shape {logit_list.shape}"
+            )
         items = list(logit_list)
     else:
         try:

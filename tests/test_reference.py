@@ -26,7 +26,7 @@ import wml_reference as R
 # A silent overflow/NaN inside the oracle would show up as a RuntimeWarning: make it fail.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
-FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ============================================================ naive implementation (from method.md)
@@ -517,6 +517,7 @@ BAD = {
     "peers vocab": (lambda: R.wml_losses([Z[0], Z[1][:, :4]], Y, [0.5, 0.5], 0.5), "peers disagree"),
     "peers tokens": (lambda: R.wml_losses_grad([Z[0], Z[1][:3]], Y, [0.5, 0.5], 0.5), "peers disagree"),
     "no peers": (lambda: R.ensemble_loss([], Y, []), "at least one peer"),
+    "peers as one 2-D array": (lambda: R.wml_losses(Z[0], Y, OM, 0.5), r"\(M, n, V\) array"),
     "omega length": (lambda: R.wml_losses(Z, Y, [0.5, 0.5], 0.5), "length M = 3"),
     "omega negative": (lambda: R.ensemble_loss(Z, Y, [-0.2, 0.7, 0.5]), "negative"),
     "omega sum": (lambda: R.ensemble_loss_grad_omega(Z, Y, [0.2, 0.3, 0.4]), "sum to"),
