@@ -23,6 +23,7 @@ from .io import atomic_write_bytes, atomic_write_json
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPLIT_CHUNK = 2048  # tokens; every k-th chunk is held out, so every book is in both splits
+MIN_SPLIT_CHUNK = 64  # smaller corpora get smaller chunks, so that ~8 of them are held out
 
 
 def default_corpus_dir() -> Path:
@@ -70,6 +71,14 @@ def _fingerprint(files: list[Path], *extra: object) -> str:
     for e in extra:
         h.update(repr(e).encode())
     return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides a tokenizer's ids (its whole serialized form)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = repr((tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer)))
+    return hashlib.sha256((text + extra).encode("utf-8")).hexdigest()[:16]
 
 
 def train_tokenizer(docs: list[str], vocab_size: int):
@@ -125,8 +134,11 @@ class TokenData:
 
 def _split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     period = max(2, round(1.0 / val_fraction))
-    chunks = np.arange(len(ids)) // SPLIT_CHUNK
-    is_val = (chunks % period) == period - 1
+    chunk = int(np.clip(len(ids) // (period * 8), MIN_SPLIT_CHUNK, SPLIT_CHUNK))
+    is_val = ((np.arange(len(ids)) // chunk) % period) == period - 1
+    if not is_val.any() or is_val.all():
+        raise ValueError(f"the corpus has only {len(ids)} tokens: too few for a held-out split "
+                         f"(val_fraction {val_fraction}); use a larger corpus")
     return ids[~is_val], ids[is_val]
 
 
@@ -142,7 +154,7 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None,
             cache: Path | None = None, log=print) -> TokenData:
     """Tokenizer (trained unless given) and cached token streams for a corpus."""
     files = corpus_files(corpus)
-    key_extra = ("given", getattr(tokenizer, "name_or_path", ""), len(tokenizer)) if tokenizer else ("bpe", vocab_size)
+    key_extra = ("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size)
     key = _fingerprint(files, key_extra, val_fraction, SPLIT_CHUNK)
     where = (cache or cache_dir()) / "tokens" / key
     meta_path = where / "meta.json"

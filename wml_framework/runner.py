@@ -39,6 +39,9 @@ def peer_targets(n_teacher: int, cfg: WMLConfig) -> list[int]:
 
 
 def _save_model(model, tokenizer, path: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display is enough
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -54,6 +57,9 @@ def _prepare_teacher(cfg: WMLConfig, run_dir: Path, host: PluginHost, device, lo
         teacher, tokenizer = load_teacher(cfg.teacher)
         if tokenizer is None:
             raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
+        from .scoring import with_bos
+
+        tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
         data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
     else:
         data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, log=log)

@@ -190,6 +190,43 @@ def sentence_logprobs(model: nn.Module, tokenizer, sentences: Sequence[str], *, 
                              progress=progress, desc=desc)
 
 
+def bos_token_id(tokenizer) -> int | None:
+    """The token scoring prepends: ``bos_token``, else ``eos_token`` (GPT-2 style)."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether plain ``tokenizer(text)`` already starts with BOS, which the BabyLM pipeline's
+    causal backend relies on to score a sentence's first word."""
+    bos = bos_token_id(tokenizer)
+    ids = tokenizer("a")["input_ids"]
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
+def with_bos(tokenizer):
+    """A copy of a fast tokenizer whose encodings start with BOS (its ``bos_token``, else its
+    ``eos_token``), so that a folder saved with it scores in the BabyLM pipeline as in ``wml eval``.
+    Returns the tokenizer itself when it already adds BOS."""
+    import copy
+
+    from tokenizers import processors
+
+    if tokenizer_adds_bos(tokenizer):
+        return tokenizer
+    token = tokenizer.bos_token or tokenizer.eos_token
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if token is None or backend is None:
+        raise ValueError("cannot make this tokenizer add BOS: it needs a fast backend and a bos or eos token")
+    out = copy.deepcopy(tokenizer)
+    template = processors.TemplateProcessing(single=f"{token} $A", pair=f"{token} $A {token} $B",
+                                             special_tokens=[(token, tokenizer.convert_tokens_to_ids(token))])
+    existing = out.backend_tokenizer.post_processor
+    out.backend_tokenizer.post_processor = template if existing is None else processors.Sequence([existing, template])
+    if out.bos_token is None:
+        out.bos_token = token
+    return out
+
+
 def pad_token_id(tokenizer) -> int:
     """Any id works for padding (masked, never a target); prefer the tokenizer's own."""
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):

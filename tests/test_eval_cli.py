@@ -1,0 +1,151 @@
+"""``wml eval`` on a synthetic run folder and on a single model folder, in process and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from wml_framework import hookimpl, scoring
+from wml_framework.cli import main
+from wml_framework.plugins import get_host
+from wml_plugins.eval_synthetic import synthetic_pairs, synthetic_sentences, write_minimal_pairs, write_synthetic_run
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    info = write_synthetic_run(root / "run", num_peers=3, steps=20)
+    text = "\n\n".join(" ".join(synthetic_sentences(6, seed=k)) for k in range(1500))
+    (root / "corpus.txt").write_text(text, encoding="utf-8")
+    return {"root": root, "run": root / "run", "corpus": root / "corpus.txt", "cache": root / "cache", **info}
+
+
+@pytest.fixture(autouse=True)
+def cache(workspace, monkeypatch):
+    monkeypatch.setenv("WML_CACHE_DIR", str(workspace["cache"]))
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_eval_run_folder_scores_peers_ensemble_and_teacher(workspace):
+    run = workspace["run"]
+    result = run_cli("eval", run, "--corpus", workspace["corpus"], "--limit", 5, "--max-blocks", 3, "--block-size", 16)
+    assert result.exit_code == 0, result.output
+    out = json.loads((run / "eval.json").read_text())
+    assert list(out["models"]) == ["peer_0", "peer_1", "peer_2", "ensemble", "teacher"]
+    assert out["kind"] == "run" and out["omega_source"] == "summary.json"
+    assert out["minimal_pairs"]["pairs"] == 8 * 5 and out["minimal_pairs"]["malformed"] == []
+    for name, m in out["models"].items():
+        assert m["minimal_pairs"]["pairs"] == 40 and len(m["minimal_pairs"]["uids"]) == 8
+        assert (m["perplexity"]["blocks"], m["perplexity"]["tokens"]) == (3, 48)
+        assert m["perplexity"]["ppl"] == pytest.approx(math.exp(m["perplexity"]["loss"]))
+    assert out["models"]["ensemble"]["members"] == ["peer_0", "peer_1", "peer_2"]
+    assert [out["models"][n]["omega"] for n in ("peer_0", "peer_1", "peer_2")] == pytest.approx(out["omega"])
+    assert out["models"]["peer_1"]["parameters"] == workspace["parameters"][1]
+    # the command's numbers are the scorer's numbers
+    teacher = scoring.load_model(run / "teacher")
+    direct = scoring.score_minimal_pairs(teacher, scoring.load_tokenizer(run / "teacher"),
+                                         out["minimal_pairs"]["source"], limit=5)
+    assert out["models"]["teacher"]["minimal_pairs"]["correct"] == direct["correct"]
+    # terminal table: every model, the champion starred, and per-paradigm accuracy
+    for name in out["models"]:
+        assert name in result.stdout
+    assert f"{workspace['champion']} ★" in result.stdout and "per paradigm" in result.stdout
+    assert "wrote" in result.stderr
+
+
+def test_eval_model_folder_reports_malformed_lines(workspace, tmp_path):
+    blimp = write_minimal_pairs(tmp_path / "pairs", {"agreement": synthetic_pairs(6, seed=1, uid="agreement")})
+    lines = (blimp / "agreement.jsonl").read_text().splitlines()
+    lines.insert(2, '{"sentence_good": "Alice sees a door.", "sentence_bad": ')  # line 3
+    (blimp / "agreement.jsonl").write_text("\n".join(lines) + "\n")
+    target = tmp_path / "out" / "scores.json"
+    result = run_cli("eval", workspace["run"] / "peers" / "peer_1", "--blimp", blimp, "--corpus", "none",
+                     "--json-out", target, "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    assert f"{blimp / 'agreement.jsonl'}:3: malformed" in result.stderr
+    out = json.loads(target.read_text())
+    assert out["kind"] == "model" and list(out["models"]) == ["peer_1"]
+    assert out["minimal_pairs"]["malformed"] == [{"file": str(blimp / "agreement.jsonl"), "line": 3,
+                                                  "reason": out["minimal_pairs"]["malformed"][0]["reason"]}]
+    assert "not valid JSON" in out["minimal_pairs"]["malformed"][0]["reason"]
+    model = out["models"]["peer_1"]
+    assert model["minimal_pairs"]["pairs"] == 6 and "perplexity" not in model
+    assert out["settings"]["corpus"] is None
+
+
+def test_eval_errors_are_clear(workspace, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("eval", empty)
+    assert result.exit_code == 2 and "neither a run folder" in result.output
+    result = run_cli("eval", workspace["run"], "--evaluator", "nope")
+    assert result.exit_code == 2 and "unknown evaluator 'nope'" in result.output and "minimal_pairs" in result.output
+    result = run_cli("eval", workspace["run"], "--blimp", empty, "--corpus", "none")
+    assert result.exit_code == 1 and "no .jsonl files" in result.output and "plugin 'evaluators'" in result.output
+
+
+class CountingEvaluatorPlugin:
+    """A third-party evaluator, registered the way an installed package's plugin would be."""
+
+    @hookimpl
+    def wml_register_evaluators(self, register):
+        def make(cfg, **_options):
+            return lambda model, tokenizer, **_kw: {"vocab": len(tokenizer), "corpus": cfg.corpus}
+
+        register("vocab_size", make, help="Vocabulary size (test plugin).")
+
+
+def test_third_party_evaluator_runs_through_wml_eval(workspace, tmp_path):
+    host = get_host()
+    assert {"perplexity", "minimal_pairs"} <= set(host.names("evaluator"))
+    host.register(CountingEvaluatorPlugin(), "counting-test")
+    try:
+        target = tmp_path / "e.json"
+        result = run_cli("eval", workspace["run"] / "champion", "--evaluator", "vocab_size", "--json-out", target)
+        assert result.exit_code == 0, result.output
+        out = json.loads(target.read_text())
+        assert out["settings"]["evaluators"] == ["vocab_size"]
+        assert out["models"]["champion"]["vocab_size"] == {"vocab": len(workspace["tokenizer"]), "corpus": "default"}
+    finally:
+        host.unregister("counting-test")
+
+
+def test_eval_as_a_subprocess(workspace, tmp_path):
+    target = tmp_path / "eval.json"
+    env = {**os.environ, "WML_CACHE_DIR": str(workspace["cache"])}
+    proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "eval", str(workspace["run"] / "peers" / "peer_2"),
+                           "--corpus", str(workspace["corpus"]), "--max-blocks", "2", "--block-size", "16",
+                           "--limit", "3", "--json-out", str(target)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "min. pairs (macro)" in proc.stdout and "peer_2" in proc.stdout
+    assert "seq/s" not in proc.stderr  # no progress bars when stderr is not a terminal
+    out = json.loads(target.read_text())
+    assert out["models"]["peer_2"]["minimal_pairs"]["pairs"] == 24
+    assert out["models"]["peer_2"]["perplexity"]["blocks"] == 2
+
+
+def test_thread_policy(monkeypatch):
+    import torch
+
+    from wml_framework.commands.eval_cmd import choose_threads
+
+    assert choose_threads("3") == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))
+    assert choose_threads("auto") == 1  # every core already busy: one thread
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert choose_threads("auto") == torch.get_num_threads()
+    result = run_cli("eval", ".", "--threads", "0")
+    assert result.exit_code == 2 and "--threads" in result.output
+    result = run_cli("eval", ".", "--threads", "many")
+    assert result.exit_code == 2 and "'many'" in result.output

@@ -1,0 +1,171 @@
+"""``wml run`` end to end on a tiny generated corpus: the folder it writes, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from wml_framework import config as cfgmod
+from wml_framework import hookimpl, runner
+from wml_framework.cli import main
+from wml_framework.plugins import get_host
+
+TINY = {
+    "vocab_size": 300, "block_size": 32, "batch_size": 4, "num_batches": 1,
+    "teacher_n_layer": 2, "teacher_n_embd": 32, "teacher_n_head": 2, "teacher_steps": 40,
+    "num_peers": 2, "num_epochs": 12, "warmup_iters": 2, "lr_decay_iters": 12,
+    "learning_rate": 3e-3, "min_lr": 3e-4, "outer_every": 2, "eval_interval": 4, "eval_batches": 2,
+    "bayesian_init_points": 3, "bayesian_n_iter": 4, "checkpoint_interval": 4, "blimp_limit": 5,
+    "enable_early_stopping": False, "device": "cpu", "omega_lr": 1.0, "omega_min_lr": 0.1,
+}
+
+
+def toy_corpus(path: Path, sentences: int = 3000, seed: int = 0) -> Path:
+    """A learnable toy language: agreement between subject and verb, a few nouns and verbs."""
+    rnd = random.Random(seed)
+    nouns = ["cat", "dog", "bird", "girl", "boy", "king", "fox"]
+    verbs = ["sees", "likes", "finds", "helps"]
+    lines = []
+    for _ in range(sentences):
+        a, b = rnd.choice(nouns), rnd.choice(nouns)
+        plural = rnd.random() < 0.5
+        verb = rnd.choice(verbs)
+        subject = f"the {a}s" if plural else f"the {a}"
+        verb = verb[:-1] if plural else verb
+        lines.append(f"{subject} {verb} the {b}.")
+    text = "\n\n".join(" ".join(lines[i:i + 5]) for i in range(0, len(lines), 5))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return toy_corpus(tmp_path_factory.mktemp("corpus") / "toy.txt")
+
+
+def tiny_config(corpus: Path, **changes) -> cfgmod.WMLConfig:
+    return cfgmod.from_dict({**TINY, "corpus": str(corpus), **changes})
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "bayes-mirror"
+    runner.start(tiny_config(corpus), run_dir, log=lambda m: None)
+    return run_dir
+
+
+def test_run_folder_has_everything(finished_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = finished_run
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "init_table.json", "init_trace.json",
+                 "checkpoint/state.pt", "teacher/config.json", "champion/config.json"):
+        assert (d / name).exists(), name
+    summary = json.loads((d / "summary.json").read_text())
+    assert len(summary["peers"]) == 2 and summary["steps"] == TINY["num_epochs"]
+    for peer in summary["peers"]:
+        model = AutoModelForCausalLM.from_pretrained(d / "peers" / peer["name"])
+        tok = AutoTokenizer.from_pretrained(d / "peers" / peer["name"])
+        assert sum(p.numel() for p in model.parameters()) == peer["parameters"]
+        ids = tok("the cat", return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert out.shape[1] > ids.shape[1]
+
+
+def test_metrics_log_each_term_separately(finished_run):
+    records = _read_metrics(finished_run)
+    train = [r for r in records if r["kind"] == "train"]
+    outer = [r for r in records if r["kind"] == "outer"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, TINY["num_epochs"] + 1))
+    assert len(outer) == TINY["num_epochs"] // TINY["outer_every"]
+    for r in train:
+        assert len(r["ce"]) == len(r["kl"]) == len(r["omega"]) == 2 and r["tokens_per_s"] > 0
+        assert abs(sum(r["omega"]) - 1) < 1e-9
+    assert all(len(r["grad"]) == 2 and r["hypergradient"] == "exact" for r in outer)
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == TINY["num_epochs"]
+    assert evals[-1]["ensemble_val_loss"] < evals[0]["ensemble_val_loss"]
+    assert outer[-1]["omega"] != [0.5, 0.5], "mirror descent never moved ω"
+
+
+def test_resume_after_an_interruption_is_bit_identical(tmp_path, corpus, finished_run):
+    """Kill a run between checkpoints, resume it, and get exactly the uninterrupted result."""
+
+    class Interrupt:
+        @hookimpl
+        def wml_run_event(self, event, payload):
+            if event == "step" and payload["step"] == 7:
+                raise KeyboardInterrupt
+
+    cfg = tiny_config(corpus)
+    run_dir = tmp_path / "interrupted"
+    host = get_host()
+    host.register(Interrupt(), "interrupt-at-7")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.start(cfg, run_dir, log=lambda m: None)
+    finally:
+        host.unregister("interrupt-at-7")
+    assert not (run_dir / "summary.json").exists()
+    runner.resume(run_dir, log=lambda m: None)
+    for i in range(2):
+        from safetensors.torch import load_file
+
+        a = load_file(finished_run / "peers" / f"peer_{i}" / "model.safetensors")
+        b = load_file(run_dir / "peers" / f"peer_{i}" / "model.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
+    assert strip(_read_metrics(run_dir)) == strip(_read_metrics(finished_run))
+
+
+@pytest.mark.parametrize("changes", [
+    {"init": "l1"},
+    {"updater": "uniform"},
+    {"loss": "kd"},
+])
+def test_other_plugins_run(tmp_path, corpus, changes):
+    run_dir = tmp_path / "run"
+    runner.start(tiny_config(corpus, num_epochs=4, blimp="", **changes), run_dir, log=lambda m: None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"][next(iter(changes))] == next(iter(changes.values()))
+    if changes.get("updater") == "uniform":
+        assert summary["omega"] == [0.5, 0.5]
+
+
+def test_existing_run_folder_is_not_overwritten(finished_run, corpus):
+    result = CliRunner().invoke(main, ["run", "--corpus", str(corpus), "--out", str(finished_run)])
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_teacher_that_is_not_a_model_fails_before_work(tmp_path):
+    result = CliRunner().invoke(main, ["run", "--teacher", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "config.json" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_whole_cli_in_a_subprocess(tmp_path, corpus):
+    cfg_file = tmp_path / "tiny.toml"
+    cfg_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    run_dir = tmp_path / "cli-run"
+    env = {**os.environ, "WML_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "wml_framework.cli", "run", "--init", "bayes", "--updater", "mirror",
+         "--config", str(cfg_file), "--corpus", str(corpus), "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith(str(run_dir))
+    assert "ensemble held-out loss is" in proc.stderr
+    assert (run_dir / "summary.json").exists() and (run_dir / "report.md").exists()

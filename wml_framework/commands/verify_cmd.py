@@ -1,0 +1,41 @@
+"""``wml verify``: numerical checks of every registered loss and updater (plugin authors' test)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Check only the loss/updater of this name (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random test problems.")
+def command(as_json: bool, only: tuple[str, ...], seed: int) -> None:
+    """Check every loss and updater in float64: finite differences, invariants, and the numpy
+    reference where it computes the same quantity. Exits with status 1 if any check fails."""
+    from ..plugins import PluginError, get_host
+    from ..verify import format_table, run_checks
+
+    try:
+        host = get_host()
+        known = set(host.names("loss")) | set(host.names("updater"))
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from exc
+    unknown = sorted(set(only) - known)
+    if unknown:
+        raise click.BadParameter(f"no loss or updater named {', '.join(map(repr, unknown))}; "
+                                 f"valid: {', '.join(sorted(known))}", param_hint="--only")
+    results = run_checks(host, seed=seed, names=list(only) or None)
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        click.echo(json.dumps({"passed": not failed, "seed": seed, "failed": len(failed),
+                               "checks": [r.to_dict() for r in results]}, indent=2))
+    else:
+        click.echo(format_table(results))
+        click.echo(f"\n{len(results) - len(failed)} of {len(results)} checks passed"
+                   + (f"; {len(failed)} FAILED" if failed else "."))
+    if failed:
+        sys.exit(1)
