@@ -67,6 +67,8 @@ class FamilyBase:
     model_type: str = ""
     #: parameter-name prefix of layer i is ``layer_prefix + f"{i}."``
     layer_prefix: str = ""
+    #: head sizes must be multiples of this (rotary embeddings rotate pairs: 2)
+    head_dim_multiple: int = 1
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

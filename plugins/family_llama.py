@@ -30,6 +30,7 @@ class LlamaFamily(FamilyBase):
     name = "llama"
     model_type = "llama"
     layer_prefix = "model.layers."
+    head_dim_multiple = 2
     hidden_follows_heads = False
 
     # -- shape and counting -----------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from wml_framework.plugins import get_host
-from tests.helpers_models import tiny_gpt2_config, tiny_llama_config
+from helpers_models import tiny_gpt2_config, tiny_llama_config
 
 N_RANDOM = 60
 
@@ -38,7 +38,7 @@ def random_llama_config(rng: random.Random):
     n_kv = rng.randint(1, 3)
     n_head = n_kv * rng.randint(1, 3)
     head_dim = 2 * rng.randint(1, 8)          # rotary embeddings need an even head size
-    hidden = rng.choice([n_head * head_dim, rng.randint(4, 48)])
+    hidden = rng.choice([n_head * head_dim, n_head * rng.randint(1, 12)])   # HF wants n_head | hidden
     return tiny_llama_config(
         vocab_size=rng.randint(5, 300), n_layer=rng.randint(1, 3), n_head=n_head, n_kv_head=n_kv,
         hidden=hidden, head_dim=head_dim, ffn=rng.randint(1, 70), max_positions=rng.randint(1, 80),

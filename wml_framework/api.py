@@ -97,6 +97,15 @@ class Updater(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+class Initializer(Protocol):
+    """Builds peers from a teacher. ``check`` (optional) rejects a request before any work."""
+
+    def build(self, teacher: nn.Module, family: Any, targets: list, *, calibration: Optional[Batch] = None,
+              seed: int = 0) -> "InitResult": ...
+
+    def check(self, teacher_config: Any, family: Any, targets: list, *, calibration: Optional[Batch] = None) -> None: ...
+
+
 @dataclass
 class InitResult:
     """Peers built by an initializer, the table it reports and its search/pruning trace."""
@@ -104,6 +113,24 @@ class InitResult:
     peers: list
     rows: list = field(default_factory=list)
     trace: list = field(default_factory=list)
+
+
+def peer_targets(n_teacher: int, num_peers: Optional[int], fractions: Optional[Sequence[float]] = None) -> list[int]:
+    """Parameter-count targets of the peers: N/2, N/3, …, N/(M+1) (method.md §1), or the given
+    fractions of N (each in (0, 1); ``num_peers`` must then be None or their number)."""
+    if int(n_teacher) < 1:
+        raise ValueError(f"the teacher must have at least one parameter, got {n_teacher}")
+    if fractions:
+        fractions = [float(f) for f in fractions]
+        bad = [f for f in fractions if not 0.0 < f < 1.0]
+        if bad:
+            raise ValueError(f"peer fractions must lie in (0, 1); got {bad}")
+        if num_peers is not None and int(num_peers) != len(fractions):
+            raise ValueError(f"{num_peers} peers requested but {len(fractions)} peer fractions given")
+        return [max(1, round(n_teacher * f)) for f in fractions]
+    if num_peers is None or int(num_peers) < 1:
+        raise ValueError(f"the number of peers M must be at least 1, got {num_peers}")
+    return [max(1, round(n_teacher / (i + 2))) for i in range(int(num_peers))]
 
 
 def uniform_omega(num_peers: int, dtype=torch.float64) -> Tensor:

@@ -22,7 +22,7 @@ def finish_run(run_dir: Path, cfg: WMLConfig, log=print) -> None:
     for name, entry in result["models"].items():
         parts = []
         if "perplexity" in entry:
-            parts.append(f"perplexity {entry['perplexity']['perplexity']:.2f}")
+            parts.append(f"perplexity {entry['perplexity']['ppl']:.2f}")
         if "minimal_pairs" in entry:
             parts.append(f"minimal pairs {100 * entry['minimal_pairs']['macro_accuracy']:.1f}%")
         log(f"  {name:<10} {'  '.join(parts)}")

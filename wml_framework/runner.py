@@ -15,7 +15,7 @@ import torch
 
 from . import checkpoint
 from . import config as cfgmod
-from .api import Batch
+from .api import Batch, peer_targets
 from .config import WMLConfig
 from .data import TokenData, prepare
 from .io import atomic_directory, atomic_write_json
@@ -24,18 +24,15 @@ from .teacher import check_teacher_dir, family_for, load_teacher, new_teacher, t
 from .trainer import Trainer, pick_device, truncate_metrics
 
 
+MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation sentences longer than a block
+
+
 class RunError(ValueError):
     """A run that cannot start or resume; says why."""
 
 
 def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def peer_targets(n_teacher: int, cfg: WMLConfig) -> list[int]:
-    """N/2, N/3, …, N/(M+1) of the teacher's N, or the configured fractions of it."""
-    fractions = cfg.peer_fractions or [1.0 / (i + 2) for i in range(cfg.num_peers)]
-    return [max(1, round(n_teacher * f)) for f in fractions]
 
 
 def _save_model(model, tokenizer, path: Path) -> None:
@@ -64,7 +61,7 @@ def _prepare_teacher(cfg: WMLConfig, run_dir: Path, host: PluginHost, device, lo
     else:
         data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, log=log)
         family = host.create("family", cfg.teacher_family)
-        teacher = new_teacher(family, cfg, data.tokenizer, max_positions=cfg.block_size)
+        teacher = new_teacher(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
         n = sum(p.numel() for p in teacher.parameters())
         log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
         teacher = train_teacher(teacher, data, cfg, device, log=log)
@@ -75,7 +72,7 @@ def _prepare_teacher(cfg: WMLConfig, run_dir: Path, host: PluginHost, device, lo
 def _build_peers(cfg: WMLConfig, host: PluginHost, teacher, data: TokenData, run_dir: Path, log):
     family = family_for(host, teacher.config)
     n_teacher = family.count_parameters(teacher.config)
-    targets = peer_targets(n_teacher, cfg)
+    targets = peer_targets(n_teacher, None if cfg.peer_fractions else cfg.num_peers, cfg.peer_fractions or None)
     log(f"peers: {cfg.init} initialization of {len(targets)} peers, targets {targets} (teacher {n_teacher:,})")
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)

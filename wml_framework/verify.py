@@ -12,6 +12,7 @@ with M from 1 to 6 peers, ignored labels and a temperature ≠ 1.
 
 from __future__ import annotations
 
+import inspect
 import math
 import traceback
 from contextlib import contextmanager
@@ -163,13 +164,18 @@ def _loss_grad_logits_fd(loss, p: _LossProblem, omega_requires_grad: bool, g: to
 
 
 def _loss_stop_gradient(loss, p: _LossProblem) -> float:
-    """Targets are stop-gradient: ∂(Σ_k L_k)/∂z_i equals ∂L_i/∂z_i."""
-    zs = [z.clone().requires_grad_() for z in p.logits]
+    """Targets are stop-gradient: ∂(Σ_k L_k)/∂z_i equals ∂L_i/∂z_i. (Each gradient from a fresh
+    call: a loss may legitimately refuse a second backward through one graph.)"""
+    def fresh():
+        zs = [z.clone().requires_grad_() for z in p.logits]
+        return zs, _call_loss(loss, zs, p, p.omega)
+
+    zs, res = fresh()
+    total = _grad(res.total, zs)
     worst = 0.0
-    res = _call_loss(loss, zs, p, p.omega)
-    total = _grad(res.total, zs, retain_graph=True)
     for i in range(len(zs)):
-        (own,) = _grad(res.per_peer[i], [zs[i]], retain_graph=True)
+        zs_i, res_i = fresh()
+        (own,) = _grad(res_i.per_peer[i], [zs_i[i]])
         worst = max(worst, _rel(total[i].numpy(), own.numpy()))
     return worst
 
@@ -216,11 +222,27 @@ def _loss_mixed_closed_form(loss, p: _LossProblem, g: torch.Generator) -> float:
     w = p.omega.clone().requires_grad_()
     h = _mixed(loss, p, w, u)
     (generic,) = _grad(h, [w]) if h.requires_grad else (torch.zeros_like(w),)
-    fast = loss.mixed_omega_grad(p.logits, p.labels, p.omega, u,
-                                 teacher_logits=p.teacher if loss.needs_teacher else None)
-    if tuple(fast.shape) != (len(p.logits),):
-        raise _Failed(f"mixed_omega_grad returned shape {tuple(fast.shape)}, expected ({len(p.logits)},)")
-    return _rel(_np(fast), _np(generic))
+    teacher = p.teacher if loss.needs_teacher else None
+    results = [loss.mixed_omega_grad(p.logits, p.labels, p.omega, u, teacher_logits=teacher)]
+    if "logit_grads" in inspect.signature(loss.mixed_omega_grad).parameters:
+        zs = [z.clone().requires_grad_() for z in p.logits]
+        grads = _grad(_call_loss(loss, zs, p, p.omega).total, zs)
+        results.append(loss.mixed_omega_grad(p.logits, p.labels, p.omega, u, teacher_logits=teacher,
+                                             logit_grads=grads))
+    for fast in results:
+        if tuple(fast.shape) != (len(p.logits),):
+            raise _Failed(f"mixed_omega_grad returned shape {tuple(fast.shape)}, expected ({len(p.logits)},)")
+    return max(_rel(_np(fast), _np(generic)) for fast in results)
+
+
+def _loss_logit_grads(loss, p: _LossProblem) -> float:
+    """A loss's own ``logit_grads`` (the hypergradient's step-1 fast path) against autograd."""
+    zs = [z.clone().requires_grad_() for z in p.logits]
+    auto = _grad(_call_loss(loss, zs, p, p.omega).total, zs)
+    fast = loss.logit_grads(p.logits, p.labels, p.omega, teacher_logits=p.teacher if loss.needs_teacher else None)
+    if len(fast) != len(zs) or any(tuple(f.shape) != tuple(z.shape) for f, z in zip(fast, zs)):
+        raise _Failed("logit_grads must return one tensor per peer, shaped like its logits")
+    return max(_rel(_np(f), _np(a)) for f, a in zip(fast, auto))
 
 
 def _loss_ignored_positions(loss, p: _LossProblem) -> float:
@@ -238,12 +260,17 @@ def _loss_ignored_positions(loss, p: _LossProblem) -> float:
 
 
 def _loss_token_mean(loss, p: _LossProblem) -> float:
-    """A token mean does not change when the batch is repeated (a sum, or a mean over sequences would)."""
+    """A token mean changes neither when the batch is repeated (a sum would) nor when its (B, T)
+    tokens are laid out as one long sequence (a mean over sequences would)."""
+    a = _call_loss(loss, p.logits, p, p.omega).per_peer.detach()
     twice = [torch.cat([z, z], 0) for z in p.logits]
     q = _LossProblem(twice, torch.cat([p.labels, p.labels], 0), p.omega, torch.cat([p.teacher, p.teacher], 0))
-    a = _call_loss(loss, p.logits, p, p.omega).per_peer.detach()
     b = _call_loss(loss, twice, q, p.omega).per_peer.detach()
-    return _rel(b.numpy(), a.numpy())
+    V = p.logits[0].shape[-1]
+    flat = [z.reshape(1, -1, V) for z in p.logits]
+    r = _LossProblem(flat, p.labels.reshape(1, -1), p.omega, p.teacher.reshape(1, -1, V))
+    c = _call_loss(loss, flat, r, p.omega).per_peer.detach()
+    return max(_rel(b.numpy(), a.numpy()), _rel(c.numpy(), a.numpy()))
 
 
 def _loss_extreme(loss, dtype: torch.dtype, seed: int) -> None:
@@ -370,33 +397,60 @@ def _snapshot(peers) -> list:
              [None if p.grad is None else p.grad.detach().clone() for p in m.parameters()]) for m in peers]
 
 
-def _updater_generic(factory: Callable, loss_factory: Callable, seed: int) -> dict[str, float]:
+def _problems(loss_factory: Callable, seed: int) -> Iterator[tuple[int, _OuterProblem]]:
     g = torch.Generator().manual_seed(seed)
-    worst = {"initial ω on simplex": 0.0, "step ω on simplex": 0.0, "deterministic": 0.0,
-             "peers untouched": 0.0, "state round-trip": 0.0}
     for M in PEER_COUNTS:
-        prob = _outer_problem(M, loss_factory, g)
-        upd = factory(prob.cfg, M)
-        worst["initial ω on simplex"] = max(worst["initial ω on simplex"],
-                                            _check_simplex(upd.initial_omega(), M, "initial_omega()"))
+        yield M, _outer_problem(M, loss_factory, g)
+
+
+def _upd_initial(factory, loss_factory, seed) -> float:
+    return max(_check_simplex(factory(prob.cfg, M).initial_omega(), M, "initial_omega()")
+               for M, prob in _problems(loss_factory, seed))
+
+
+def _upd_step_simplex(factory, loss_factory, seed) -> float:
+    return max(_check_simplex(factory(prob.cfg, M).step(prob.ctx).omega, M, "step().omega")
+               for M, prob in _problems(loss_factory, seed))
+
+
+def _upd_deterministic(factory, loss_factory, seed) -> float:
+    return max(_rel(_np(factory(prob.cfg, M).step(prob.ctx).omega), _np(factory(prob.cfg, M).step(prob.ctx).omega))
+               for M, prob in _problems(loss_factory, seed))
+
+
+def _upd_peers_untouched(factory, loss_factory, seed) -> float:
+    worst = 0.0
+    for M, prob in _problems(loss_factory, seed):
+        prob.ctx.peers[0].eval()                    # a mix of modes, which must come back as it was
         before = _snapshot(prob.ctx.peers)
-        res = upd.step(prob.ctx)
-        after = _snapshot(prob.ctx.peers)
-        for (pb, mb, gb), (pa, ma, ga) in zip(before, after):
+        factory(prob.cfg, M).step(prob.ctx)
+        for (pb, mb, gb), (pa, ma, ga) in zip(before, _snapshot(prob.ctx.peers)):
             if mb != ma:
                 raise _Failed("step() changed the peers' train/eval modes")
             if any((x is None) != (y_ is None) or (x is not None and not torch.equal(x, y_)) for x, y_ in zip(gb, ga)):
                 raise _Failed("step() changed the peers' .grad")
-            for x, y_ in zip(pb, pa):
-                worst["peers untouched"] = max(worst["peers untouched"], float((x - y_).abs().max()))
-        worst["step ω on simplex"] = max(worst["step ω on simplex"], _check_simplex(res.omega, M, "step().omega"))
-        again = factory(prob.cfg, M).step(prob.ctx)
-        worst["deterministic"] = max(worst["deterministic"], _rel(_np(again.omega), _np(res.omega)))
+            worst = max([worst] + [float((x - y_).abs().max()) for x, y_ in zip(pb, pa)])
+    return worst
+
+
+def _upd_state_round_trip(factory, loss_factory, seed) -> float:
+    worst = 0.0
+    for M, prob in _problems(loss_factory, seed):
+        upd = factory(prob.cfg, M)
+        upd.step(prob.ctx)
         fresh = factory(prob.cfg, M)
         fresh.load_state_dict(upd.state_dict())
-        worst["state round-trip"] = max(worst["state round-trip"],
-                                        _rel(_np(fresh.step(prob.ctx).omega), _np(upd.step(prob.ctx).omega)))
+        worst = max(worst, _rel(_np(fresh.step(prob.ctx).omega), _np(upd.step(prob.ctx).omega)))
     return worst
+
+
+GENERIC_UPDATER_CHECKS = {
+    "initial ω on simplex": _upd_initial,
+    "step ω on simplex": _upd_step_simplex,
+    "deterministic": _upd_deterministic,
+    "peers untouched": _upd_peers_untouched,
+    "state round-trip": _upd_state_round_trip,
+}
 
 
 def _mirror_reference(factory: Callable, loss_factory: Callable, seed: int, R) -> dict[str, float]:
@@ -429,6 +483,7 @@ def _mirror_reference(factory: Callable, loss_factory: Callable, seed: int, R) -
             raise _Failed(f"first-order run reports info['hypergradient'] = {fo.info.get('hypergradient')!r}")
         ref_fo = R.hypergradient_first_order(args[2], args[3], W, w)
         worst["first-order vs reference"] = max(worst["first-order vs reference"], _rel(_np(fo.grad), ref_fo))
+    worst["hypergradient vs finite differences"] = (worst["hypergradient vs finite differences"], TOL_FD)
     return worst
 
 
@@ -485,12 +540,14 @@ class _Recorder:
         except Exception as exc:  # noqa: BLE001 - a raising plugin is a failed check, named
             self.fail(check, tol, exc)
 
-    def run_many(self, prefix: str, tol: float, fn: Callable[[], dict]) -> None:
+    def run_many(self, group: str, tol: float, fn: Callable[[], dict]) -> None:
+        """Several checks computed together; if the computation raises, one failed row for the group."""
         try:
             for check, err in fn().items():
-                self.add(f"{prefix}{check}", err, tol)
+                err, check_tol = err if isinstance(err, tuple) else (err, tol)
+                self.add(check, err, check_tol)
         except Exception as exc:  # noqa: BLE001
-            self.fail(f"{prefix.strip() or 'checks'}", tol, exc)
+            self.fail(group, tol, exc)
 
 
 def _over_problems(loss, seed: int, fn: Callable[[object, _LossProblem], float]) -> float:
@@ -515,11 +572,16 @@ def _check_loss(entry: Entry, seed: int, R) -> list[CheckResult]:
             lambda: _over_problems(loss, seed, lambda l, p: _loss_grad_omega_fd(l, p, g)))
     rec.run("∂²/∂ω∂z (hypergradient) vs finite differences", TOL_FD,
             lambda: _over_problems(loss, seed, lambda l, p: _loss_mixed_fd(l, p, g)))
+    if callable(getattr(loss, "logit_grads", None)):
+        rec.run("logit_grads vs autograd", TOL_REFERENCE, lambda: _over_problems(loss, seed, _loss_logit_grads))
     if callable(getattr(loss, "mixed_omega_grad", None)):
-        rec.run("mixed_omega_grad vs double backward", TOL_REFERENCE,
-                lambda: _over_problems(loss, seed, lambda l, p: _loss_mixed_closed_form(l, p, g)))
+        def both_temperatures() -> float:        # closed forms often special-case T = 1
+            unit = entry.obj(_config(3, temperature=1.0, kd_temperature=1.0))
+            return max(_over_problems(l, seed, lambda l_, p: _loss_mixed_closed_form(l_, p, g)) for l in (loss, unit))
+
+        rec.run("mixed_omega_grad vs double backward (T = 1, T ≠ 1)", TOL_REFERENCE, both_temperatures)
     rec.run("ignored labels: no effect, no gradient", TOL_EXACT, lambda: _over_problems(loss, seed, _loss_ignored_positions))
-    rec.run("token mean (repeated batch)", TOL_EXACT, lambda: _over_problems(loss, seed, _loss_token_mean))
+    rec.run("token mean (repeated, reshaped batch)", TOL_EXACT, lambda: _over_problems(loss, seed, _loss_token_mean))
     rec.run("finite on ±1e4 logits (float32)", None, lambda: _loss_extreme(loss, torch.float32, seed))
     rec.run("finite on ±1e4 logits (bfloat16)", None, lambda: _loss_extreme(loss, torch.bfloat16, seed))
     specific = _reference_loss_checks().get(entry.obj)
@@ -533,20 +595,21 @@ def _check_loss(entry: Entry, seed: int, R) -> list[CheckResult]:
                     worst[k] = max(worst.get(k, 0.0), v)
             return worst
 
-        rec.run_many("", TOL_REFERENCE, compare)
+        rec.run_many("reference checks", TOL_REFERENCE, compare)
     return rec.results
 
 
 def _check_updater(entry: Entry, seed: int, R, loss_factory: Callable) -> list[CheckResult]:
     rec = _Recorder(entry)
-    rec.run_many("", TOL_EXACT, lambda: _updater_generic(entry.obj, loss_factory, seed))
+    for check, fn in GENERIC_UPDATER_CHECKS.items():
+        rec.run(check, TOL_EXACT, lambda fn=fn: fn(entry.obj, loss_factory, seed))
     specific = _reference_updater_checks().get(entry.obj)
     if specific is not None:
         kind, fn = specific
         if kind == "mirror" and R is not None:
-            rec.run_many("", TOL_REFERENCE, lambda: fn(entry.obj, loss_factory, seed, R))
+            rec.run_many("reference checks", TOL_REFERENCE, lambda: fn(entry.obj, loss_factory, seed, R))
         elif kind == "constant":
-            rec.run_many("", TOL_EXACT, lambda: _constant_updater(entry.obj, loss_factory, seed, fn))
+            rec.run_many("ω invariant", TOL_EXACT, lambda: _constant_updater(entry.obj, loss_factory, seed, fn))
     return rec.results
 
 

@@ -1,0 +1,191 @@
+"""The ``bayes`` initializer: targets, Bayesian sizing against exhaustive search, diversity, errors."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+from wml_framework import config as cfgmod
+from wml_framework.plugins import PluginError, get_host
+from wml_plugins.init_bayes import peer_targets
+from wml_plugins.sizing_bayes import search_shape
+from wml_plugins.sizing_space import VARIABLES, SizingSpace, grid_step, shape_key
+from helpers_models import tiny_gpt2_config, tiny_llama_config
+
+SEED_CARD = cfgmod.from_dict({}, check_plugins=False)   # bayesian_init_points 10, bayesian_n_iter 100
+
+
+def meta_teacher(config):
+    """The initializer reads only the teacher's config and dtype: no need for real weights."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def bayes(cfg=SEED_CARD):
+    return get_host().create("initializer", "bayes", cfg)
+
+
+def family_of(config):
+    return get_host().create("family", config.model_type)
+
+
+# -- targets -------------------------------------------------------------------------------------
+def test_default_targets_are_n_over_2_to_n_over_m_plus_1():
+    assert peer_targets(1200, 4) == [600, 400, 300, 240]
+    assert peer_targets(1000, 1) == [500]
+
+
+def test_fraction_targets_and_their_checks():
+    assert peer_targets(1000, None, [0.5, 0.25]) == [500, 250]
+    assert peer_targets(1000, 2, [0.5, 0.25]) == [500, 250]
+    with pytest.raises(ValueError, match="2 peer fractions"):
+        peer_targets(1000, 3, [0.5, 0.25])
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        peer_targets(1000, None, [0.5, 1.5])
+
+
+@pytest.mark.parametrize("m", [0, -1, None])
+def test_fewer_than_one_peer_is_rejected(m):
+    with pytest.raises(ValueError, match="at least 1"):
+        peer_targets(1000, m)
+
+
+# -- the acceptance run: seed-card budget, 1%, exhaustive comparison, distinct shapes, < 30 s -----
+GPT2_5M = GPT2Config(vocab_size=8192, n_positions=512, n_embd=256, n_layer=4, n_head=4, n_inner=1024,
+                     bos_token_id=0, eos_token_id=0)
+LLAMA_25M = LlamaConfig(vocab_size=8000, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+                        num_key_value_heads=8, intermediate_size=1376, max_position_embeddings=512)
+
+
+@pytest.mark.parametrize("config,size", [(GPT2_5M, 5.4e6), (LLAMA_25M, 27.2e6)], ids=["gpt2-5M", "llama-25M"])
+def test_seed_card_budget_hits_every_target_within_one_percent(config, size):
+    family = family_of(config)
+    n = family.count_parameters(config)
+    assert abs(n - size) / size < 0.01
+    targets = peer_targets(n, 4)
+    start = time.perf_counter()
+    result = bayes().build(meta_teacher(config), family, targets, seed=1337)
+    seconds = time.perf_counter() - start
+    print(f"\n{family.name} N={n:,}: sizing + building 4 peers took {seconds:.1f} s")
+    assert seconds < 30
+
+    space = SizingSpace.from_teacher(family, config)
+    taken = []
+    for row, peer, target in zip(result.rows, result.peers, targets):
+        best, exhaustive = space.exhaustive_best(target, exclude=taken)   # same space, same exclusions
+        print(f"  {row['shape']:<18} {row['parameters']:>11,} target {target:>11,} "
+              f"BO {row['rel_error']:.4%}  exhaustive {exhaustive:.4%}")
+        assert row["rel_error"] <= max(0.01, exhaustive)
+        assert row["rel_error"] < 0.01
+        assert row["parameters"] == sum(p.numel() for p in peer.parameters())
+        assert row["shape"] == family.shape_string(peer.config)
+        taken.append(family.shape(peer.config))
+    assert len({r["shape"] for r in result.rows}) == 4
+    assert len(result.trace) == 4 * (10 + 100)
+    assert all({"peer", "parameters", "error", "n_layer", "n_head", "head_dim", "ffn"} <= set(p) for p in result.trace)
+
+
+def test_peers_are_fresh_models_with_the_teachers_other_settings():
+    teacher_cfg = tiny_llama_config(vocab_size=200, hidden=64, ffn=128, n_head=4, n_kv_head=2,
+                                    rms_norm_eps=1e-4, tie_word_embeddings=True)
+    teacher = AutoModelForCausalLM.from_config(teacher_cfg).eval()
+    family = family_of(teacher_cfg)
+    init = bayes(SEED_CARD.replace(bayesian_n_iter=20))
+    targets = peer_targets(family.count_parameters(teacher_cfg), 2)
+    result = init.build(teacher, family, targets, seed=3)
+    again = init.build(teacher, family, targets, seed=3)
+    for peer, twin in zip(result.peers, again.peers):
+        c = peer.config
+        assert (c.vocab_size, c.rms_norm_eps, c.tie_word_embeddings, c.bos_token_id) == (200, 1e-4, True, 0)
+        assert c.num_attention_heads % c.num_key_value_heads == 0
+        assert sum(p.numel() for p in peer.parameters()) < family.count_parameters(teacher_cfg)
+        for (name, w), w2 in zip(peer.state_dict().items(), twin.state_dict().values()):
+            assert torch.equal(w, w2), name           # seeded initialisation
+        logits = peer(input_ids=torch.randint(0, 200, (1, 8))).logits
+        assert logits.shape == (1, 8, 200) and torch.isfinite(logits).all()
+
+
+def test_search_is_deterministic_for_a_seed_and_changes_with_it():
+    cfg = tiny_gpt2_config(vocab_size=300, n_embd=64, n_inner=256)
+    family, teacher = family_of(cfg), meta_teacher(cfg)
+    targets = peer_targets(family.count_parameters(cfg), 2)
+    init = bayes(SEED_CARD.replace(bayesian_n_iter=15))
+    run = lambda seed: init.build(teacher, family, targets, seed=seed).trace  # noqa: E731
+    first = run(5)
+    assert first == run(5)
+    assert first != run(6)
+
+
+def test_equal_targets_still_get_different_shapes():
+    cfg = tiny_llama_config(vocab_size=256, hidden=64, ffn=192)
+    family = family_of(cfg)
+    n = family.count_parameters(cfg)
+    result = bayes().build(meta_teacher(cfg), family, peer_targets(n, None, [0.4, 0.4, 0.4]), seed=0)
+    assert len({r["shape"] for r in result.rows}) == 3
+    assert all(r["rel_error"] < 0.01 for r in result.rows)
+
+
+def test_diversity_term_penalises_taken_shapes():
+    """Mark every one-layer shape as taken: probes there are penalised, and the result avoids them."""
+    cfg = tiny_llama_config(vocab_size=256, hidden=64, ffn=192)
+    family = family_of(cfg)
+    space = SizingSpace.from_teacher(family, cfg)
+    shapes, _ = space.grid
+    one_layer = [dict(zip(VARIABLES, map(int, row))) for row in shapes if row[0] == 1]
+    taken = frozenset(shape_key(s) for s in one_layer)
+    target = family.count_parameters(cfg) // 3
+    res = search_shape(space, target, init_points=10, n_iter=40, seed=0, taken=taken, diversity=1.0)
+    duplicates = [p for p in res.trace if p["duplicate"]]
+    assert duplicates and all(p["n_layer"] == 1 for p in duplicates)
+    assert all(p["objective"] == pytest.approx(-p["error"] - 1.0) for p in duplicates)
+    assert all(p["objective"] == pytest.approx(-p["error"]) for p in res.trace if not p["duplicate"])
+    assert res.shape["n_layer"] == 2
+    _, exhaustive = space.exhaustive_best(target, exclude=one_layer)
+    assert res.error <= max(0.01, exhaustive)
+
+
+def test_grid_is_finer_for_small_teachers_and_even_for_rotary_heads():
+    assert grid_step(64, 8) == 8 and grid_step(16, 8) == 2 and grid_step(1376, 64) == 8
+    assert grid_step(192, 64) == 2
+    assert grid_step(6, 8, multiple=2) == 2
+    cfg = tiny_llama_config(hidden=48, n_head=8)                        # head size 6: steps of 2 at most
+    space = SizingSpace.from_teacher(family_of(cfg), cfg)
+    assert all(d % 2 == 0 for d in space.values["head_dim"])
+
+
+# -- bad input stops before any search -----------------------------------------------------------
+def test_target_smaller_than_any_model_is_rejected_before_searching(monkeypatch):
+    cfg = tiny_gpt2_config(vocab_size=300, n_embd=64)
+    family = family_of(cfg)
+    init = bayes()
+    smallest = SizingSpace.from_teacher(family, cfg).min_parameters
+    with pytest.raises(ValueError, match="smaller than the smallest gpt2 model"):
+        init.check(cfg, family, [smallest - 1])
+    init.check(cfg, family, [smallest])
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a search ran before the targets were checked")
+
+    monkeypatch.setattr("wml_plugins.init_bayes.search_shape", no_search)
+    with pytest.raises(ValueError, match="smaller than the smallest"):
+        init.build(meta_teacher(cfg), family, [family.count_parameters(cfg) // 2, smallest - 1])
+    with pytest.raises(ValueError, match="exceeds the teacher"):
+        init.check(cfg, family, [family.count_parameters(cfg) + 1])
+    with pytest.raises(ValueError, match="at least 1"):
+        init.check(cfg, family, [])
+
+
+def test_family_must_match_the_teacher():
+    cfg = tiny_gpt2_config()
+    with pytest.raises(ValueError, match="model_type 'llama'"):
+        bayes().check(cfg, get_host().create("family", "llama"), [1000])
+
+
+@pytest.mark.parametrize("key,value", [("bayesian_init_points", 0), ("bayesian_n_iter", -1)])
+def test_factory_rejects_bad_budgets_naming_the_plugin(key, value):
+    bad = cfgmod.WMLConfig(**{key: value})     # bypasses config validation on purpose
+    with pytest.raises(PluginError, match="init_bayes.*" + key):
+        bayes(bad)
