@@ -229,6 +229,9 @@ def _loss_mixed_closed_form(loss, p: _LossProblem, g: torch.Generator) -> float:
         grads = _grad(_call_loss(loss, zs, p, p.omega).total, zs)
         results.append(loss.mixed_omega_grad(p.logits, p.labels, p.omega, u, teacher_logits=teacher,
                                              logit_grads=grads))
+        if getattr(loss, "mixed_from_logit_grads", False):     # it promises to need no logits
+            results.append(loss.mixed_omega_grad(None, p.labels, p.omega, u, teacher_logits=teacher,
+                                                 logit_grads=grads))
     for fast in results:
         if tuple(fast.shape) != (len(p.logits),):
             raise _Failed(f"mixed_omega_grad returned shape {tuple(fast.shape)}, expected ({len(p.logits)},)")

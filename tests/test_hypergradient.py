@@ -1,0 +1,198 @@
+"""The exact hypergradient for nn.Module peers: exact (1e-8) against the reference on linear peers,
+against finite differences of F(ω) through real tiny GPT-2 and LLaMA models in float64, and the
+structural promises (no M backward passes, peers and attention settings restored, dropout off)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import wml_reference as R
+from helpers_models import build, tiny_gpt2_config, tiny_llama_config
+from wml_framework.api import Batch
+from wml_plugins.hypergrad import DOUBLE_VJP, JVP, hypergradient
+from wml_plugins.hypergrad_modes import attn_implementation
+from wml_plugins.loss_ce import CELoss
+from wml_plugins.loss_ensemble import ensemble_loss
+from wml_plugins.loss_kd import KDLoss
+from wml_plugins.loss_wml import WMLLoss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def linear_problem(M: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    V, widths = 5, [2 + (3 * k) % 5 for k in range(M)]
+    peers = []
+    for d in widths:
+        lin = nn.Linear(d, V, bias=False).double()
+        with torch.no_grad():
+            lin.weight.copy_(0.9 * torch.randn(V, d, generator=g, dtype=torch.float64))
+        peers.append(lin)
+    Xt = [torch.randn(8, d, generator=g, dtype=torch.float64) for d in widths]
+    Xv = [torch.randn(7, d, generator=g, dtype=torch.float64) for d in widths]
+    yt, yv = torch.randint(0, V, (8,), generator=g), torch.randint(0, V, (7,), generator=g)
+    yt[[0, 5]] = -100
+    yv[2] = -100
+    w = torch.rand(M, generator=g, dtype=torch.float64) + 0.1
+    args = ([x.numpy() for x in Xt], yt.numpy(), [x.numpy() for x in Xv], yv.numpy(),
+            [p.weight.detach().numpy().T.copy() for p in peers])
+    return peers, Batch(Xt, yt), Batch(Xv, yv), w / w.sum(), args
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("tangents", [DOUBLE_VJP, JVP])
+def test_linear_peers_match_reference_exactly(M, tangents):
+    peers, train, val, w, args = linear_problem(M, seed=M)
+    alpha, T, gamma = 0.35, (1.0 if M % 2 == 0 else 1.8), 0.7     # T = 1 has its own closed form
+    hg = hypergradient(peers, WMLLoss(alpha, T), w, train, val, gamma, tangents=tangents)
+    ref = R.hypergradient(*args, w.numpy(), alpha, T, gamma)
+    scale = max(np.max(np.abs(ref)), 1e-6)
+    assert np.max(np.abs(hg.grad.numpy() - ref)) <= 1e-8 * scale
+    assert hg.grad.dtype == torch.float64 and hg.method == "exact"
+
+
+def test_generic_double_backward_route_equals_closed_form():
+    class WithoutClosedForm:
+        needs_teacher = False
+
+        def __init__(self):
+            self.inner = WMLLoss(0.6, 0.8)
+
+        def __call__(self, *a, **k):
+            return self.inner(*a, **k)
+
+    peers, train, val, w, args = linear_problem(4, seed=11)
+    fast = hypergradient(peers, WMLLoss(0.6, 0.8), w, train, val, 0.4)
+    slow = hypergradient(peers, WithoutClosedForm(), w, train, val, 0.4)
+    assert torch.allclose(fast.grad, slow.grad, rtol=1e-12, atol=1e-15)
+    assert np.allclose(fast.grad.numpy(), R.hypergradient(*args, w.numpy(), 0.6, 0.8, 0.4), rtol=1e-9, atol=1e-14)
+
+
+def test_losses_independent_of_omega_have_no_second_term():
+    peers, train, val, w, _ = linear_problem(3, seed=12)
+    teacher = torch.randn(8, 5, dtype=torch.float64)
+    for loss in (CELoss(), KDLoss()):
+        hg = hypergradient(peers, loss, w, train, val, 0.5, teacher_logits=teacher)
+        assert torch.equal(hg.second, torch.zeros(3, dtype=torch.float64))
+        assert torch.equal(hg.grad, hg.direct)
+
+
+def test_each_peer_runs_a_fixed_number_of_passes_whatever_m():
+    """No M backward passes: every peer's forward runs twice with the double-VJP route (train and
+    validation batch), three times with the JVP route, independently of the number of peers."""
+    for tangents, expected in ((DOUBLE_VJP, 2), (JVP, 3)):
+        peers, train, val, w, _ = linear_problem(5, seed=13)
+        counts = [0] * 5
+        for i, p in enumerate(peers):
+            p.register_forward_pre_hook(lambda m, a, i=i: counts.__setitem__(i, counts[i] + 1))
+        hypergradient(peers, WMLLoss(), w, train, val, 0.3, tangents=tangents)
+        assert counts == [expected] * 5, (tangents, counts)
+
+
+# ------------------------------------------------------------------ through Hugging Face models
+
+def unrolled_objective(peers, loss, omega, train: Batch, val: Batch, gamma: float) -> float:
+    """F(ω) = L_2(θ − γ ∇_θ L_1(θ, ω), ω), written independently with plain autograd."""
+    named = [dict(p.named_parameters()) for p in peers]
+    with torch.enable_grad():
+        zs = [p(input_ids=train.inputs).logits for p in peers]
+        flat = [t for d in named for t in d.values()]
+        grads = torch.autograd.grad(loss(zs, train.labels, omega).total, flat)
+    k, z_val = 0, []
+    with torch.no_grad():
+        for p, d in zip(peers, named):
+            moved = {n: t - gamma * grads[k + j] for j, (n, t) in enumerate(d.items())}
+            k += len(d)
+            z_val.append(functional_call(p, moved, (), {"input_ids": val.inputs}).logits)
+        return float(ensemble_loss(z_val, val.labels, omega))
+
+
+def hf_problem(configs, V: int, seed: int = 0):
+    peers = [build(c, seed=seed + i).double() for i, c in enumerate(configs)]
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(2, V, (2, 9), generator=g)
+    vtoks = torch.randint(2, V, (2, 9), generator=g)
+    train = Batch(toks[:, :-1], toks[:, 1:].clone())
+    val = Batch(vtoks[:, :-1], vtoks[:, 1:].clone())
+    train.labels[0, 0] = -100
+    return peers, train, val
+
+
+def finite_difference_check(peers, train, val, loss, w, gamma, h, tangents):
+    hg = hypergradient(peers, loss, w, train, val, gamma, tangents=tangents)
+    fd = np.zeros(len(peers))
+    for j in range(len(peers)):
+        e = torch.zeros_like(w)
+        e[j] = h
+        fd[j] = (unrolled_objective(peers, loss, w + e, train, val, gamma)
+                 - unrolled_objective(peers, loss, w - e, train, val, gamma)) / (2 * h)
+    return hg, fd
+
+
+@pytest.mark.parametrize("tangents", [DOUBLE_VJP, JVP])
+def test_gpt2_peers_match_finite_differences(tangents):
+    V = 40
+    peers, train, val = hf_problem([tiny_gpt2_config(vocab_size=V, n_embd=16, n_head=2, n_layer=2),
+                                    tiny_gpt2_config(vocab_size=V, n_embd=24, n_head=4, n_layer=1)], V)
+    w = torch.tensor([0.35, 0.65], dtype=torch.float64)
+    hg, fd = finite_difference_check(peers, train, val, WMLLoss(0.5, 2.0), w, 0.8, 1e-4, tangents)
+    assert np.max(np.abs(hg.grad.numpy() - fd)) <= 1e-7 * np.max(np.abs(fd))
+    assert np.max(np.abs(hg.second.numpy())) > 1e-3 * np.max(np.abs(hg.direct.numpy()))   # the term matters
+
+
+@pytest.mark.parametrize("tangents", [DOUBLE_VJP, JVP])
+def test_llama_peers_match_finite_differences(tangents):
+    """LLaMA's eager attention runs its softmax in float32 even in float64 (method.md §4), so the
+    agreement is ~1e-5, not 1e-8; a wrong second term would be off by ~1e-2."""
+    V = 40
+    peers, train, val = hf_problem([tiny_llama_config(vocab_size=V, hidden=16, n_head=2, ffn=32, n_layer=2),
+                                    tiny_llama_config(vocab_size=V, hidden=24, n_head=2, ffn=16, n_layer=1),
+                                    tiny_llama_config(vocab_size=V, hidden=16, n_head=4, ffn=24, n_layer=1)], V, seed=3)
+    w = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    hg, fd = finite_difference_check(peers, train, val, WMLLoss(0.6, 1.5), w, 0.8, 1e-3, tangents)
+    assert np.max(np.abs(hg.grad.numpy() - fd)) <= 1e-4 * np.max(np.abs(fd))
+    assert np.max(np.abs(hg.second.numpy())) > 1e-3 * np.max(np.abs(hg.direct.numpy()))
+
+
+def test_hf_state_restored_and_dropout_off():
+    """Peers come back in their own mode and attention implementation; with dropout active in
+    train mode the hypergradient is still deterministic (it runs in eval mode)."""
+    V = 30
+    peers, train, val = hf_problem([tiny_gpt2_config(vocab_size=V, n_embd=16, n_head=2, n_layer=1,
+                                                     resid_pdrop=0.3, attn_pdrop=0.3, embd_pdrop=0.3),
+                                    tiny_llama_config(vocab_size=V, hidden=16, n_head=2, ffn=16, n_layer=1,
+                                                      attention_dropout=0.3)], V)
+    peers[0].train()
+    peers[1].eval()
+    before = [attn_implementation(p) for p in peers]
+    assert before == ["sdpa", "sdpa"]
+    w = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    a = hypergradient(peers, WMLLoss(), w, train, val, 0.5)
+    b = hypergradient(peers, WMLLoss(), w, train, val, 0.5)
+    assert torch.equal(a.grad, b.grad)
+    assert [attn_implementation(p) for p in peers] == before
+    assert peers[0].training and all(m.training for m in peers[0].modules())
+    assert not peers[1].training
+    assert all(p.grad is None for peer in peers for p in peer.parameters())
+
+
+def test_float32_models_work():
+    V = 50
+    peers, train, val = hf_problem([tiny_llama_config(vocab_size=V, hidden=16, n_head=2, ffn=16, n_layer=1),
+                                    tiny_gpt2_config(vocab_size=V, n_embd=16, n_head=2, n_layer=1)], V)
+    peers = [p.float() for p in peers]
+    w = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    exact = hypergradient(peers, WMLLoss(), w, train, val, 0.5)
+    first = hypergradient(peers, WMLLoss(), w, train, val, 0.5, method="first_order")
+    assert exact.grad.dtype == torch.float64 and torch.isfinite(exact.grad).all()
+    assert first.method == "first_order" and torch.equal(first.second, torch.zeros(2, dtype=torch.float64))
