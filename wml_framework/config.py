@@ -62,15 +62,15 @@ class WMLConfig:
     teacher_n_layer: int = _f(4, "Layers of the trained teacher.", low=1, high=64, group="teacher")
     teacher_n_embd: int = _f(128, "Hidden size of the trained teacher.", low=8, high=8192, group="teacher")
     teacher_n_head: int = _f(4, "Attention heads of the trained teacher.", low=1, high=128, group="teacher")
-    teacher_steps: int = _f(300, "Optimizer steps spent training the teacher.", low=0, high=10_000_000, group="teacher")
-    teacher_learning_rate: float = _f(3e-3, "Peak learning rate of the teacher's training.", low=0.0, high=10.0, low_open=True, group="teacher")
+    teacher_steps: int = _f(1200, "Optimizer steps spent training the teacher.", low=0, high=10_000_000, group="teacher")
+    teacher_learning_rate: float = _f(5e-3, "Peak learning rate of the teacher's training.", low=0.0, high=10.0, low_open=True, group="teacher")
 
     # -- optimisation (seed card names) ------------------------------------------------
-    num_epochs: int = _f(100, "Optimizer steps of the peers (each accumulates num_batches micro-batches).", low=1, high=10_000_000, group="optimization")
-    learning_rate: float = _f(3e-3, "Peak learning rate of the peers (AdamW).", low=0.0, high=10.0, low_open=True, group="optimization")
-    min_lr: float = _f(3e-4, "Learning rate at the end of the cosine decay.", low=0.0, high=10.0, group="optimization")
-    warmup_iters: int = _f(10, "Linear learning-rate warm-up steps.", low=0, high=10_000_000, group="optimization")
-    lr_decay_iters: int = _f(100, "Step at which the cosine decay reaches min_lr.", low=1, high=10_000_000, group="optimization")
+    num_epochs: int = _f(600, "Optimizer steps of the peers (each accumulates num_batches micro-batches).", low=1, high=10_000_000, group="optimization")
+    learning_rate: float = _f(5e-3, "Peak learning rate of the peers (AdamW).", low=0.0, high=10.0, low_open=True, group="optimization")
+    min_lr: float = _f(5e-4, "Learning rate at the end of the cosine decay.", low=0.0, high=10.0, group="optimization")
+    warmup_iters: int = _f(20, "Linear learning-rate warm-up steps.", low=0, high=10_000_000, group="optimization")
+    lr_decay_iters: int = _f(600, "Step at which the cosine decay reaches min_lr.", low=1, high=10_000_000, group="optimization")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay.", low=0.0, high=10.0, group="optimization")
     beta1: float = _f(0.9, "AdamW β1.", low=0.0, high=1.0, high_open=True, group="optimization")
     beta2: float = _f(0.95, "AdamW β2.", low=0.0, high=1.0, high_open=True, group="optimization")
@@ -83,11 +83,11 @@ class WMLConfig:
     kd_temperature: float = _f(2.0, "Temperature of teacher-guided distillation.", low=0.0, high=100.0, low_open=True, group="loss")
 
     # -- peer weights (outer problem) ---------------------------------------------------
-    omega_lr: float = _f(0.25, "Peak mirror-descent step η.", low=0.0, high=1e3, group="omega")
-    omega_min_lr: float = _f(0.0025, "Final mirror-descent step η after cosine decay.", low=0.0, high=1e3, group="omega")
+    omega_lr: float = _f(1.0, "Peak mirror-descent step η.", low=0.0, high=1e3, group="omega")
+    omega_min_lr: float = _f(0.01, "Final mirror-descent step η after cosine decay.", low=0.0, high=1e3, group="omega")
     omega_warmup_iters: int = _f(2, "Outer steps of linear η warm-up.", low=0, high=10_000_000, group="omega")
-    omega_decay_iters: int = _f(50, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
-    outer_every: int = _f(5, "Run one outer (ω) update every this many optimizer steps.", low=1, high=10_000_000, group="omega")
+    omega_decay_iters: int = _f(200, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
+    outer_every: int = _f(3, "Run one outer (ω) update every this many optimizer steps.", low=1, high=10_000_000, group="omega")
     hypergradient: str = _f("exact", "'exact' (one-step-unrolled, Theorem 1) or 'first_order' (L_2 at θ).", choices=["exact", "first_order"], group="omega")
     fixed_omega: list = _f([], "Peer weights for the 'fixed' updater (normalised to sum 1).", group="omega")
 
@@ -98,13 +98,13 @@ class WMLConfig:
     layer_bound: float = _f(0.9, "Largest fraction of any layer's units that pruning may remove.", low=0.0, high=1.0, low_open=True, high_open=True, group="init")
 
     # -- evaluation, early stopping, run control --------------------------------------------
-    eval_interval: int = _f(10, "Evaluate held-out loss every this many steps.", low=1, high=10_000_000, group="run")
+    eval_interval: int = _f(25, "Evaluate held-out loss every this many steps.", low=1, high=10_000_000, group="run")
     eval_batches: int = _f(4, "Held-out micro-batches per evaluation.", low=1, high=100000, group="run")
     enable_early_stopping: bool = _f(True, "Stop when the ensemble's held-out loss stops improving.", group="run")
     early_stopping_patience: int = _f(5, "Evaluations without improvement before stopping.", low=1, high=100000, group="run")
     blimp: str = _f("default", "Folder of minimal-pair .jsonl files, or 'default' (the sample shipped), or '' to skip.", group="run")
     blimp_limit: int = _f(0, "Pairs per paradigm evaluated at the end (0: all).", low=0, high=10_000_000, group="run")
-    checkpoint_interval: int = _f(25, "Write a resumable checkpoint every this many steps.", low=1, high=10_000_000, group="run")
+    checkpoint_interval: int = _f(50, "Write a resumable checkpoint every this many steps.", low=1, high=10_000_000, group="run")
     seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
@@ -124,6 +124,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0, prune_importance="l1", layer_bound=0.9, batch_size=3, block_size=512,
         num_epochs=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
         lr_decay_iters=200, min_lr=0.005, enable_early_stopping=True,
+        omega_lr=0.25, omega_min_lr=0.0025, outer_every=5,  # method.md §4/§5: the public η schedule
     ),
 }
 
