@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 import wml_reference as R
 from helpers_models import build, tiny_gpt2_config, tiny_llama_config
+from wml_framework.verify import linear_peers
 from wml_framework.api import Batch
 from wml_plugins.hypergrad import DOUBLE_VJP, JVP, hypergradient
 from wml_plugins.hypergrad_modes import attn_implementation
@@ -21,23 +22,10 @@ from wml_plugins.loss_kd import KDLoss
 from wml_plugins.loss_wml import WMLLoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def linear_problem(M: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     V, widths = 5, [2 + (3 * k) % 5 for k in range(M)]
-    peers = []
-    for d in widths:
-        lin = nn.Linear(d, V, bias=False).double()
-        with torch.no_grad():
-            lin.weight.copy_(0.9 * torch.randn(V, d, generator=g, dtype=torch.float64))
-        peers.append(lin)
+    peers = linear_peers(widths, V, 0.9, g)
     Xt = [torch.randn(8, d, generator=g, dtype=torch.float64) for d in widths]
     Xv = [torch.randn(7, d, generator=g, dtype=torch.float64) for d in widths]
     yt, yv = torch.randint(0, V, (8,), generator=g), torch.randint(0, V, (7,), generator=g)

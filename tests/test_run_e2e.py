@@ -169,3 +169,27 @@ def test_whole_cli_in_a_subprocess(tmp_path, corpus):
     assert proc.stdout.strip().endswith(str(run_dir))
     assert "ensemble held-out loss is" in proc.stderr
     assert (run_dir / "summary.json").exists() and (run_dir / "report.md").exists()
+
+
+def test_a_given_teacher_and_its_tokenizer_are_used(tmp_path, corpus, finished_run):
+    teacher_dir = finished_run / "teacher"
+    run_dir = tmp_path / "given"
+    runner.start(tiny_config(corpus, teacher=str(teacher_dir), num_epochs=2, blimp=""), run_dir, log=lambda m: None)
+    from transformers import AutoTokenizer
+
+    given = AutoTokenizer.from_pretrained(teacher_dir)
+    peer_tok = AutoTokenizer.from_pretrained(run_dir / "peers" / "peer_0")
+    assert given.get_vocab() == peer_tok.get_vocab()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    original = json.loads((finished_run / "summary.json").read_text())
+    assert summary["teacher"]["parameters"] == original["teacher"]["parameters"]
+    assert summary["teacher"]["val_loss"] == pytest.approx(original["teacher"]["val_loss"], rel=1e-6)
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, corpus):
+    run_dir = tmp_path / "stalled"
+    cfg = tiny_config(corpus, num_epochs=40, eval_interval=2, enable_early_stopping=True, early_stopping_patience=2,
+                      learning_rate=1e-9, min_lr=1e-9, omega_lr=0.0, omega_min_lr=0.0, blimp="")
+    runner.start(cfg, run_dir, log=lambda m: None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["steps"] < 40

@@ -12,20 +12,13 @@ import torch
 from torch import nn
 
 import wml_reference as R
+from wml_framework.verify import linear_peers
 from wml_framework import config
 from wml_framework.api import Batch, OuterContext
 from wml_framework.plugins import PluginError, get_host
 from wml_plugins.loss_wml import WMLLoss
 from wml_framework.schedules import warmup_cosine
 from wml_plugins.updaters import MirrorUpdater, mirror_step
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def cfg(**values):
@@ -35,12 +28,7 @@ def cfg(**values):
 def linear_problem(M: int, seed: int, outer_step: int = 0, inner_lr: float = 0.5, alpha=0.4, T=1.6):
     g = torch.Generator().manual_seed(seed)
     V, widths = 6, [3 + (k % 3) for k in range(M)]
-    peers = []
-    for d in widths:
-        lin = nn.Linear(d, V, bias=False).double()
-        with torch.no_grad():
-            lin.weight.copy_(0.7 * torch.randn(V, d, generator=g, dtype=torch.float64))
-        peers.append(lin)
+    peers = linear_peers(widths, V, 0.7, g)
     Xt = [torch.randn(9, d, generator=g, dtype=torch.float64) for d in widths]
     Xv = [torch.randn(8, d, generator=g, dtype=torch.float64) for d in widths]
     yt, yv = torch.randint(0, V, (9,), generator=g), torch.randint(0, V, (8,), generator=g)

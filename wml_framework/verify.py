@@ -17,7 +17,7 @@ import math
 import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -360,18 +360,25 @@ class _OuterProblem:
     cfg: object
 
 
+def linear_peers(widths: Sequence[int], vocab: int, scale: float, g: torch.Generator) -> list:
+    """Linear-softmax peers z_i = X_i W_i as bias-free float64 ``nn.Linear`` modules of different
+    input widths: the peers for which ``wml_reference.hypergradient`` is exact."""
+    peers = []
+    for d in widths:
+        lin = nn.Linear(d, vocab, bias=False).double()
+        with torch.no_grad():
+            lin.weight.copy_(scale * torch.randn(vocab, d, generator=g, dtype=torch.float64))
+        peers.append(lin)
+    return peers
+
+
 def _outer_problem(M: int, loss_factory: Callable, g: torch.Generator, outer_step: int = 3,
                    **cfg_extra) -> _OuterProblem:
     """M linear peers z_i = X_i W_i (nn.Linear, no bias, different input widths), float64."""
     cfg = _config(M, **cfg_extra)
     n_train, n_val, V = 7, 6, 5
     widths = [2 + (k % 3) for k in range(M)]
-    peers = []
-    for d in widths:
-        lin = nn.Linear(d, V, bias=False).double()
-        with torch.no_grad():
-            lin.weight.copy_(0.8 * torch.randn(V, d, generator=g, dtype=torch.float64))
-        peers.append(lin)
+    peers = linear_peers(widths, V, 0.8, g)
     X_train = [torch.randn(n_train, d, generator=g, dtype=torch.float64) for d in widths]
     X_val = [torch.randn(n_val, d, generator=g, dtype=torch.float64) for d in widths]
     ctx = OuterContext(peers=peers, loss=loss_factory(cfg), omega=_simplex(M, g),
