@@ -121,15 +121,19 @@ class TokenData:
     vocab_size: int
 
     def batch(self, split: str, batch_size: int, block_size: int, gen: torch.Generator):
-        """Random blocks: inputs ``x`` and next-token labels ``y``, both (batch, block)."""
-        data = self.train if split == "train" else self.val
-        if len(data) <= block_size + 1:
-            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than block_size+1 = {block_size + 1}; "
-                             "use a larger corpus, a larger val_fraction or a smaller block_size")
-        starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen).tolist()
-        rows = np.stack([np.asarray(data[s: s + block_size + 1], dtype=np.int64) for s in starts])
-        t = torch.from_numpy(rows)
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        """Random blocks of the train or held-out stream (see :func:`random_blocks`)."""
+        return random_blocks(self.train if split == "train" else self.val, batch_size, block_size, gen, split)
+
+
+def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
+    """Inputs ``x`` and next-token labels ``y``, both (batch, block), from random offsets."""
+    if len(stream) <= block_size + 1:
+        raise ValueError(f"the {name} split has {len(stream)} tokens, fewer than block_size+1 = {block_size + 1}; "
+                         "use a larger corpus, a larger val_fraction or a smaller block_size")
+    starts = torch.randint(len(stream) - block_size - 1, (batch_size,), generator=gen).tolist()
+    rows = np.stack([np.asarray(stream[s: s + block_size + 1], dtype=np.int64) for s in starts])
+    t = torch.from_numpy(rows)
+    return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
 def _split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

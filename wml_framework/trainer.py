@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .api import Batch, OuterContext, peer_logits
 from .config import WMLConfig
-from .data import TokenData
+from .data import TokenData, random_blocks
 from .io import append_jsonl
 from .plugins import PluginHost
 from .schedules import warmup_cosine
@@ -140,9 +140,7 @@ class Trainer:
     # -- one ω update on held-out data -------------------------------------------------------
     def outer_step(self, train_batch: Batch) -> dict:
         c, st = self.cfg, self.state
-        stream = self.val_outer
-        hold = TokenData(stream, stream, None, self.data.vocab_size)
-        vx, vy = hold.batch("val", c.batch_size, c.block_size, self.gen_outer)
+        vx, vy = random_blocks(self.val_outer, c.batch_size, c.block_size, self.gen_outer, "held-out (ω)")
         ctx = OuterContext(peers=self.peers, loss=self.loss, omega=st.omega.clone(), train=train_batch,
                            val=Batch(vx.to(self.device), vy.to(self.device)), inner_lr=self.lr(st.step),
                            outer_step=st.step // c.outer_every, teacher_logits=self._teacher_logits(train_batch.inputs))

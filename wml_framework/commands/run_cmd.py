@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .. import config as cfgmod
@@ -41,6 +43,7 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
     from ..teacher import TeacherError
 
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress goes to stderr, results to stdout
+    target = resume_dir or out or "RUN_DIR"
     try:
         if resume_dir:
             given = [n for n, v in dict(config=config_path, preset=preset, set=overrides, init=init, updater=updater,
@@ -51,7 +54,11 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
         else:
             cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss,
                                  teacher=teacher, corpus=corpus)
-            run_dir = runner.start(cfg, out, log=log)
+            target = out or runner.default_run_dir()
+            run_dir = runner.start(cfg, target, log=log)
     except (cfgmod.ConfigError, runner.RunError, TeacherError) as exc:
         raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; continue from the last checkpoint with: wml run --resume {target}", err=True)
+        sys.exit(130)
     click.echo(str(run_dir))
