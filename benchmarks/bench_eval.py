@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from wml_framework import scoring
-from wml_framework.commands.eval_cmd import choose_threads
+from wml_framework.evaluation import choose_threads
 from wml_framework.data import default_blimp_dir, encode_with_bos, prepare
 from wml_framework.io import atomic_write_text
 from wml_plugins.eval_synthetic import repeat_pairs, tiny_llama

@@ -138,7 +138,7 @@ def test_eval_as_a_subprocess(workspace, tmp_path):
 def test_thread_policy(monkeypatch):
     import torch
 
-    from wml_framework.commands.eval_cmd import choose_threads
+    from wml_framework.evaluation import choose_threads
 
     assert choose_threads("3") == 3
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from matplotlib.colors import to_hex
 
 from wml_framework.cli import main
-from wml_framework.commands.eval_cmd import evaluate, write_eval_json
+from wml_framework.evaluation import evaluate, write_eval_json
 from wml_framework.report import (ENSEMBLE_COLOR, PLOTS, TEACHER_COLOR, load_run_data, make_figures, peer_color,
                                   result_rows, write_report)
 from wml_plugins.eval_synthetic import synthetic_sentences, write_synthetic_run

@@ -12,7 +12,7 @@ from .config import WMLConfig
 
 
 def finish_run(run_dir: Path, cfg: WMLConfig, log=print) -> None:
-    from .commands.eval_cmd import evaluate, write_eval_json
+    from .evaluation import evaluate, write_eval_json
     from .report import write_report
 
     skip = cfg.blimp.strip().lower() in ("", "none")
