@@ -14,7 +14,7 @@ from torch import Tensor
 
 from wml_framework.api import LossResult
 
-from .loss_common import autocast_off, omega_vector, scored_logits
+from .loss_common import OmegaFree, autocast_off, omega_vector, scored_logits
 
 
 @autocast_off
@@ -25,7 +25,7 @@ def ce_peer_losses(logits: Sequence[Tensor], labels: Tensor) -> Tensor:
                         for z in scored.logits])
 
 
-class CELoss:
+class CELoss(OmegaFree):
     """Cross-entropy of each peer on the labels, nothing shared (independent training)."""
 
     needs_teacher = False
@@ -41,16 +41,6 @@ class CELoss:
         per_peer = ce_peer_losses(logits, labels)
         return LossResult(total=per_peer.sum(), per_peer=per_peer, ce=per_peer.detach(),
                           kl=torch.zeros_like(per_peer.detach()))
-
-    #: ``mixed_omega_grad`` needs no logits (the answer is 0), so the hypergradient need not keep them
-    mixed_from_logit_grads = True
-
-    def mixed_omega_grad(self, logits: Optional[Sequence[Tensor]], labels: Tensor, omega: Tensor,
-                         tangents: Sequence[Tensor], teacher_logits: Optional[Tensor] = None,
-                         logit_grads: Optional[Sequence[Tensor]] = None) -> Tensor:
-        """∂/∂ω Σ_i ⟨∂L/∂z_i, ż_i⟩ = 0: the loss does not depend on ω (hypergradient fast path)."""
-        omega = torch.as_tensor(omega)
-        return torch.zeros(len(tangents), dtype=omega.dtype, device=omega.device)
 
     def __repr__(self) -> str:
         return "CELoss()"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -144,3 +144,17 @@ def omega_vector(omega: Tensor, num_peers: int, like: Tensor, who: str) -> Tenso
         raise ValueError(f"{who}: omega must have shape ({num_peers},), one weight per peer; "
                          f"got {tuple(omega.shape)}")
     return omega.to(device=like.device, dtype=like.dtype)
+
+
+class OmegaFree:
+    """Mixin for losses that do not depend on ω (``ce``, ``kd``): the hypergradient's mixed term
+    ∂/∂ω Σ_i ⟨∂L/∂z_i, ż_i⟩ is 0, so it needs neither logits nor a second derivative."""
+
+    #: ``mixed_omega_grad`` needs no logits, so the hypergradient need not keep them
+    mixed_from_logit_grads = True
+
+    def mixed_omega_grad(self, logits: Optional[Sequence[Tensor]], labels: Tensor, omega: Tensor,
+                         tangents: Sequence[Tensor], teacher_logits: Optional[Tensor] = None,
+                         logit_grads: Optional[Sequence[Tensor]] = None) -> Tensor:
+        omega = torch.as_tensor(omega)
+        return torch.zeros(len(tangents), dtype=omega.dtype, device=omega.device)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from wml_framework.api import LossResult
 
-from .loss_common import autocast_off, omega_vector, scored_logits, select_rows_like
+from .loss_common import OmegaFree, autocast_off, omega_vector, scored_logits, select_rows_like
 
 
 @autocast_off
@@ -47,7 +47,7 @@ def kd_peer_losses(logits: Sequence[Tensor], labels: Tensor, teacher_logits: Ten
     return torch.stack(per_peer), torch.stack(ce), torch.stack(kl)
 
 
-class KDLoss:
+class KDLoss(OmegaFree):
     """Baby Llama distillation from the teacher's logits: α_kd·CE + (1 − α_kd)·KL_T(teacher ‖ peer).
 
     ``LossResult.kl`` is the raw KL_T(sg(z̄) ‖ z_i) (T² included, before the (1 − α_kd) weight), so
@@ -73,16 +73,6 @@ class KDLoss:
             omega_vector(omega, len(logits), logits[0], "loss 'kd'")
         per_peer, ce, kl = kd_peer_losses(logits, labels, teacher_logits, self.alpha_kd, self.temperature)
         return LossResult(total=per_peer.sum(), per_peer=per_peer, ce=ce, kl=kl)
-
-    #: ``mixed_omega_grad`` needs no logits (the answer is 0), so the hypergradient need not keep them
-    mixed_from_logit_grads = True
-
-    def mixed_omega_grad(self, logits: Optional[Sequence[Tensor]], labels: Tensor, omega: Tensor,
-                         tangents: Sequence[Tensor], teacher_logits: Optional[Tensor] = None,
-                         logit_grads: Optional[Sequence[Tensor]] = None) -> Tensor:
-        """∂/∂ω Σ_i ⟨∂L/∂z_i, ż_i⟩ = 0: the loss does not depend on ω (hypergradient fast path)."""
-        omega = torch.as_tensor(omega)
-        return torch.zeros(len(tangents), dtype=omega.dtype, device=omega.device)
 
     def __repr__(self) -> str:
         return f"KDLoss(alpha_kd={self.alpha_kd}, temperature={self.temperature})"
