@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -27,19 +26,14 @@ import torch
 from wml_framework import scoring
 from wml_framework.evaluation import choose_threads
 from wml_framework.data import default_blimp_dir, encode_with_bos, prepare
-from wml_framework.io import atomic_write_text
+from wml_framework.io import replace_doc_section
 from wml_plugins.eval_synthetic import repeat_pairs, tiny_llama
 
-START, END = "<!-- eval:start -->", "<!-- eval:end -->"
 
 
 def replace_section(doc: Path, body: str) -> None:
     """Put ``body`` between the eval markers of ``doc``, leaving every other section alone."""
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Performance\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(doc, text)
+    replace_doc_section(doc, "eval", body)
 
 
 def time_scoring(model, tok, pairs, batch_size: int, threads: str) -> dict:

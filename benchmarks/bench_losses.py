@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from wml_framework.api import Batch, OuterContext
-from wml_framework.io import atomic_write_text
+from wml_framework.io import replace_doc_section
 from wml_plugins.loss_wml import WMLLoss
 from wml_plugins.updaters import MirrorUpdater
 
-START, END = "<!-- bench_losses:start -->", "<!-- bench_losses:end -->"
 DEFAULT_DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
 
@@ -296,15 +295,7 @@ def render(loss_rows: list, mirror_rows: list, args, env: str) -> str:
 
 def write_section(doc: Path, body: str) -> None:
     """Replace (or append) only the text between this benchmark's markers."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Performance\n"
-    block = f"{START}\n{body}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(doc, text)
+    replace_doc_section(doc, "bench_losses", body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,3 +64,18 @@ def append_jsonl(path: Path, record: dict) -> None:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def replace_doc_section(doc: Path, name: str, body: str) -> None:
+    """Put ``body`` between ``<!-- name:start -->`` and ``<!-- name:end -->`` in a markdown file,
+    leaving every other section alone (each benchmark owns one section of docs/performance.md)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = Path(doc)
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Performance\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(doc, text)
