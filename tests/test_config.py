@@ -95,3 +95,18 @@ def test_docs_config_md_is_current():
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
     assert cfgmod.markdown_table() in doc, "regenerate docs/config.md from `wml config --markdown`"
+
+
+@pytest.mark.parametrize("key, value", [("fixed_omega", ["a"]), ("peer_fractions", [None]), ("learning_rate", 10**400)])
+def test_unconvertible_values_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=repr(key)):
+        cfgmod.from_dict({key: value}, check_plugins=False)
+
+
+def test_champion_preset_decays_eta_over_its_outer_steps():
+    from wml_framework.schedules import warmup_cosine
+
+    cfg = cfgmod.load(preset="babylm-champion", check_plugins=False)
+    last_outer = cfg.num_epochs // cfg.outer_every - 1
+    eta = warmup_cosine(last_outer, cfg.omega_lr, cfg.omega_min_lr, cfg.omega_warmup_iters, cfg.omega_decay_iters)
+    assert cfg.omega_lr == 0.25 and eta < 0.01

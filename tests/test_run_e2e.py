@@ -227,3 +227,30 @@ def test_ctrl_c_then_resume_from_the_command_line(tmp_path, corpus):
     assert summary["steps"] == 150
     steps = [r["step"] for r in _read_metrics(run_dir) if r["kind"] == "train"]
     assert steps == list(range(1, 151)), "every step logged exactly once across the interruption"
+
+
+def test_resume_before_the_first_periodic_checkpoint_logs_each_record_once(tmp_path, corpus):
+    class Interrupt:
+        @hookimpl
+        def wml_run_event(self, event, payload):
+            if event == "step" and payload["step"] == 2:
+                raise KeyboardInterrupt
+
+    run_dir = tmp_path / "early"
+    host = get_host()
+    host.register(Interrupt(), "interrupt-at-2")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.start(tiny_config(corpus, num_epochs=4, blimp=""), run_dir, log=lambda m: None)
+    finally:
+        host.unregister("interrupt-at-2")
+    runner.resume(run_dir, log=lambda m: None)
+    records = _read_metrics(run_dir)
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 4]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_block_size_beyond_a_given_teachers_context_is_refused(tmp_path, corpus, finished_run):
+    result = CliRunner().invoke(main, ["run", "--teacher", str(finished_run / "teacher"), "--corpus", str(corpus),
+                                       "--set", "block_size=1024", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "block_size" in result.output and "256" in result.output

@@ -124,7 +124,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         grad_clip=1.0, prune_importance="l1", layer_bound=0.9, batch_size=3, block_size=512,
         num_epochs=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
         lr_decay_iters=200, min_lr=0.005, enable_early_stopping=True,
-        omega_lr=0.25, omega_min_lr=0.0025, outer_every=5,  # method.md §4/§5: the public η schedule
+        # method.md §4/§5: η from 0.25 down to 0.0025 over the 100/5 = 20 outer steps
+        omega_lr=0.25, omega_min_lr=0.0025, outer_every=5, omega_decay_iters=20,
     ),
 }
 
@@ -180,13 +181,19 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise bad from None
     if kind is str and not isinstance(value, str):
         raise bad
     if kind is list:
         if not isinstance(value, (list, tuple)):
             raise bad
-        return [float(x) for x in value]
+        try:
+            return [float(x) for x in value]
+        except (TypeError, ValueError):
+            raise bad from None
     return value
 
 

@@ -127,10 +127,10 @@ class TokenData:
 
 def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
     """Inputs ``x`` and next-token labels ``y``, both (batch, block), from random offsets."""
-    if len(stream) <= block_size + 1:
+    if len(stream) < block_size + 1:
         raise ValueError(f"the {name} split has {len(stream)} tokens, fewer than block_size+1 = {block_size + 1}; "
                          "use a larger corpus, a larger val_fraction or a smaller block_size")
-    starts = torch.randint(len(stream) - block_size - 1, (batch_size,), generator=gen).tolist()
+    starts = torch.randint(len(stream) - block_size, (batch_size,), generator=gen).tolist()
     rows = np.stack([np.asarray(stream[s: s + block_size + 1], dtype=np.int64) for s in starts])
     t = torch.from_numpy(rows)
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()

@@ -54,6 +54,10 @@ def _prepare_teacher(cfg: WMLConfig, run_dir: Path, host: PluginHost, device, lo
         teacher, tokenizer = load_teacher(cfg.teacher)
         if tokenizer is None:
             raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
+        limit = getattr(teacher.config, "max_position_embeddings", None) or getattr(teacher.config, "n_positions", None)
+        if limit is not None and cfg.block_size > limit:
+            raise RunError(f"config key 'block_size': value {cfg.block_size} is not allowed with teacher {cfg.teacher!r}; "
+                           f"expected at most its {limit} positions")
         from .scoring import with_bos
 
         tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
@@ -78,7 +82,9 @@ def _build_peers(cfg: WMLConfig, host: PluginHost, teacher, data: TokenData, run
     x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
     initializer = host.create("initializer", cfg.init, cfg)
     t0 = time.time()
+    device = next(teacher.parameters()).device
     result = initializer.build(teacher.cpu(), family, targets, calibration=Batch(x, y), seed=cfg.seed)
+    teacher.to(device)  # .cpu() moved it in place; training and evaluation need it back
     atomic_write_json(run_dir / "init_table.json", result.rows)
     atomic_write_json(run_dir / "init_trace.json", result.trace)
     for row in result.rows:
@@ -133,7 +139,10 @@ def _execute(cfg: WMLConfig, run_dir: Path, log) -> Path:
         peers = _peers_from_checkpoint(state)
         trainer = Trainer(cfg, host, peers, data, run_dir, device, teacher=teacher, log=log)
         trainer.load_state_dict(state)
-        truncate_metrics(run_dir, trainer.state.step)
+        if trainer.state.step == 0:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the step-0 evaluation is logged again
+        else:
+            truncate_metrics(run_dir, trainer.state.step)
         log(f"resumed at step {trainer.state.step}/{cfg.num_epochs}")
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)

@@ -204,6 +204,7 @@ class Trainer:
             "updater": self.updater.state_dict(),
             "gen_train": self.gen_train.get_state(), "gen_outer": self.gen_outer.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -215,6 +216,8 @@ class Trainer:
         self.gen_train.set_state(s["gen_train"])
         self.gen_outer.set_state(s["gen_outer"])
         torch.set_rng_state(s["torch_rng"])
+        if s.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])  # dropout masks on the GPU resume identically
         self.state = TrainState(step=s["step"], tokens=s["tokens"], omega=s["omega"], best_val=s["best_val"],
                                 bad_evals=s["bad_evals"], stopped_early=s["stopped_early"])
 

@@ -33,7 +33,8 @@ def resolve_config(config_path, preset, overrides, **named) -> cfgmod.WMLConfig:
     return cfgmod.load(config_path, preset=preset, overrides=values)
 
 
-@click.command("run")
+@click.command("run", epilog="Every config key, its default and allowed values: `wml config --markdown` "
+                                 "(docs/config.md). `wml config [same options]` shows the resolved configuration.")
 @config_options
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder (default: runs/<timestamp>).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), help="Continue an interrupted run.")
