@@ -26,7 +26,7 @@ VARIANTS = {
     "bayes + mirror": ["--init", "bayes", "--updater", "mirror"],
     "l1 + mirror": ["--init", "l1", "--updater", "mirror"],
     "bayes + uniform": ["--init", "bayes", "--updater", "uniform"],
-    "bayes + mirror, kd loss": ["--init", "bayes", "--updater", "mirror", "--loss", "kd"],
+    "bayes + mirror + kd loss": ["--init", "bayes", "--updater", "mirror", "--loss", "kd"],
 }
 QUICK = ["--set", "teacher_steps=20", "--set", "num_epochs=6", "--set", "lr_decay_iters=6", "--set", "warmup_iters=1",
          "--set", "eval_interval=3", "--set", "blimp_limit=3", "--set", "teacher_n_embd=32", "--set", "teacher_n_layer=2",
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-doc", type=Path, help="replace this script's section of a markdown file")
     args = ap.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
