@@ -59,6 +59,16 @@ def copy_config(base):
     return cfg
 
 
+def config_with(base, config_class, dims: dict):
+    """``config_class(**dims)``, or a copy of ``base`` with ``dims`` set (keeping the rest of it)."""
+    if base is None:
+        return config_class(**dims)
+    cfg = copy_config(base)
+    for key, value in dims.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
 class FamilyBase:
     """Shared behaviour; a subclass sets ``name``, ``model_type``, ``layer_prefix`` and the
     architecture-specific methods."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from transformers import GPT2Config
 
-from .family_common import Axis, FamilyBase, as_int_array, copy_config
+from .family_common import Axis, FamilyBase, as_int_array, config_with
 
 
 class Gpt2Family(FamilyBase):
@@ -62,12 +62,7 @@ class Gpt2Family(FamilyBase):
         dims = dict(vocab_size=int(vocab_size), n_layer=int(n_layer), n_head=int(n_head), n_embd=n_embd,
                     n_inner=int(ffn), n_positions=int(max_positions),
                     bos_token_id=bos_token_id, eos_token_id=eos_token_id)
-        if base is None:
-            return GPT2Config(**dims)
-        cfg = copy_config(base)
-        for key, value in dims.items():
-            setattr(cfg, key, value)
-        return cfg
+        return config_with(base, GPT2Config, dims)
 
     # -- pruning ---------------------------------------------------------------------------------
     def head_group(self, config) -> int:

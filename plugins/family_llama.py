@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from transformers import LlamaConfig
 
-from .family_common import Axis, FamilyBase, as_int_array, copy_config
+from .family_common import Axis, FamilyBase, as_int_array, config_with
 
 
 def kv_heads_for(n_head: int, ratio: int) -> int:
@@ -91,12 +91,7 @@ class LlamaFamily(FamilyBase):
                     hidden_size=int(hidden) if hidden is not None else n_head * int(head_dim),
                     intermediate_size=int(ffn), max_position_embeddings=int(max_positions),
                     bos_token_id=bos_token_id, eos_token_id=eos_token_id)
-        if base is None:
-            return LlamaConfig(**dims)
-        cfg = copy_config(base)
-        for key, value in dims.items():
-            setattr(cfg, key, value)
-        return cfg
+        return config_with(base, LlamaConfig, dims)
 
     # -- pruning ---------------------------------------------------------------------------------
     def head_group(self, config) -> int:
