@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wml_framework.io import replace_doc_section
+from wml_framework.atomic import replace_doc_section
 
 VARIANTS = {
     "bayes + mirror": ["--init", "bayes", "--updater", "mirror"],
@@ -28,7 +28,7 @@ VARIANTS = {
     "bayes + uniform": ["--init", "bayes", "--updater", "uniform"],
     "bayes + mirror + kd loss": ["--init", "bayes", "--updater", "mirror", "--loss", "kd"],
 }
-QUICK = ["--set", "teacher_steps=20", "--set", "num_epochs=6", "--set", "lr_decay_iters=6", "--set", "warmup_iters=1",
+QUICK = ["--set", "teacher_steps=20", "--set", "max_steps=6", "--set", "lr_decay_iters=6", "--set", "warmup_iters=1",
          "--set", "eval_interval=3", "--set", "blimp_limit=3", "--set", "teacher_n_embd=32", "--set", "teacher_n_layer=2",
          "--set", "vocab_size=512", "--set", "bayesian_n_iter=5", "--set", "bayesian_init_points=3"]
 

@@ -23,11 +23,15 @@ from pathlib import Path
 
 import torch
 
-from wml_framework import scoring
+from wml_framework import minimal_pairs, models
 from wml_framework.evaluation import choose_threads
-from wml_framework.data import default_blimp_dir, encode_with_bos, prepare
-from wml_framework.io import replace_doc_section
-from wml_plugins.eval_synthetic import repeat_pairs, tiny_llama
+from wml_framework.corpus import default_blimp_dir
+from wml_framework.tokenizer import encode_with_bos
+from wml_framework.tokens import prepare
+from wml_framework.atomic import replace_doc_section
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic models the tests use
+from eval_synthetic import repeat_pairs, tiny_llama  # noqa: E402
 
 
 
@@ -41,7 +45,7 @@ def time_scoring(model, tok, pairs, batch_size: int, threads: str) -> dict:
     torch.set_num_threads(n_threads)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    result = scoring.score_minimal_pairs(model, tok, pairs, batch_size=batch_size, progress=None)
+    result = minimal_pairs.score_minimal_pairs(model, tok, pairs, batch_size=batch_size, progress=None)
     seconds = time.perf_counter() - start
     return {"threads": threads, "n_threads": n_threads, "seconds": seconds, "pairs": result["pairs"],
             "macro": result["macro_accuracy"], "load_before": load_before, "load_after": os.getloadavg()[0]}
@@ -65,13 +69,13 @@ def main(argv=None) -> int:
     tok = prepare("default", args.vocab, 0.05, log=lambda m: print(m, file=sys.stderr)).tokenizer
     model = tiny_llama(len(tok), hidden=args.hidden, layers=args.layers, heads=args.heads,
                        intermediate=args.intermediate, seed=0, max_positions=512, tokenizer=tok)
-    n_params = scoring.count_parameters(model)
+    n_params = models.count_parameters(model)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(args.blimp) if args.blimp else repeat_pairs(default_blimp_dir(), Path(tmp), args.paradigms, args.pairs)
-        pairs = scoring.read_minimal_pairs(source)
+        pairs = minimal_pairs.read_minimal_pairs(source)
     sentences = [p.good for p in pairs.pairs] + [p.bad for p in pairs.pairs]
     n_tokens = sum(len(s) for s in encode_with_bos(tok, sentences))
-    scoring.score_minimal_pairs(model, tok, scoring.MinimalPairSet(pairs.pairs[:64], pairs.files), batch_size=args.batch_size)
+    minimal_pairs.score_minimal_pairs(model, tok, minimal_pairs.MinimalPairSet(pairs.pairs[:64], pairs.files), batch_size=args.batch_size)
     runs = [time_scoring(model, tok, pairs, args.batch_size, t.strip()) for t in args.threads.split(",")]
     for r in runs:
         print(f"threads {r['threads']} ({r['n_threads']}): {r['pairs']} pairs ({len(sentences)} sentences, {n_tokens} tokens) "

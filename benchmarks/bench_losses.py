@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from wml_framework.api import Batch, OuterContext
-from wml_framework.io import replace_doc_section
-from wml_plugins.loss_wml import WMLLoss
-from wml_plugins.updaters import MirrorUpdater
+from wml_framework.atomic import replace_doc_section
+from wml_plugins.losses.wml import WMLLoss
+from wml_plugins.updaters.mirror import MirrorUpdater
 
 DEFAULT_DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
 
@@ -217,7 +217,8 @@ def mirror_case(M: int, batch: int, block: int, vocab: int, hidden: int, layers:
             p.zero_grad(set_to_none=True)
 
     def mirror_update():
-        info.update(updater.step(ctx).info["seconds"])
+        updater.step(ctx)
+        info.update(updater.last_seconds)
 
     return inner_step, mirror_update, info
 

@@ -30,6 +30,7 @@ from .losses import (
     wml_losses_grad,
 )
 from .mirror import mirror_step
+from .schedule import warmup_cosine
 
 __all__ = [
     "IGNORE_INDEX",
@@ -47,6 +48,7 @@ __all__ = [
     "kd_loss",
     "kd_loss_grad",
     "mirror_step",
+    "warmup_cosine",
     "linear_logits",
     "linear_inner_grad",
     "linear_b_grads",

@@ -19,7 +19,7 @@ def test_champion_preset_is_the_seed_card():
     cfg = cfgmod.load(preset="babylm-champion", check_plugins=False)
     card = dict(weight_decay=0.1, beta1=0.9, beta2=0.95, bayesian_init_points=10, bayesian_n_iter=100,
                 grad_clip=1.0, prune_importance="l1", layer_bound=0.9, batch_size=3, block_size=512,
-                num_epochs=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
+                max_steps=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
                 lr_decay_iters=200, min_lr=0.005, enable_early_stopping=True)
     assert {k: getattr(cfg, k) for k in card} == card
 
@@ -63,7 +63,50 @@ def test_relations_between_keys():
     with pytest.raises(ConfigError, match="min_lr"):
         cfgmod.from_dict({"learning_rate": 0.01, "min_lr": 0.1}, check_plugins=False)
     with pytest.raises(ConfigError, match="fixed_omega"):
-        cfgmod.from_dict({"updater": "fixed", "num_peers": 3, "fixed_omega": [1, 1]}, check_plugins=False)
+        cfgmod.from_dict({"num_peers": 2, "fixed_omega": [1, -1]}, check_plugins=False)
+
+
+def test_max_steps_has_the_seed_cards_name_as_an_alias(tmp_path):
+    """Would catch: dropping the alias, or an alias that silently loses to (or overrides) the real key."""
+    assert cfgmod.from_dict({"num_epochs": 7}, check_plugins=False).max_steps == 7
+    assert cfgmod.from_dict({"max_steps": 7}, check_plugins=False).num_epochs == 7
+    with pytest.raises(ConfigError, match="'num_epochs' and 'max_steps'.*disagree"):
+        cfgmod.from_dict({"num_epochs": 7, "max_steps": 8}, check_plugins=False)
+    path = tmp_path / "c.toml"
+    path.write_text("num_epochs = 5\n")
+    assert cfgmod.load(path, overrides={"max_steps": "9"}, check_plugins=False).max_steps == 9  # later wins
+    assert "num_epochs" not in cfgmod.dumps(cfgmod.load(path, check_plugins=False))
+
+
+def test_plugin_options_from_set_and_toml_are_validated_with_defaults(tmp_path):
+    """Would catch: options that are not validated, not defaulted, or that --set cannot reach."""
+    from wml_framework.plugins import PluginHost
+
+    host = PluginHost()
+    cfg = cfgmod.load(overrides=cfgmod.parse_overrides(["perplexity.max_blocks=3"]), host=host)
+    assert cfg.plugins["perplexity"] == {"batch_size": 8, "max_blocks": 3}
+    assert cfg.plugins["minimal_pairs"] == {"batch_size": 64}          # defaults shown for every plugin
+    path = tmp_path / "c.toml"
+    path.write_text("[plugins.minimal_pairs]\nbatch_size = 16\n")
+    cfg = cfgmod.load(path, overrides={"perplexity.batch_size": "2"}, host=host)
+    assert cfg.plugins["minimal_pairs"]["batch_size"] == 16 and cfg.plugins["perplexity"]["batch_size"] == 2
+    assert cfgmod.load(tmp_path / "c.toml", host=host) == cfgmod.from_dict(
+        cfgmod.read_toml(tmp_path / "c.toml"), host=host)
+    with pytest.raises(ConfigError, match=r"'perplexity.batch_size'.*0.*int in \[1"):
+        cfgmod.from_dict({"perplexity.batch_size": 0}, host=host)
+    with pytest.raises(ConfigError, match="unknown option perplexity.max_block; did you mean 'max_blocks'"):
+        cfgmod.from_dict({"perplexity.max_block": 1}, host=host)
+    with pytest.raises(ConfigError, match="unknown plugin option namespace 'perplexty'.*'perplexity'"):
+        cfgmod.from_dict({"perplexty.max_blocks": 1}, host=host)
+    saved = tmp_path / "saved.toml"
+    cfgmod.save(cfg, saved)
+    assert cfgmod.load(saved, host=host) == cfg
+
+
+def test_teacher_family_is_checked_against_the_registry():
+    """Would catch: a fixed list of families in the core (a third-party family could never be chosen)."""
+    with pytest.raises(ConfigError, match="'teacher_family'.*'gpt3'.*registered families: gpt2, llama"):
+        cfgmod.from_dict({"teacher_family": "gpt3"})
 
 
 def test_bad_toml_file_is_reported(tmp_path):
@@ -87,14 +130,16 @@ def test_saved_config_round_trips(tmp_path_factory, alpha, peers, seed):
 def test_every_key_is_documented():
     table = cfgmod.markdown_table()
     for f in dataclasses.fields(WMLConfig):
-        assert f"`{f.name}`" in table and f.metadata["help"]
+        assert f.metadata["spec"].help and (f"`{f.name}`" in table or f.name == "plugins")
 
 
 def test_docs_config_md_is_current():
     from pathlib import Path
 
+    from wml_framework.plugins import PluginHost
+
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
-    assert cfgmod.markdown_table() in doc, "regenerate docs/config.md from `wml config --markdown`"
+    assert cfgmod.markdown_table(PluginHost()) in doc, "regenerate docs/config.md from `wml config --markdown`"
 
 
 @pytest.mark.parametrize("key, value", [("fixed_omega", ["a"]), ("peer_fractions", [None]), ("learning_rate", 10**400)])
@@ -107,6 +152,6 @@ def test_champion_preset_decays_eta_over_its_outer_steps():
     from wml_framework.schedules import warmup_cosine
 
     cfg = cfgmod.load(preset="babylm-champion", check_plugins=False)
-    last_outer = cfg.num_epochs // cfg.outer_every - 1
+    last_outer = cfg.max_steps // cfg.outer_every - 1
     eta = warmup_cosine(last_outer, cfg.omega_lr, cfg.omega_min_lr, cfg.omega_warmup_iters, cfg.omega_decay_iters)
     assert cfg.omega_lr == 0.25 and eta < 0.01

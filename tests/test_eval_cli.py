@@ -11,10 +11,12 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from wml_framework import hookimpl, scoring
+from wml_framework import hookimpl
+from wml_framework import minimal_pairs, models, tokenizer
 from wml_framework.cli import main
-from wml_framework.plugins import get_host
-from wml_plugins.eval_synthetic import synthetic_pairs, synthetic_sentences, write_minimal_pairs, write_synthetic_run
+from wml_framework import plugins
+from wml_framework.plugins import PluginHost
+from eval_synthetic import synthetic_pairs, synthetic_sentences, write_minimal_pairs, write_synthetic_run
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def run_cli(*args):
 
 def test_eval_run_folder_scores_peers_ensemble_and_teacher(workspace):
     run = workspace["run"]
-    result = run_cli("eval", run, "--corpus", workspace["corpus"], "--limit", 5, "--max-blocks", 3, "--block-size", 16)
+    result = run_cli("eval", run, "--corpus", workspace["corpus"], "--limit", 5, "--set", "perplexity.max_blocks=3", "--block-size", 16)
     assert result.exit_code == 0, result.output
     out = json.loads((run / "eval.json").read_text())
     assert list(out["models"]) == ["peer_0", "peer_1", "peer_2", "ensemble", "teacher"]
@@ -52,8 +54,8 @@ def test_eval_run_folder_scores_peers_ensemble_and_teacher(workspace):
     assert [out["models"][n]["omega"] for n in ("peer_0", "peer_1", "peer_2")] == pytest.approx(out["omega"])
     assert out["models"]["peer_1"]["parameters"] == workspace["parameters"][1]
     # the command's numbers are the scorer's numbers
-    teacher = scoring.load_model(run / "teacher")
-    direct = scoring.score_minimal_pairs(teacher, scoring.load_tokenizer(run / "teacher"),
+    teacher = models.load_model(run / "teacher")
+    direct = minimal_pairs.score_minimal_pairs(teacher, tokenizer.load_tokenizer(run / "teacher"),
                                          out["minimal_pairs"]["source"], limit=5)
     assert out["models"]["teacher"]["minimal_pairs"]["correct"] == direct["correct"]
     # terminal table: every model, the champion starred, and per-paradigm accuracy
@@ -70,7 +72,7 @@ def test_eval_model_folder_reports_malformed_lines(workspace, tmp_path):
     (blimp / "agreement.jsonl").write_text("\n".join(lines) + "\n")
     target = tmp_path / "out" / "scores.json"
     result = run_cli("eval", workspace["run"] / "peers" / "peer_1", "--blimp", blimp, "--corpus", "none",
-                     "--json-out", target, "--batch-size", 4)
+                     "--json-out", target, "--set", "minimal_pairs.batch_size=4")
     assert result.exit_code == 0, result.output
     assert f"{blimp / 'agreement.jsonl'}:3: malformed" in result.stderr
     out = json.loads(target.read_text())
@@ -80,7 +82,7 @@ def test_eval_model_folder_reports_malformed_lines(workspace, tmp_path):
     assert "not valid JSON" in out["minimal_pairs"]["malformed"][0]["reason"]
     model = out["models"]["peer_1"]
     assert model["minimal_pairs"]["pairs"] == 6 and "perplexity" not in model
-    assert out["settings"]["corpus"] is None
+    assert out["settings"]["evaluators"] == ["minimal_pairs"] and out["settings"]["options"]["minimal_pairs"] == {"batch_size": 4}
 
 
 def test_eval_errors_are_clear(workspace, tmp_path):
@@ -105,26 +107,24 @@ class CountingEvaluatorPlugin:
         register("vocab_size", make, help="Vocabulary size (test plugin).")
 
 
-def test_third_party_evaluator_runs_through_wml_eval(workspace, tmp_path):
-    host = get_host()
+def test_third_party_evaluator_runs_through_wml_eval(workspace, tmp_path, monkeypatch):
+    host = PluginHost()               # a fresh host for this test, installed as the command line's
+    monkeypatch.setattr(plugins, "_HOST", host)
     assert {"perplexity", "minimal_pairs"} <= set(host.names("evaluator"))
     host.register(CountingEvaluatorPlugin(), "counting-test")
-    try:
-        target = tmp_path / "e.json"
-        result = run_cli("eval", workspace["run"] / "champion", "--evaluator", "vocab_size", "--json-out", target)
-        assert result.exit_code == 0, result.output
-        out = json.loads(target.read_text())
-        assert out["settings"]["evaluators"] == ["vocab_size"]
-        assert out["models"]["champion"]["vocab_size"] == {"vocab": len(workspace["tokenizer"]), "corpus": "default"}
-    finally:
-        host.unregister("counting-test")
+    target = tmp_path / "e.json"
+    result = run_cli("eval", workspace["run"] / "champion", "--evaluator", "vocab_size", "--json-out", target)
+    assert result.exit_code == 0, result.output
+    out = json.loads(target.read_text())
+    assert out["settings"]["evaluators"] == ["vocab_size"]
+    assert out["models"]["champion"]["vocab_size"] == {"vocab": len(workspace["tokenizer"]), "corpus": "default"}
 
 
 def test_eval_as_a_subprocess(workspace, tmp_path):
     target = tmp_path / "eval.json"
     env = {**os.environ, "WML_CACHE_DIR": str(workspace["cache"])}
     proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "eval", str(workspace["run"] / "peers" / "peer_2"),
-                           "--corpus", str(workspace["corpus"]), "--max-blocks", "2", "--block-size", "16",
+                           "--corpus", str(workspace["corpus"]), "--set", "perplexity.max_blocks=2", "--block-size", "16",
                            "--limit", "3", "--json-out", str(target)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr

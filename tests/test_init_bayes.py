@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from wml_framework import config as cfgmod
 from wml_framework.plugins import PluginError, get_host
-from wml_plugins.init_bayes import peer_targets
-from wml_plugins.sizing_bayes import search_shape
-from wml_plugins.sizing_space import VARIABLES, SizingSpace, grid_step, shape_key
+from wml_framework.api import peer_targets
+from wml_plugins.init.bayes.search import search_shape
+from wml_plugins.init.bayes.space import VARIABLES, SizingSpace, grid_step, shape_key
 from helpers_models import tiny_gpt2_config, tiny_llama_config
 
 SEED_CARD = cfgmod.from_dict({}, check_plugins=False)   # bayesian_init_points 10, bayesian_n_iter 100
@@ -169,7 +169,7 @@ def test_target_smaller_than_any_model_is_rejected_before_searching(monkeypatch)
     def no_search(*args, **kwargs):
         raise AssertionError("a search ran before the targets were checked")
 
-    monkeypatch.setattr("wml_plugins.init_bayes.search_shape", no_search)
+    monkeypatch.setattr("wml_plugins.init.bayes.search_shape", no_search)
     with pytest.raises(ValueError, match="smaller than the smallest"):
         init.build(meta_teacher(cfg), family, [family.count_parameters(cfg) // 2, smallest - 1])
     with pytest.raises(ValueError, match="exceeds the teacher"):

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from wml_framework import config as cfgmod
 from wml_framework.plugins import PluginError, get_host
-from wml_plugins.init_bayes import peer_targets
-from wml_plugins.pruning_importance import Importance, calibration_gradients, unit_importance
-from wml_plugins.pruning_plan import min_kept, plan_pruning, smallest_parameters
-from wml_plugins.pruning_slice import prune_model, select_units
+from wml_framework.api import peer_targets
+from wml_plugins.init.l1.importance import Importance, calibration_gradients, unit_importance
+from wml_plugins.init.l1.plan import min_kept, plan_pruning, smallest_parameters
+from wml_plugins.init.l1.slice import prune_model, select_units
 from helpers_models import build, lm_batch, lm_loss, tiny_gpt2_config, tiny_llama_config, toy_corpus, train_tiny
 
 DEFAULTS = cfgmod.from_dict({}, check_plugins=False)     # prune_importance 'l1', layer_bound 0.9
@@ -235,7 +235,7 @@ def test_target_smaller_than_any_pruned_model_is_rejected_before_work(monkeypatc
     def no_work(*args, **kwargs):
         raise AssertionError("importance was computed before the targets were checked")
 
-    monkeypatch.setattr("wml_plugins.init_l1.unit_importance", no_work)
+    monkeypatch.setattr("wml_plugins.init.l1.unit_importance", no_work)
     with pytest.raises(ValueError, match="smaller than the smallest"):
         init.build(build(cfg), family, [family.count_parameters(cfg) // 2, smallest - 1])
     assert smallest > smallest_parameters(family, cfg, 0.9)

@@ -104,8 +104,8 @@ def _weightless_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("case,extra,message", [
-    ("not a model", [], "is not a Hugging Face model directory"),
-    ("no weights", [], "has a config but no weights"),
+    ("not a model", [], "has no config.json: not a Hugging Face model folder"),
+    ("no weights", [], "has no weights"),
     ("tiny target", ["--set", "peer_fractions=[0.0005]"], "smaller than the smallest model"),
     ("M < 1", ["--peers", "0"], "0 is not in the range x>=1"),
     ("layer_bound 1.5", ["--set", "layer_bound=1.5"], "'layer_bound'"),
@@ -132,4 +132,4 @@ def test_bad_input_in_a_real_subprocess_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "init-peers", "--init", "bayes",
                            "--teacher", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "not a Hugging Face model directory" in proc.stderr
+    assert proc.returncode == 2 and "not a Hugging Face model folder" in proc.stderr and "Traceback" not in proc.stderr

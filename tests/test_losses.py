@@ -18,11 +18,11 @@ import wml_reference as R
 from wml_framework import config
 from wml_framework.api import LossResult
 from wml_framework.plugins import get_host
-from wml_plugins.hypergrad import mixed_omega_grad_autograd
-from wml_plugins.loss_ce import CELoss
-from wml_plugins.loss_ensemble import ensemble_loss
-from wml_plugins.loss_kd import KDLoss
-from wml_plugins.loss_wml import WMLLoss, wml_peer_losses
+from wml_plugins.updaters.hypergrad import mixed_omega_grad_autograd
+from wml_plugins.losses.ce import CELoss
+from wml_plugins.losses.ensemble import ensemble_loss
+from wml_plugins.losses.kd import KDLoss
+from wml_plugins.losses.wml import WMLLoss, wml_peer_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def test_logit_grads_fast_path_equals_autograd(dtype):
 
 
 def test_ensemble_loss_parts_match_autograd():
-    from wml_plugins.loss_ensemble import ensemble_loss_parts
+    from wml_plugins.losses.ensemble import ensemble_loss_parts
 
     zs, y, w, _ = problem(3, seed=56)
     value, grad_w, G = ensemble_loss_parts(zs, y, w)

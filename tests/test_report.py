@@ -13,9 +13,10 @@ from matplotlib.colors import to_hex
 
 from wml_framework.cli import main
 from wml_framework.evaluation import evaluate, write_eval_json
-from wml_framework.report import (ENSEMBLE_COLOR, PLOTS, TEACHER_COLOR, load_run_data, make_figures, peer_color,
-                                  result_rows, write_report)
-from wml_plugins.eval_synthetic import synthetic_sentences, write_synthetic_run
+from wml_framework.report import write_report
+from wml_framework.report.plots import ENSEMBLE_COLOR, PLOTS, TEACHER_COLOR, make_figures, peer_color
+from wml_framework.report.run_data import load_run_data, result_rows
+from eval_synthetic import synthetic_sentences, write_synthetic_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +31,8 @@ def evaluated_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("WML_CACHE_DIR", str(root / "cache"))
     try:
-        result = evaluate(root / "run", corpus=str(corpus), limit=3, max_blocks=2, block_size=16, log=lambda _m: None)
+        result = evaluate(root / "run", corpus=str(corpus), limit=3, block_size=16, settings={"perplexity.max_blocks": 2},
+                          log=lambda _m: None)
     finally:
         mp.undo()
     write_eval_json(root / "run" / "eval.json", result)

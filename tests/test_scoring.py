@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from wml_framework import scoring
-from wml_framework.data import default_blimp_dir
-from wml_plugins.eval_synthetic import (save_model, synthetic_sentences, tiny_gpt2, tiny_llama, tiny_tokenizer,
+from wml_framework import heldout, minimal_pairs, run_reader, tokenizer
+from wml_framework import models as wml_models
+from wml_framework.run_layout import RunLayout
+from wml_framework.corpus import default_blimp_dir
+from eval_synthetic import (save_model, synthetic_sentences, tiny_gpt2, tiny_llama, tiny_tokenizer,
                                         write_synthetic_run)
 
 TOL = 1e-4
@@ -52,18 +54,18 @@ def bos_ids(tok, texts):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_batched_sentence_logprobs_match_plain_loop(tok, sentences, family):
     model = (tiny_llama if family == "llama" else tiny_gpt2)(len(tok), seed=2, tokenizer=tok)
-    batched = scoring.sentence_logprobs(model, tok, sentences, batch_size=4)
+    batched = minimal_pairs.sentence_logprobs(model, tok, sentences, batch_size=4)
     expected = [loop_logprob([(model, 1.0)], ids) for ids in bos_ids(tok, sentences)]
     assert batched.dtype == np.float64
     np.testing.assert_allclose(batched, expected, atol=TOL, rtol=0)
     # one big batch and batches of one agree as well: the order is restored after sorting
-    np.testing.assert_allclose(scoring.sentence_logprobs(model, tok, sentences, batch_size=64), expected, atol=TOL, rtol=0)
-    np.testing.assert_allclose(scoring.sentence_logprobs(model, tok, sentences, batch_size=1), expected, atol=TOL, rtol=0)
+    np.testing.assert_allclose(minimal_pairs.sentence_logprobs(model, tok, sentences, batch_size=64), expected, atol=TOL, rtol=0)
+    np.testing.assert_allclose(minimal_pairs.sentence_logprobs(model, tok, sentences, batch_size=1), expected, atol=TOL, rtol=0)
 
 
 def test_minimal_pair_logprobs_match_plain_loop(tok, llama):
-    data = scoring.read_minimal_pairs(default_blimp_dir(), limit=4)
-    result = scoring.score_minimal_pairs(llama, tok, data, batch_size=5, return_logprobs=True)
+    data = minimal_pairs.read_minimal_pairs(default_blimp_dir(), limit=4)
+    result = minimal_pairs.score_minimal_pairs(llama, tok, data, batch_size=5, return_logprobs=True)
     good = [loop_logprob([(llama, 1.0)], ids) for ids in bos_ids(tok, [p.good for p in data.pairs])]
     bad = [loop_logprob([(llama, 1.0)], ids) for ids in bos_ids(tok, [p.bad for p in data.pairs])]
     np.testing.assert_allclose(result["logprob_good"], good, atol=TOL, rtol=0)
@@ -75,28 +77,28 @@ def test_minimal_pair_logprobs_match_plain_loop(tok, llama):
 def test_ensemble_logprobs_match_manually_mixed_logits(tok, sentences):
     models = [tiny_llama(len(tok), hidden=h, seed=10 + h, tokenizer=tok) for h in (24, 32, 48)]
     omega = [0.5, 0.3, 0.2]
-    ens = scoring.EnsembleLM(models, omega)
-    got = scoring.sentence_logprobs(ens, tok, sentences, batch_size=3)
+    ens = wml_models.EnsembleLM(models, omega)
+    got = minimal_pairs.sentence_logprobs(ens, tok, sentences, batch_size=3)
     expected = [loop_logprob(list(zip(models, omega)), ids) for ids in bos_ids(tok, sentences)]
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
     # the ensemble is not the mixture of the peers' scores: logits are mixed before the softmax
-    mixed_scores = sum(w * scoring.sentence_logprobs(m, tok, sentences) for m, w in zip(models, omega))
+    mixed_scores = sum(w * minimal_pairs.sentence_logprobs(m, tok, sentences) for m, w in zip(models, omega))
     assert np.abs(mixed_scores - got).max() > 1e-3
 
 
 def test_ensemble_weights(tok, sentences):
     models = [tiny_llama(len(tok), seed=s, tokenizer=tok) for s in (3, 4)]
-    one_hot = scoring.EnsembleLM(models, [0.0, 2.0])  # normalised to [0, 1]
+    one_hot = wml_models.EnsembleLM(models, [0.0, 2.0])  # normalised to [0, 1]
     assert one_hot.omega.tolist() == [0.0, 1.0]
-    np.testing.assert_allclose(scoring.sentence_logprobs(one_hot, tok, sentences),
-                               scoring.sentence_logprobs(models[1], tok, sentences), atol=1e-5, rtol=0)
-    assert scoring.count_parameters(one_hot) == sum(scoring.count_parameters(m) for m in models)
+    np.testing.assert_allclose(minimal_pairs.sentence_logprobs(one_hot, tok, sentences),
+                               minimal_pairs.sentence_logprobs(models[1], tok, sentences), atol=1e-5, rtol=0)
+    assert wml_models.count_parameters(one_hot) == sum(wml_models.count_parameters(m) for m in models)
     for bad in ([0.5], [-1.0, 2.0], [0.0, 0.0], [float("nan"), 1.0]):
         with pytest.raises(ValueError):
-            scoring.EnsembleLM(models, bad)
+            wml_models.EnsembleLM(models, bad)
     other_vocab = tiny_llama(len(tok) + 8, seed=5)
     with pytest.raises(ValueError, match="vocabulary"):
-        scoring.sentence_logprobs(scoring.EnsembleLM([models[0], other_vocab], [0.5, 0.5]), tok, sentences)
+        minimal_pairs.sentence_logprobs(wml_models.EnsembleLM([models[0], other_vocab], [0.5, 0.5]), tok, sentences)
 
 
 def test_bos_is_prepended_for_gpt2_style_tokenizers(tok, llama):
@@ -110,7 +112,7 @@ def test_bos_is_prepended_for_gpt2_style_tokenizers(tok, llama):
     text = "Alice sees the garden."
     plain = gpt2_style(text)["input_ids"]
     assert plain[0] != gpt2_style.eos_token_id
-    got = scoring.sentence_logprobs(llama, gpt2_style, [text])[0]
+    got = minimal_pairs.sentence_logprobs(llama, gpt2_style, [text])[0]
     assert got == pytest.approx(loop_logprob([(llama, 1.0)], [gpt2_style.eos_token_id, *plain]), abs=TOL)
     # the first word counts: scoring without the prepended token gives a different number
     assert abs(got - loop_logprob([(llama, 1.0)], plain)) > 1e-3
@@ -120,8 +122,8 @@ def test_scoring_restores_training_mode_and_builds_no_graph(tok):
     model = tiny_gpt2(len(tok), seed=6, tokenizer=tok)
     model.config.resid_pdrop = 0.5
     model.train()
-    a = scoring.sentence_logprobs(model, tok, ["The wolf sees a door."])
-    b = scoring.sentence_logprobs(model, tok, ["The wolf sees a door."])
+    a = minimal_pairs.sentence_logprobs(model, tok, ["The wolf sees a door."])
+    b = minimal_pairs.sentence_logprobs(model, tok, ["The wolf sees a door."])
     assert model.training and a[0] == b[0]  # eval mode (no dropout) while scoring, training mode after
     assert all(p.grad is None for p in model.parameters())
 
@@ -129,7 +131,7 @@ def test_scoring_restores_training_mode_and_builds_no_graph(tok):
 def test_sequence_too_long_is_a_clear_error(tok):
     model = tiny_llama(len(tok), max_positions=8, tokenizer=tok)
     with pytest.raises(ValueError, match="exceeds the model's 8 positions"):
-        scoring.sentence_logprobs(model, tok, ["Alice sees the garden and the river and the house."])
+        minimal_pairs.sentence_logprobs(model, tok, ["Alice sees the garden and the river and the house."])
 
 
 def write_jsonl(path, lines):
@@ -150,7 +152,7 @@ def test_malformed_lines_are_reported_and_the_rest_scored(tmp_path, tok, llama):
         json.dumps({"sentence_good": "", "sentence_bad": "x"}),  # line 7: empty
         good[2],
     ])
-    result = scoring.score_minimal_pairs(llama, tok, tmp_path)
+    result = minimal_pairs.score_minimal_pairs(llama, tok, tmp_path)
     lines = [(m["file"], m["line"]) for m in result["malformed"]]
     assert lines == [(str(f), 2), (str(f), 4), (str(f), 6), (str(f), 7)]
     reasons = [m["reason"] for m in result["malformed"]]
@@ -160,13 +162,13 @@ def test_malformed_lines_are_reported_and_the_rest_scored(tmp_path, tok, llama):
 
 
 def test_accuracy_per_file_per_uid_and_macro_average():
-    P = scoring.MinimalPair
+    P = minimal_pairs.MinimalPair
     pairs = [P("g", "b", "file_a", 1, "u1"), P("g", "b", "file_a", 2, "u1"), P("g", "b", "file_a", 3, "u2"),
              P("g", "b", "file_a", 4, "u2"), P("g", "b", "file_b", 1, "u3"), P("g", "b", "file_b", 2, "u3"),
              P("g", "b", "file_b", 3, "u3")]
     good = np.array([-1.0, -5.0, -2.0, -3.0, -1.0, -1.0, -4.0])
     bad = np.array([-2.0, -4.0, -2.0, -4.0, -2.0, -2.0, -5.0])  # pair 3 is a tie: a tie fails
-    s = scoring.summarize_pairs(pairs, good, bad)
+    s = minimal_pairs.summarize_pairs(pairs, good, bad)
     assert s["files"]["file_a"] == {"pairs": 4, "correct": 2, "accuracy": 0.5}
     assert s["files"]["file_b"] == {"pairs": 3, "correct": 3, "accuracy": 1.0}
     assert s["uids"]["u1"]["accuracy"] == 0.5 and s["uids"]["u2"]["accuracy"] == 0.5 and s["uids"]["u3"]["accuracy"] == 1.0
@@ -174,26 +176,26 @@ def test_accuracy_per_file_per_uid_and_macro_average():
     assert s["macro_accuracy"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert s["micro_accuracy"] == pytest.approx(5 / 7) and s["correct"] == 5 and s["pairs"] == 7
     no_uid = [P(p.good, p.bad, p.file, p.line) for p in pairs]
-    s2 = scoring.summarize_pairs(no_uid, good, bad)
+    s2 = minimal_pairs.summarize_pairs(no_uid, good, bad)
     assert s2["paradigm_key"] == "file" and s2["uids"] == {} and s2["macro_accuracy"] == pytest.approx(0.75)
 
 
 def test_limit_is_per_file_and_sources_are_checked(tmp_path):
-    data = scoring.read_minimal_pairs(default_blimp_dir(), limit=3)
+    data = minimal_pairs.read_minimal_pairs(default_blimp_dir(), limit=3)
     assert len(data.files) == 8 and len(data.pairs) == 24
     assert {p.file for p in data.pairs} == {f.stem for f in data.files}
-    single = scoring.read_minimal_pairs(data.files[0])
+    single = minimal_pairs.read_minimal_pairs(data.files[0])
     assert len(single.pairs) == 50 and single.malformed == []
     with pytest.raises(ValueError, match="no .jsonl"):
-        scoring.read_minimal_pairs(tmp_path)
+        minimal_pairs.read_minimal_pairs(tmp_path)
     with pytest.raises(ValueError, match="neither"):
-        scoring.read_minimal_pairs(tmp_path / "missing")
+        minimal_pairs.read_minimal_pairs(tmp_path / "missing")
 
 
 def test_perplexity_matches_cross_entropy_per_block(tok, llama):
     rng = np.random.default_rng(0)
     stream = rng.integers(0, len(tok), size=16 * 7 + 5).astype(np.uint16)  # 7 full blocks, a short tail
-    result = scoring.perplexity(llama, stream, block_size=16, batch_size=3)
+    result = heldout.perplexity(llama, stream, block_size=16, batch_size=3)
     losses = []
     for k in range(7):
         block = torch.from_numpy(stream[16 * k: 16 * k + 17].astype(np.int64))[None]
@@ -204,14 +206,14 @@ def test_perplexity_matches_cross_entropy_per_block(tok, llama):
     assert result["loss"] == pytest.approx(expected, abs=1e-5)
     assert result["ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
     assert (result["tokens"], result["blocks"], result["block_size"]) == (7 * 16, 7, 16)
-    few = scoring.perplexity(llama, stream, block_size=16, max_blocks=3)
+    few = heldout.perplexity(llama, stream, block_size=16, max_blocks=3)
     assert few["blocks"] == 3 and few["tokens"] == 48
     expected_few = (losses[0] + losses[3] + losses[6]) / 48  # spread evenly: first, middle, last
     assert few["loss"] == pytest.approx(expected_few, abs=1e-5)
     with pytest.raises(ValueError, match="fewer than block_size"):
-        scoring.perplexity(llama, stream[:10], block_size=16)
+        heldout.perplexity(llama, stream[:10], block_size=16)
     with pytest.raises(ValueError, match="positions"):
-        scoring.perplexity(llama, stream, block_size=1024)
+        heldout.perplexity(llama, stream, block_size=1024)
 
 
 def test_saved_peer_is_scorable_like_the_babylm_causal_backend(tmp_path, tok, llama):
@@ -228,7 +230,7 @@ def test_saved_peer_is_scorable_like_the_babylm_causal_backend(tmp_path, tok, ll
     processor = AutoProcessor.from_pretrained(folder, padding_side="right")
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     sentences = ["Alice sees the garden.", "Some boys see a door."]
-    ours = scoring.sentence_logprobs(model, loaded_tok, sentences)
+    ours = minimal_pairs.sentence_logprobs(model, loaded_tok, sentences)
     for sentence, score in zip(sentences, ours):
         tokens = torch.tensor([processor(text=sentence)["input_ids"]])
         with torch.no_grad():
@@ -239,13 +241,13 @@ def test_saved_peer_is_scorable_like_the_babylm_causal_backend(tmp_path, tok, ll
 
 def test_load_run_reads_peers_in_order_with_teacher_and_omega(tmp_path, tok):
     info = write_synthetic_run(tmp_path / "run", num_peers=3, steps=20, tokenizer=tok)
-    run = scoring.load_run(tmp_path / "run")
+    run = run_reader.load_run(tmp_path / "run")
     assert run.peer_names == ["peer_0", "peer_1", "peer_2"]
-    assert [scoring.count_parameters(m) for m in run.peers] == info["parameters"]
+    assert [wml_models.count_parameters(m) for m in run.peers] == info["parameters"]
     assert run.omega_source == "summary.json"
     np.testing.assert_allclose(run.omega, np.asarray(info["omega"]) / np.sum(info["omega"]))
     assert run.teacher is not None and run.tokenizer.is_fast and run.config["num_peers"] == 3
-    assert isinstance(run.ensemble(), scoring.EnsembleLM)
+    assert isinstance(run.ensemble(), wml_models.EnsembleLM)
 
 
 def test_omega_falls_back_to_metrics_then_uniform(tmp_path):
@@ -254,18 +256,18 @@ def test_omega_falls_back_to_metrics_then_uniform(tmp_path):
 
     (tmp_path / "summary.json").write_text(json.dumps({"omega": [0.2, 0.8]}))
     records({"kind": "outer", "step": 5, "omega": [0.6, 0.4]})
-    assert scoring.run_omega(tmp_path, 2)[1] == "summary.json"
+    assert run_reader.run_omega(tmp_path, 2)[1] == "summary.json"
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 10}))
     records({"kind": "outer", "step": 5, "omega": [0.6, 0.4]}, {"kind": "outer", "step": 10, "omega": [0.7, 0.3]},
             {"kind": "train", "step": 11, "omega": [0.1, 0.9]})
-    w, source = scoring.run_omega(tmp_path, 2)
+    w, source = run_reader.run_omega(tmp_path, 2)
     assert w.tolist() == [0.7, 0.3] and "outer" in source and "step 10" in source
     records({"kind": "train", "step": 1, "omega": [1.0, 3.0]})
-    w, source = scoring.run_omega(tmp_path, 2)
+    w, source = run_reader.run_omega(tmp_path, 2)
     assert w.tolist() == [0.25, 0.75] and "train" in source
     records({"kind": "train", "step": 1, "omega": [1.0, 1.0, 1.0]})  # wrong number of peers
     with pytest.warns(UserWarning, match="does not fit"):
-        w, source = scoring.run_omega(tmp_path, 2)
+        w, source = run_reader.run_omega(tmp_path, 2)
     assert w.tolist() == [0.5, 0.5] and source.startswith("uniform")
 
 
@@ -274,7 +276,7 @@ def test_peer_folders_sort_by_index(tmp_path):
         (tmp_path / "peers" / f"peer_{i}").mkdir(parents=True)
         (tmp_path / "peers" / f"peer_{i}" / "config.json").write_text("{}")
     (tmp_path / "peers" / "notes").mkdir()
-    assert [p.name for p in scoring.peer_dirs(tmp_path)] == ["peer_0", "peer_1", "peer_2", "peer_9", "peer_10"]
+    assert [p.name for p in RunLayout(tmp_path).peer_dirs()] == ["peer_0", "peer_1", "peer_2", "peer_9", "peer_10"]
 
 
 def test_ensemble_perplexity_matches_the_float64_reference(tok):
@@ -284,7 +286,7 @@ def test_ensemble_perplexity_matches_the_float64_reference(tok):
     models = [tiny_llama(len(tok), hidden=h, seed=20 + h, tokenizer=tok) for h in (24, 40)]
     omega = np.array([0.35, 0.65])
     stream = np.random.default_rng(1).integers(0, len(tok), size=12 * 4 + 1)
-    got = scoring.perplexity(scoring.EnsembleLM(models, omega), stream, block_size=12, batch_size=2)
+    got = heldout.perplexity(wml_models.EnsembleLM(models, omega), stream, block_size=12, batch_size=2)
     blocks = torch.from_numpy(np.stack([stream[12 * k: 12 * k + 13] for k in range(4)]).astype(np.int64))
     with torch.no_grad():
         logits = [m(input_ids=blocks[:, :-1]).logits.double().numpy() for m in models]
@@ -300,15 +302,15 @@ def test_with_bos_makes_a_gpt2_style_tokenizer_babylm_ready(tmp_path, tok, llama
     backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     gpt2_style = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|eos|>", pad_token="<|pad|>")
-    assert not scoring.tokenizer_adds_bos(gpt2_style) and scoring.tokenizer_adds_bos(tok)
-    assert scoring.with_bos(tok) is tok
-    fixed = scoring.with_bos(gpt2_style)
-    assert not scoring.tokenizer_adds_bos(gpt2_style)  # the original is left alone
+    assert not tokenizer.tokenizer_adds_bos(gpt2_style) and tokenizer.tokenizer_adds_bos(tok)
+    assert tokenizer.with_bos(tok) is tok
+    fixed = tokenizer.with_bos(gpt2_style)
+    assert not tokenizer.tokenizer_adds_bos(gpt2_style)  # the original is left alone
     folder = save_model(llama, fixed, tmp_path / "peer")
     reloaded = AutoTokenizer.from_pretrained(folder)
     enc = reloaded("Alice sees the garden.", return_offsets_mapping=True)
     assert reloaded.is_fast and enc["input_ids"][0] == gpt2_style.eos_token_id
     assert enc["input_ids"][1:] == gpt2_style("Alice sees the garden.")["input_ids"]
     sentences = ["Alice sees the garden.", "Tom likes some bread."]
-    np.testing.assert_allclose(scoring.sentence_logprobs(llama, reloaded, sentences),
-                               scoring.sentence_logprobs(llama, gpt2_style, sentences), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(minimal_pairs.sentence_logprobs(llama, reloaded, sentences),
+                               minimal_pairs.sentence_logprobs(llama, gpt2_style, sentences), atol=1e-6, rtol=0)

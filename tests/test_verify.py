@@ -40,18 +40,24 @@ def test_every_builtin_passes(full_run):
     names = {(c["kind"], c["name"]) for c in checks}
     assert {("loss", n) for n in BUILTIN_LOSSES} <= names
     assert {("updater", n) for n in BUILTIN_UPDATERS} <= names
-    by = {(c["name"], c["check"]): c for c in checks}
-    # the reference comparisons the issue asks for, at 1e-8 relative
+    by = {(c["name"], c["check"].split(": ")[-1] if c["check"].startswith("reference") else c["check"]): c
+          for c in checks}
+    refs = {c["name"]: [] for c in checks}
+    for c in checks:
+        if c["check"].startswith("reference"):
+            refs[c["name"]].append(c)
+    # every built-in is compared with wml_reference through the reference points it declares, at 1e-8
     for name in BUILTIN_LOSSES:
-        assert by[(name, "values vs reference")]["max_rel_error"] <= 1e-8
-        assert by[(name, "values vs reference")]["tolerance"] == 1e-8
-    assert by[("wml", "grad omega vs reference")]["max_rel_error"] <= 1e-8
-    assert by[("mirror", "hypergradient vs reference")]["max_rel_error"] <= 1e-8
-    assert by[("mirror", "step vs reference mirror_step")]["max_rel_error"] <= 1e-8
-    assert by[("mirror", "hypergradient vs finite differences")]["max_rel_error"] <= 1e-6
-    assert by[("uniform", "ω invariant")]["passed"] and by[("fixed", "ω invariant")]["passed"]
-    for name in BUILTIN_LOSSES:
+        assert by[(name, "per_peer")]["max_rel_error"] <= 1e-8 and by[(name, "per_peer")]["tolerance"] == 1e-8
+        assert by[(name, "grad_logits (ω const)")]["max_rel_error"] <= 1e-8
         assert by[(name, "finite on ±1e4 logits (bfloat16)")]["passed"]
+    assert by[("wml", "grad_omega")]["max_rel_error"] <= 1e-8
+    assert by[("wml", "grad_logits (logit_grads)")]["max_rel_error"] <= 1e-8
+    mirror = {c["check"]: c for c in refs["mirror"]}
+    assert any("exact hypergradient" in k and k.endswith(": grad") and v["max_rel_error"] <= 1e-8 for k, v in mirror.items())
+    assert any(k.endswith(": eta") for k in mirror)
+    assert any("finite differences" in k and v["tolerance"] == 1e-6 for k, v in mirror.items())
+    assert refs["uniform"] and refs["fixed"]
     assert all(c["passed"] for c in checks)
 
 
@@ -108,7 +114,7 @@ class NaiveSoftmax:
 
 
 class Unnormalised:
-    needs_validation = False
+    needs_validation = True
 
     def __init__(self, M):
         self.M = M
@@ -181,7 +187,7 @@ def test_broken_plugins_fail_the_right_checks(broken_host):
     assert "train/eval" in v[("mode-changer", "peers untouched")].detail
     failed = [r for r in results if r.name == "raises" and not r.passed]
     assert failed and "boom in step" in failed[0].detail
-    # no reference comparisons for third-party plugins: only generic checks
+    # they declared no reference points, so only generic checks ran
     assert not any("reference" in r.check for r in results)
     table = format_table(results)
     assert "loss:seq-mean" in table and "FAIL" in table
@@ -199,3 +205,104 @@ def test_cli_exit_status_and_json(broken_host, monkeypatch):
     assert "FAIL" in bad.output and "token mean" in bad.output and "checks passed" in bad.output
     unknown = runner.invoke(main, ["verify", "--only", "nope"])
     assert unknown.exit_code == 2 and "no loss or updater named 'nope'" in unknown.output
+
+
+# ------------------------------------------------------------------ the blind spots of the first verify
+
+class OffsetAtUnitTemperature:
+    """The built-in wml loss plus 0.05 nats of CE, but only at T = 1 (the default temperature)."""
+
+    needs_teacher = False
+
+    def __init__(self, cfg):
+        from wml_plugins.losses.wml import WMLLoss
+
+        self.inner, self.cfg = WMLLoss.from_config(cfg), cfg
+
+    def __call__(self, logits, labels, omega, teacher_logits=None):
+        out = self.inner(logits, labels, omega)
+        if self.cfg.temperature != 1.0:
+            return out
+        bump = 0.05 * (1.0 - self.cfg.loss_alpha)
+        return LossResult(out.total + bump * len(logits), out.per_peer + bump, out.ce + 0.05, out.kl)
+
+
+class SharedWrongHelper:
+    """A loss whose backward and whose ``logit_grads`` share one helper that is 3% off: comparing
+    the two with each other reports 0, comparing either with finite differences does not."""
+
+    needs_teacher = False
+
+    @staticmethod
+    def _grad(z, y, n):
+        g = torch.softmax(z, -1)
+        g[torch.arange(len(y)), y] -= 1.0
+        return 1.03 * g / n
+
+    class _CE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z, y, n):
+            ctx.save_for_backward(z, y)
+            ctx.n = n
+            return F.cross_entropy(z, y, reduction="sum") / n
+
+        @staticmethod
+        def backward(ctx, g):
+            z, y = ctx.saved_tensors
+            return g * SharedWrongHelper._grad(z, y, ctx.n), None, None
+
+    def __call__(self, logits, labels, omega, teacher_logits=None):
+        zs, y = _ce_rows(logits, labels)
+        per = torch.stack([self._CE.apply(z, y, len(y)) for z in zs])
+        return LossResult(per.sum(), per, per.detach(), torch.zeros_like(per.detach()))
+
+    def logit_grads(self, logits, labels, omega, teacher_logits=None):
+        out = []
+        for z in logits:
+            V = z.shape[-1]
+            flat, y = z.reshape(-1, V).double(), labels.reshape(-1)
+            keep = y != -100
+            g = torch.zeros_like(flat)
+            g[keep] = self._grad(flat[keep], y[keep], int(keep.sum()))
+            out.append(g.view_as(z).to(z.dtype))
+        return out
+
+
+def _constant_eta_mirror(cfg, num_peers):
+    from wml_plugins.updaters.mirror import MirrorUpdater
+
+    upd = MirrorUpdater.from_config(cfg, num_peers)
+    upd.eta = lambda outer_step: upd.omega_lr   # the schedule ignored
+    return upd
+
+
+class BlindSpots:
+    @hookimpl
+    def wml_register_losses(self, register):
+        from wml_plugins.losses import references as loss_refs
+        from wml_framework.api import ReferencePoint
+
+        register("offset-at-t1", OffsetAtUnitTemperature, references=[ReferencePoint("= wml_reference", loss_refs.wml)])
+        register("shared-helper", lambda cfg: SharedWrongHelper())
+
+    @hookimpl
+    def wml_register_updaters(self, register):
+        from wml_plugins.updaters import references as upd_refs
+        from wml_framework.api import ReferencePoint
+
+        register("constant-eta", _constant_eta_mirror,
+                 references=[ReferencePoint("= wml_reference", upd_refs.mirror_exact, {"loss": "wml"})])
+
+
+def test_mutations_that_passed_the_first_verify_now_fail_it():
+    """Would catch: loss values compared at T ≠ 1 only; a fast path compared with the code it shares;
+    η compared with what the updater itself reports (each mutation passed the earlier ``wml verify``)."""
+    host = PluginHost()
+    host.register(BlindSpots(), "blind_spots")
+    v = _verdicts(run_checks(host, names=["offset-at-t1", "shared-helper", "constant-eta"]))
+    assert not v[("offset-at-t1", "reference: = wml_reference: per_peer")].passed
+    assert not v[("offset-at-t1", "reference: = wml_reference: ce")].passed
+    assert not v[("shared-helper", "logit_grads vs finite differences")].passed
+    assert not v[("constant-eta", "reference: = wml_reference: eta")].passed
+    assert not v[("constant-eta", "reference: = wml_reference: omega")].passed
+    assert v[("constant-eta", "reference: = wml_reference: grad")].passed   # the gradient itself is right

@@ -1,5 +1,15 @@
-"""wml: compress a language model into a family of peers by weighted mutual learning."""
+"""wml: compress a language model into a family of peers by weighted mutual learning.
 
+The Python API in one import::
+
+    from wml_framework import load_config, WMLTrainer
+    trainer = WMLTrainer.from_config(load_config(overrides={"max_steps": 50}), "runs/demo")
+    trainer.train(); trainer.evaluate()
+
+Heavy names (torch-backed) are imported on first use, so ``wml --help`` stays fast.
+"""
+
+from importlib import import_module as _import_module
 from importlib import metadata as _metadata
 
 try:
@@ -9,4 +19,30 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
 
 from .hookspecs import hookimpl  # noqa: E402  - the one name plugin authors need
 
-__all__ = ["__version__", "hookimpl"]
+#: exported name -> (module, attribute)
+_LAZY = {
+    "WMLConfig": ("config", "WMLConfig"),
+    "load_config": ("config", "load"),
+    "ConfigError": ("config", "ConfigError"),
+    "WMLTrainer": ("runner", "WMLTrainer"),
+    "TrainerCallback": ("callbacks", "TrainerCallback"),
+    "TrainerControl": ("callbacks", "TrainerControl"),
+    "Event": ("api", "Event"),
+    "evaluate": ("evaluation", "evaluate"),
+    "PluginHost": ("plugins", "PluginHost"),
+}
+
+__all__ = ["__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(_import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wml_framework' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,49 +1,84 @@
-"""The data types and protocols that plugins produce and consume.
+"""The plugin contract: every type a plugin receives or returns, and the Protocol of each plugin kind.
 
-Kept free of implementations: the trainer, the verifier and third-party plugins all
-program against these shapes. Tensors follow the causal-LM convention: logits are
-``(batch, time, vocab)``, labels ``(batch, time)`` aligned with them (already shifted),
-and a label of ``IGNORE_INDEX`` marks a position that is neither scored nor counted.
+Over 400 lines on purpose: the whole contract in one file, so a plugin author reads one module.
+
+Kept free of implementations: the trainer, the verifier and third-party plugins all program
+against these shapes, and nothing here imports ``wml_plugins``. Tensors follow the causal-LM
+convention: logits are ``(batch, time, vocab)``, labels ``(batch, time)`` aligned with them
+(already shifted), and a label of ``IGNORE_INDEX`` marks a position that is neither scored nor
+counted. ``docs/plugins.md`` documents each type field by field.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 IGNORE_INDEX = -100
 
 
+# ----------------------------------------------------------------------------- batches and logits
+
 @dataclass
 class Batch:
-    """Model inputs and aligned labels. ``inputs`` is one tensor for all peers, or a list
-    with one entry per peer (peers with different input spaces, e.g. linear test peers)."""
+    """Model inputs and aligned labels.
+
+    ``inputs`` is one tensor of token ids shared by all peers, or a list with one entry per peer
+    (peers with different input spaces, e.g. the linear peers ``wml verify`` uses). Always take a
+    peer's inputs with ``for_peer(i)``: it works for both layouts.
+    """
 
     inputs: Union[Tensor, list]
     labels: Tensor
 
+    @property
+    def per_peer(self) -> bool:
+        return isinstance(self.inputs, (list, tuple))
+
     def for_peer(self, i: int) -> Any:
-        return self.inputs[i] if isinstance(self.inputs, (list, tuple)) else self.inputs
+        return self.inputs[i] if self.per_peer else self.inputs
 
     def to(self, device) -> "Batch":
-        move = (lambda x: x.to(device))
-        inputs = [move(x) for x in self.inputs] if isinstance(self.inputs, (list, tuple)) else move(self.inputs)
-        return Batch(inputs, move(self.labels))
+        inputs = [x.to(device) for x in self.inputs] if self.per_peer else self.inputs.to(device)
+        return Batch(inputs, self.labels.to(device))
 
 
-def peer_logits(model: nn.Module, inputs: Any) -> Tensor:
-    """Logits of a peer: Hugging Face models return an output object, plain modules a tensor."""
-    out = model(input_ids=inputs) if hasattr(model, "config") and hasattr(model, "generate") else model(inputs)
+def is_hf_model(model: nn.Module) -> bool:
+    """A Hugging Face model (it has a config and can generate) rather than a plain module."""
+    return hasattr(model, "config") and hasattr(model, "generate")
+
+
+def peer_logits(model: nn.Module, inputs: Any, attention_mask: Optional[Tensor] = None) -> Tensor:
+    """Logits of a Hugging Face causal LM (``.logits`` of its output), of a plain module, or of any
+    module that returns a tensor (an ensemble). The one way the core calls a model."""
+    if isinstance(inputs, (list, tuple)):
+        raise TypeError("peer_logits() got a list of per-peer inputs; take one peer's inputs with "
+                        "batch.for_peer(i)")
+    if is_hf_model(model):
+        out = model(input_ids=inputs, attention_mask=attention_mask, use_cache=False)
+    elif attention_mask is not None:
+        out = model(inputs, attention_mask=attention_mask)
+    else:
+        out = model(inputs)
     return out if isinstance(out, Tensor) else out.logits
 
 
+# ----------------------------------------------------------------------------- losses
+
 @dataclass
 class LossResult:
-    """What a loss returns. ``total`` is Σ_i L_i, the scalar the inner step differentiates;
-    the per-peer parts are kept apart (and detached) so runs can log CE and KL separately."""
+    """What a loss returns.
+
+    ``total`` is Σ_i L_i, the scalar the inner step differentiates; ``per_peer`` (M,) are the
+    L_i (``total`` must equal their sum). ``ce`` (M,) and ``kl`` (M,) are what the run logs as
+    each peer's CE and KL: for a loss that is not built from cross-entropy and a KL, put the
+    data-fit part in ``ce`` and the part that comes from other models in ``kl`` (zeros if none).
+    """
 
     total: Tensor
     per_peer: Tensor
@@ -51,8 +86,12 @@ class LossResult:
     kl: Tensor
 
 
+@runtime_checkable
 class Loss(Protocol):
-    """An inner-loop loss: differentiable in the peers' logits and in ω."""
+    """An inner-loop loss: differentiable in the peers' logits and in ω.
+
+    ``needs_teacher``: whether it reads ``teacher_logits`` (then the trainer computes them).
+    """
 
     needs_teacher: bool
 
@@ -60,9 +99,40 @@ class Loss(Protocol):
                  teacher_logits: Optional[Tensor] = None) -> LossResult: ...
 
 
+@runtime_checkable
+class FastPathLoss(Loss, Protocol):
+    """A loss with closed forms that make the exact hypergradient cheaper (both optional).
+
+    ``logit_grads``: ∂total/∂z_i for each peer (shaped like its logits, zero at ignored
+    positions), without computing the values. ``mixed_omega_grad``: ∂/∂ω Σ_i ⟨∂total/∂z_i, ż_i⟩
+    for given tangents ż, shape (M,); ``logit_grads`` (if passed) are ∂total/∂z at the same point.
+    ``mixed_from_logit_grads = True`` promises that ``mixed_omega_grad`` needs no logits (the
+    hypergradient then passes ``logits=None`` and frees them early).
+    """
+
+    mixed_from_logit_grads: bool
+
+    def logit_grads(self, logits: Sequence[Tensor], labels: Tensor, omega: Tensor,
+                    teacher_logits: Optional[Tensor] = None) -> list[Tensor]: ...
+
+    def mixed_omega_grad(self, logits: Optional[Sequence[Tensor]], labels: Tensor, omega: Tensor,
+                         tangents: Sequence[Tensor], teacher_logits: Optional[Tensor] = None,
+                         logit_grads: Optional[Sequence[Tensor]] = None) -> Tensor: ...
+
+
+# ----------------------------------------------------------------------------- updaters
+
 @dataclass
 class OuterContext:
-    """Everything an updater may use for one outer step."""
+    """Everything an updater may use for one outer step.
+
+    ``peers``: the M models (in train mode; leave them as found). ``loss``: the run's loss object.
+    ``omega``: current ω, float64 (M,). ``train``: the micro-batch of the inner step just taken.
+    ``val``: a held-out batch (the ω half of the held-out split). ``inner_lr``: γ, the learning
+    rate of that inner step. ``outer_step``: outer updates so far, from 0 (drives schedules).
+    ``teacher_logits``: the teacher's logits on ``train`` when the loss needs them, else None.
+    ``forward(peer, inputs) -> logits``: how to call a peer (use ``batch.for_peer(i)``).
+    """
 
     peers: Sequence[nn.Module]
     loss: Loss
@@ -77,14 +147,29 @@ class OuterContext:
 
 @dataclass
 class UpdateResult:
+    """What an updater's ``step`` returns.
+
+    ``omega``: the new ω, a float64 point of the simplex of shape (M,) (checked by the trainer).
+    ``grad``: the gradient it stepped along, if any (logged). ``eta``: its step size (logged).
+    ``val_loss``: the ensemble's loss on the held-out batch, if the updater computed it (logged
+    as the ω-batch loss and plotted by the report). ``info``: extra values to log; scalars,
+    strings or lists of numbers, logged under ``info`` in the ``outer`` record of ``metrics.jsonl``.
+    """
+
     omega: Tensor
     grad: Optional[Tensor] = None
     eta: float = 0.0
+    val_loss: Optional[float] = None
     info: dict = field(default_factory=dict)
 
 
+@runtime_checkable
 class Updater(Protocol):
-    """Moves ω on the simplex. ``needs_validation`` says whether ``step`` uses held-out data."""
+    """Moves ω on the simplex.
+
+    ``needs_validation``: True if ``step`` uses held-out data; an updater that says False is
+    never stepped in a run (its ω stays ``initial_omega()``), and ``wml verify`` checks exactly that.
+    """
 
     needs_validation: bool
 
@@ -97,22 +182,130 @@ class Updater(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class Initializer(Protocol):
-    """Builds peers from a teacher. ``check`` (optional) rejects a request before any work."""
+def uniform_omega(num_peers: int, dtype=torch.float64) -> Tensor:
+    return torch.full((num_peers,), 1.0 / num_peers, dtype=dtype)
 
-    def build(self, teacher: nn.Module, family: Any, targets: list, *, calibration: Optional[Batch] = None,
-              seed: int = 0) -> "InitResult": ...
 
-    def check(self, teacher_config: Any, family: Any, targets: list, *, calibration: Optional[Batch] = None) -> None: ...
+# ----------------------------------------------------------------------------- model families
 
+def shape_string(shape: Mapping[str, int]) -> str:
+    """``L4·H4·d32·F512`` (plus ``·E<hidden>`` when hidden ≠ heads × head size): the one way every
+    table, summary and log names an architecture."""
+    text = f"L{shape['n_layer']}·H{shape['n_head']}·d{shape['head_dim']}·F{shape['ffn']}"
+    hidden = shape.get("hidden", shape["n_head"] * shape["head_dim"])
+    if hidden != shape["n_head"] * shape["head_dim"]:
+        text += f"·E{hidden}"
+    return text
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """An architecture the core can build, count and name (what teacher training and the run need).
+
+    ``model_type`` is matched against a Hugging Face config's ``model_type``. ``shape(config)``
+    returns ``{n_layer, n_head, head_dim, hidden, ffn}``. ``make_config`` builds a standard
+    Hugging Face config of a shape (everything else copied from ``base`` when given).
+    """
+
+    name: str
+    model_type: str
+
+    def count_parameters(self, config) -> int: ...
+
+    def make_config(self, *, vocab_size: int, n_layer: int, n_head: int, head_dim: int, ffn: int,
+                    max_positions: int, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                    base=None, hidden=None, n_kv_head=None): ...
+
+    def shape(self, config) -> dict: ...
+
+    def shape_string(self, config) -> str: ...
+
+    def default_ffn(self, hidden: int) -> int: ...
+
+    def max_positions(self, config) -> int: ...
+
+
+@runtime_checkable
+class SizableFamily(ModelFamily, Protocol):
+    """A family the ``bayes`` initializer can size: a vectorised exact count over shapes."""
+
+    head_dim_multiple: int
+
+    def count_shapes(self, base, *, n_layer, n_head, head_dim, ffn, hidden=None, n_kv_head=None): ...
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One tensor axis that belongs to a prunable unit (the ``l1`` initializer's contract).
+
+    The axis is laid out as ``[repeat, units, width]``: ``repeat`` copies (3 for GPT-2's fused
+    q/k/v projection) of ``units`` blocks of ``width`` contiguous entries each (a head's
+    ``head_dim`` entries). ``unit`` is ``head``, ``neuron`` or ``hidden``; ``layer`` is None for
+    the hidden (residual) unit, which every layer shares.
+    """
+
+    unit: str
+    layer: Optional[int] = None
+    repeat: int = 1
+    width: int = 1
+
+    def positions(self, keep: np.ndarray, n_units: int) -> np.ndarray:
+        """Entries of the axis that survive when the units ``keep`` are kept (in order)."""
+        keep = np.asarray(keep, dtype=np.int64)
+        block = (keep[:, None] * self.width + np.arange(self.width)[None, :]).reshape(-1)
+        reps = np.arange(self.repeat)[:, None] * (n_units * self.width)
+        return (reps + block[None, :]).reshape(-1)
+
+
+@runtime_checkable
+class PrunableFamily(SizableFamily, Protocol):
+    """A family the ``l1`` initializer can prune: which tensor axes belong to which unit."""
+
+    hidden_follows_heads: bool
+
+    def prunable_axes(self, config) -> dict: ...
+
+    def head_group(self, config) -> int: ...
+
+    def unit_counts(self, config) -> dict: ...
+
+    def count_pruned(self, config, *, n_layer, head_units, ffn, hidden): ...
+
+    def pruned_config(self, config, *, n_layer, head_units, ffn, hidden): ...
+
+    def layer_of(self, param_name: str) -> Optional[int]: ...
+
+    def rename_layer(self, param_name: str, new_index: int) -> str: ...
+
+
+# ----------------------------------------------------------------------------- initializers
 
 @dataclass
 class InitResult:
-    """Peers built by an initializer, the table it reports and its search/pruning trace."""
+    """Peers built by an initializer, the table it reports and its search/pruning trace.
+
+    ``rows``: one dict per peer with ``peer`` (index), ``shape`` (:func:`shape_string`),
+    ``parameters``, ``target`` and ``rel_error``. ``trace``: JSON-serialisable records of every
+    search probe or pruning decision (written to ``init_trace.json``).
+    """
 
     peers: list
     rows: list = field(default_factory=list)
     trace: list = field(default_factory=list)
+
+
+@runtime_checkable
+class Initializer(Protocol):
+    """Builds peers from a teacher. ``check`` rejects a request before any work (optional)."""
+
+    def build(self, teacher: nn.Module, family: ModelFamily, targets: list, *,
+              calibration: Optional[Batch] = None, seed: int = 0) -> InitResult: ...
+
+
+def table_row(peer: int, shape: str, parameters: int, target: int) -> dict:
+    """One row of ``init_table.json`` (and of :class:`InitResult`'s ``rows``)."""
+    return dict(peer=int(peer), shape=shape, parameters=int(parameters), target=int(target),
+                rel_error=abs(int(parameters) - int(target)) / int(target))
 
 
 def peer_targets(n_teacher: int, num_peers: Optional[int], fractions: Optional[Sequence[float]] = None) -> list[int]:
@@ -133,5 +326,121 @@ def peer_targets(n_teacher: int, num_peers: Optional[int], fractions: Optional[S
     return [max(1, round(n_teacher / (i + 2))) for i in range(int(num_peers))]
 
 
-def uniform_omega(num_peers: int, dtype=torch.float64) -> Tensor:
-    return torch.full((num_peers,), 1.0 / num_peers, dtype=dtype)
+# ----------------------------------------------------------------------------- evaluators
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores one model (a Hugging Face causal LM or an ensemble that returns logits).
+
+    Returns a JSON-serialisable dict, stored under the evaluator's name in ``eval.json``. Two
+    optional methods: ``summary() -> dict`` (facts shared by every model, stored at the top level
+    of ``eval.json`` under the evaluator's name) and ``warnings() -> list[str]`` (printed once).
+    The factory returns None when the configuration gives it nothing to score.
+    """
+
+    def __call__(self, model: nn.Module, tokenizer, *, device=None, progress: Optional[bool] = None,
+                 desc: Optional[str] = None) -> dict: ...
+
+
+# ----------------------------------------------------------------------------- run events
+
+class Event(str, enum.Enum):
+    """What a run reports, to ``wml_run_event`` observers and to callbacks. An event of a logged
+    record has the record's ``kind`` as its name (``train``, ``outer``, ``eval``)."""
+
+    RUN_START = "run_start"
+    TRAIN = "train"
+    OUTER = "outer"
+    EVAL = "eval"
+    CHECKPOINT = "checkpoint"
+    RUN_END = "run_end"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# ----------------------------------------------------------------------------- plugin options
+
+@dataclass(frozen=True)
+class Option:
+    """A setting a plugin declares when it registers: set by ``--set NAME.KEY=VALUE`` or a
+    ``[plugins.NAME]`` TOML table, validated before any work, passed to the factory as the
+    keyword argument ``KEY``.
+
+    ``kind`` is int, float, str, bool or list (of numbers); it defaults to the type of
+    ``default``. ``low``/``high`` bound numbers (``low_open``/``high_open`` exclude the bound);
+    ``choices`` lists the allowed values.
+    """
+
+    key: str
+    default: Any
+    help: str = ""
+    kind: Optional[type] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: Optional[Sequence[Any]] = None
+
+    @property
+    def type(self) -> type:
+        return self.kind or type(self.default)
+
+
+# ----------------------------------------------------------------------------- reference points
+
+@dataclass
+class LossProblem:
+    """A random loss problem, as float64 NumPy arrays, handed to a loss's reference points.
+
+    ``logits``: M arrays (B, T, V); ``labels``: (B, T) with -100 at ignored positions; ``omega``:
+    (M,) on the simplex; ``teacher``: (B, T, V); ``config``: the WMLConfig the loss was made with;
+    ``options``: the plugin's own options for this point.
+    """
+
+    logits: list
+    labels: np.ndarray
+    omega: np.ndarray
+    teacher: np.ndarray
+    config: Any
+    options: dict
+
+
+@dataclass
+class OuterProblem:
+    """A random outer-step problem with linear peers z_i = x_i W_i, handed to an updater's
+    reference points (float64 NumPy arrays).
+
+    ``x_train``/``x_val``: M arrays (n, d_i); ``y_train``/``y_val``: (n,); ``weights``: M arrays
+    (d_i, V) (the peers' parameters); ``omega``: (M,); ``inner_lr``: γ; ``outer_step``;
+    ``config`` (its ``loss_alpha``/``temperature`` are those of the run's loss); ``options``.
+    """
+
+    x_train: list
+    y_train: np.ndarray
+    x_val: list
+    y_val: np.ndarray
+    weights: list
+    omega: np.ndarray
+    inner_lr: float
+    outer_step: int
+    config: Any
+    options: dict
+
+
+@dataclass(frozen=True)
+class ReferencePoint:
+    """Something a plugin promises to equal, which ``wml verify`` checks on random problems.
+
+    ``expected(problem)`` returns the values the plugin must produce, as NumPy arrays or floats:
+    for a loss, any of ``per_peer``, ``ce``, ``kl``, ``total``, ``grad_logits`` (a list, ∂total/∂z_i
+    with ω constant) and ``grad_omega`` (∂total/∂ω); for an updater, any of ``omega``, ``grad``,
+    ``eta`` and ``info`` (a dict whose items must appear in ``UpdateResult.info``). ``settings``:
+    config keys and this plugin's options (``"gamma"`` or ``"name.gamma"``) applied before the
+    plugin is made. Verify compares within ``tolerance`` (relative to the largest magnitude).
+    """
+
+    name: str
+    expected: Callable[[Any], dict]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    tolerance: float = 1e-8

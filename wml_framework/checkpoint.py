@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 FILE = "state.pt"
 

@@ -1,9 +1,14 @@
 """The one validated configuration object: defaults, TOML file, presets and CLI overrides.
 
 Names follow the seed model card (``learning_rate``, ``loss_alpha``, ``num_batches`` …).
-Every key carries its documentation and its allowed values, so that a bad value fails
-before any work starts with a message naming the key, the value and what is allowed, and
-so that ``docs/config.md`` is generated from this file rather than written twice.
+Every key carries its documentation and its allowed values (an :class:`~wml_framework.api.Option`,
+the same spec plugins use for their own options), so that a bad value fails before any work
+starts with a message naming the key, the value and what is allowed, and so that
+``docs/config.md`` is generated from this file rather than written twice.
+
+Plugin options live in ``plugins``: ``{"focal_wml": {"gamma": 2.0}}``, set as ``--set
+focal_wml.gamma=2`` or a ``[plugins.focal_wml]`` TOML table, and validated against what the
+plugin declared when a plugin host is at hand.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +28,16 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from .api import Option
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins import PluginHost
+
+SUPPORTED_TYPES = (int, float, str, bool, list)
+PLURAL = {"family": "families"}
+#: old names still accepted on input (the seed card's), mapped to the documented ones
+ALIASES = {"num_epochs": "max_steps"}
+
 
 class ConfigError(ValueError):
     """A configuration key or value that is not allowed; the message says which and why."""
@@ -30,10 +45,11 @@ class ConfigError(ValueError):
 
 def _f(default: Any, help: str, *, low=None, high=None, low_open=False, high_open=False,  # noqa: A002
        choices=None, plugin=None, group="general") -> Any:
-    meta = dict(help=help, low=low, high=high, low_open=low_open, high_open=high_open,
-                choices=choices, plugin=plugin, group=group)
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    spec = Option("", default, help, kind=type(default), low=low, high=high, low_open=low_open,
+                  high_open=high_open, choices=tuple(choices) if choices else None)
+    meta = dict(spec=spec, plugin=plugin, group=group)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -58,7 +74,7 @@ class WMLConfig:
 
     # -- teacher -----------------------------------------------------------------------
     teacher: str = _f("", "Hugging Face model directory of the teacher; empty: train one first.", group="teacher")
-    teacher_family: str = _f("llama", "Family of the teacher trained when none is given.", choices=["llama", "gpt2"], group="teacher")
+    teacher_family: str = _f("llama", "Model family of the teacher trained when none is given.", plugin="family", group="teacher")
     teacher_n_layer: int = _f(4, "Layers of the trained teacher.", low=1, high=64, group="teacher")
     teacher_n_embd: int = _f(128, "Hidden size of the trained teacher.", low=8, high=8192, group="teacher")
     teacher_n_head: int = _f(4, "Attention heads of the trained teacher.", low=1, high=128, group="teacher")
@@ -66,7 +82,7 @@ class WMLConfig:
     teacher_learning_rate: float = _f(5e-3, "Peak learning rate of the teacher's training.", low=0.0, high=10.0, low_open=True, group="teacher")
 
     # -- optimisation (seed card names) ------------------------------------------------
-    num_epochs: int = _f(600, "Optimizer steps of the peers (each accumulates num_batches micro-batches).", low=1, high=10_000_000, group="optimization")
+    max_steps: int = _f(600, "Optimizer steps of the peers, each over num_batches micro-batches (the seed card calls it num_epochs; that name is accepted too).", low=1, high=10_000_000, group="optimization")
     learning_rate: float = _f(5e-3, "Peak learning rate of the peers (AdamW).", low=0.0, high=10.0, low_open=True, group="optimization")
     min_lr: float = _f(5e-4, "Learning rate at the end of the cosine decay.", low=0.0, high=10.0, group="optimization")
     warmup_iters: int = _f(20, "Linear learning-rate warm-up steps.", low=0, high=10_000_000, group="optimization")
@@ -89,7 +105,7 @@ class WMLConfig:
     omega_decay_iters: int = _f(200, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
     outer_every: int = _f(3, "Run one outer (ω) update every this many optimizer steps.", low=1, high=10_000_000, group="omega")
     hypergradient: str = _f("exact", "'exact' (one-step-unrolled, Theorem 1) or 'first_order' (L_2 at θ).", choices=["exact", "first_order"], group="omega")
-    fixed_omega: list = _f([], "Peer weights for the 'fixed' updater (normalised to sum 1).", group="omega")
+    fixed_omega: list = _f([], "Peer weights for an updater that holds ω fixed (normalised to sum 1).", group="omega")
 
     # -- peer sizing / pruning -----------------------------------------------------------
     bayesian_init_points: int = _f(10, "Random probes before Bayesian optimization (per peer).", low=1, high=10000, group="init")
@@ -109,12 +125,29 @@ class WMLConfig:
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
 
+    # -- plugin options ----------------------------------------------------------------------
+    plugins: dict = _f({}, "Plugin options: {name: {option: value}} (`--set name.option=value`, or a [plugins.name] table).", group="plugins")
+
     # -- API ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> "WMLConfig":
-        return from_dict({**self.to_dict(), **changes})
+        return from_dict({**self.to_dict(), **changes}, check_plugins=False)
+
+    def plugin_options(self, name: str) -> dict:
+        """The options given for plugin entry ``name`` (validated when the config was checked
+        against a plugin host; the host fills in defaults when it creates the plugin)."""
+        return dict(self.plugins.get(name, {}))
+
+    @property
+    def num_epochs(self) -> int:
+        """The seed card's name for ``max_steps`` (which counts optimizer steps, not epochs)."""
+        return self.max_steps
+
+    @property
+    def peer_count(self) -> int:
+        return len(self.peer_fractions) if self.peer_fractions else self.num_peers
 
 
 #: named sets of overrides; ``babylm-champion`` is the seed card's champion configuration
@@ -122,7 +155,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "babylm-champion": dict(
         weight_decay=0.1, beta1=0.9, beta2=0.95, bayesian_init_points=10, bayesian_n_iter=100,
         grad_clip=1.0, prune_importance="l1", layer_bound=0.9, batch_size=3, block_size=512,
-        num_epochs=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
+        max_steps=100, loss_alpha=0.5, num_batches=60, warmup_iters=5, learning_rate=0.05,
         lr_decay_iters=200, min_lr=0.005, enable_early_stopping=True,
         # method.md §4/§5: η from 0.25 down to 0.0025 over the 100/5 = 20 outer steps
         omega_lr=0.25, omega_min_lr=0.0025, outer_every=5, omega_decay_iters=20,
@@ -130,40 +163,61 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(WMLConfig)}
+#: plugin kind -> the config key that names the plugin of that kind
+PLUGIN_KEYS = {f.metadata["plugin"]: f.name for f in FIELDS.values() if f.metadata["plugin"] and f.type == "str"}
 
 
-def _type_of(f: dataclasses.Field) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool, "list": list}[str(f.type)]
+def _spec(name: str) -> Option:
+    return dataclasses.replace(FIELDS[name].metadata["spec"], key=name)
 
 
-def _allowed(f: dataclasses.Field) -> str:
-    m = f.metadata
-    if m["choices"]:
-        return "one of " + ", ".join(repr(c) for c in m["choices"])
-    if m["low"] is not None:
-        lo = ("(" if m["low_open"] else "[") + f"{m['low']}"
-        hi = f"{m['high']}" + (")" if m["high_open"] else "]")
-        return f"{_type_of(f).__name__} in {lo}, {hi}"
-    return _type_of(f).__name__
+def allowed(spec: Option) -> str:
+    """Human-readable description of what a spec accepts (for messages and docs)."""
+    if spec.choices:
+        return "one of " + ", ".join(repr(c) for c in spec.choices)
+    kind = spec.type.__name__ if spec.type is not list else "list of numbers"
+    if spec.low is not None or spec.high is not None:
+        lo = ("(" if spec.low_open else "[") + ("-inf" if spec.low is None else f"{spec.low}")
+        hi = ("inf" if spec.high is None else f"{spec.high}") + (")" if spec.high_open else "]")
+        return f"{kind} in {lo}, {hi}"
+    return kind
 
 
 def allowed_values(name: str) -> str:
-    """Human-readable description of what ``name`` accepts (for messages and docs)."""
-    return _allowed(FIELDS[name])
+    return allowed(_spec(name))
 
 
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Convert strings from the command line; reject wrong types from TOML."""
-    kind = _type_of(f)
-    bad = ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; expected {_allowed(f)}")
+def close_matches(key: str, keys: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(keys), n=3)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def validate_value(label: str, spec: Option, value: Any) -> Any:
+    """``value`` converted to the spec's type (strings from the command line are parsed) and
+    checked against its range and choices; ConfigError naming ``label`` otherwise."""
+    kind = spec.type
+    bad = ConfigError(f"config key {label!r}: value {value!r} is not allowed; expected {allowed(spec)}")
+    value = _coerce(kind, value, bad)
+    if spec.choices and value not in spec.choices:
+        raise bad
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad
+        if spec.low is not None and (value < spec.low or (spec.low_open and value == spec.low)):
+            raise bad
+        if spec.high is not None and (value > spec.high or (spec.high_open and value == spec.high)):
+            raise bad
+    return value
+
+
+def _coerce(kind: type, value: Any, bad: ConfigError) -> Any:
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         try:
             if kind is bool:
-                low = text.lower()
-                if low not in ("true", "false", "1", "0", "yes", "no"):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise bad
-                return low in ("true", "1", "yes")
+                return text.lower() in ("true", "1", "yes")
             if kind is int:
                 return int(text)
             if kind is float:
@@ -192,37 +246,9 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             raise bad
         try:
             return [float(x) for x in value]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
     return value
-
-
-def _check(f: dataclasses.Field, value: Any) -> None:
-    m = f.metadata
-    bad = ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; expected {_allowed(f)}")
-    if m["choices"] and value not in m["choices"]:
-        raise bad
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise bad
-        if m["low"] is not None and (value < m["low"] or (m["low_open"] and value == m["low"])):
-            raise bad
-        if m["high"] is not None and (value > m["high"] or (m["high_open"] and value == m["high"])):
-            raise bad
-
-
-def _check_plugins(cfg: WMLConfig) -> None:
-    from .plugins import get_host  # late: loading plugins is not needed to parse a file
-
-    host = get_host()
-    for f in dataclasses.fields(cfg):
-        kind = f.metadata["plugin"]
-        if kind:
-            valid = host.names(kind)
-            value = getattr(cfg, f.name)
-            if value not in valid:
-                raise ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; "
-                                  f"expected one of the registered {kind}s: {', '.join(valid)}")
 
 
 def _check_relations(cfg: WMLConfig) -> None:
@@ -241,36 +267,80 @@ def _check_relations(cfg: WMLConfig) -> None:
         if any(w < 0 or not math.isfinite(w) for w in cfg.fixed_omega) or sum(cfg.fixed_omega) <= 0:
             raise ConfigError(f"config key 'fixed_omega': value {cfg.fixed_omega!r} is not allowed; "
                               "expected non-negative weights with a positive sum")
-    if cfg.updater == "fixed" and len(cfg.fixed_omega) != peer_count(cfg):
-        raise ConfigError(f"config key 'fixed_omega': value {cfg.fixed_omega!r} is not allowed; "
-                          f"the 'fixed' updater needs one weight per peer ({peer_count(cfg)})")
 
 
-def peer_count(cfg: WMLConfig) -> int:
-    return len(cfg.peer_fractions) if cfg.peer_fractions else cfg.num_peers
+def _check_plugins(cfg: WMLConfig, host: "PluginHost") -> None:
+    """Plugin names against the registry; plugin options against what each plugin declared
+    (defaults filled in, so ``wml config`` shows every option in effect)."""
+    for f in dataclasses.fields(cfg):
+        kind = f.metadata["plugin"]
+        if kind and f.type == "str":
+            valid = host.names(kind)
+            value = getattr(cfg, f.name)
+            if value not in valid:
+                raise ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; "
+                                  f"expected one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}")
+    specs = host.option_specs()
+    from .plugins import resolve_options
+
+    for name in cfg.plugins:
+        if name not in specs:
+            raise ConfigError(f"unknown plugin option namespace {name!r}{close_matches(name, specs)} "
+                              f"(plugins with options: {', '.join(sorted(specs)) or 'none'})")
+    cfg.plugins = {name: resolve_options(entry, cfg.plugins.get(name, {})) for name, entry in sorted(specs.items())}
 
 
-def from_dict(values: dict[str, Any], *, check_plugins: bool = True) -> WMLConfig:
-    """Build and validate a config; unknown keys and bad values raise ConfigError."""
-    clean = {}
+def _split_plugin_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys (``focal_wml.gamma``) and the ``plugins`` table merged into ``plugins``."""
+    out: dict[str, Any] = {}
+    plugins: dict[str, dict] = {}
     for key, value in values.items():
+        if key == "plugins":
+            if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+                raise ConfigError(f"config key 'plugins': value {value!r} is not allowed; expected tables of "
+                                  "plugin options ([plugins.NAME] with KEY = VALUE)")
+            for name, table in value.items():
+                plugins.setdefault(name, {}).update(table)
+        elif "." in key:
+            name, _, option = key.partition(".")
+            if not name or not option:
+                raise ConfigError(f"config key {key!r} is not of the form PLUGIN.OPTION")
+            plugins.setdefault(name, {})[option] = value
+        else:
+            out[ALIASES.get(key, key)] = value
+            if key in ALIASES and ALIASES[key] in values and values[ALIASES[key]] != value:
+                raise ConfigError(f"config keys {key!r} and {ALIASES[key]!r} name the same setting "
+                                  f"and disagree ({value!r} vs {values[ALIASES[key]]!r}); give one")
+    if plugins:
+        out["plugins"] = plugins
+    return out
+
+
+def from_dict(values: Mapping[str, Any], *, check_plugins: bool = True,
+              host: Optional["PluginHost"] = None) -> WMLConfig:
+    """Build and validate a config; unknown keys and bad values raise ConfigError.
+
+    With ``check_plugins`` the plugin names and options are checked against ``host`` (default:
+    the process-wide one)."""
+    clean: dict[str, Any] = {}
+    for key, value in _split_plugin_keys(values).items():
         if key not in FIELDS:
-            close = difflib.get_close_matches(key, FIELDS, n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint} (see docs/config.md)")
-        f = FIELDS[key]
-        v = _coerce(f, value)
-        _check(f, v)
-        clean[key] = v
+            raise ConfigError(f"unknown config key {key!r}{close_matches(key, FIELDS)} (see docs/config.md)")
+        clean[key] = value if key == "plugins" else validate_value(key, _spec(key), value)
     cfg = WMLConfig(**clean)
     _check_relations(cfg)
     if check_plugins:
-        _check_plugins(cfg)
+        if host is None:
+            from .plugins import get_host
+
+            host = get_host()
+        _check_plugins(cfg, host)
     return cfg
 
 
 def load(path: str | Path | None = None, *, preset: str | None = None,
-         overrides: dict[str, Any] | None = None, check_plugins: bool = True) -> WMLConfig:
+         overrides: Mapping[str, Any] | None = None, check_plugins: bool = True,
+         host: Optional["PluginHost"] = None) -> WMLConfig:
     """Defaults, then the preset, then the TOML file, then CLI overrides (later wins)."""
     values: dict[str, Any] = {}
     if preset:
@@ -278,17 +348,37 @@ def load(path: str | Path | None = None, *, preset: str | None = None,
             raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
     if path:
-        p = Path(path)
-        try:
-            with p.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(p)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
-        values.update(data)
-    values.update(overrides or {})
-    return from_dict(values, check_plugins=check_plugins)
+        values = _merge(values, read_toml(path))
+    values = _merge(values, dict(overrides or {}))
+    return from_dict(values, check_plugins=check_plugins, host=host)
+
+
+def _merge(base: dict, new: Mapping[str, Any]) -> dict:
+    """Later sources win; an alias given later replaces its documented name given earlier, and
+    plugin tables merge option by option."""
+    out = dict(base)
+    for key, value in new.items():
+        target = ALIASES.get(key, key)
+        out.pop(target, None)
+        out.pop(key, None)
+        if key == "plugins" and isinstance(value, Mapping) and isinstance(out.get("plugins"), Mapping):
+            merged = {k: dict(v) for k, v in out["plugins"].items()}
+            for name, table in value.items():
+                merged.setdefault(name, {}).update(table)
+            value = merged
+        out[target if key in ALIASES else key] = value
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -303,24 +393,43 @@ def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
 
 
 def dumps(cfg: WMLConfig) -> str:
-    return tomli_w.dumps(cfg.to_dict())
+    data = cfg.to_dict()
+    plugins = data.pop("plugins")
+    data = {k: v for k, v in data.items()}
+    if plugins:
+        data["plugins"] = plugins  # TOML tables come last
+    return tomli_w.dumps(data)
 
 
 def save(cfg: WMLConfig, path: str | Path) -> None:
-    from .io import atomic_write_text
+    from .atomic import atomic_write_text
 
     atomic_write_text(Path(path), dumps(cfg))
 
 
-def markdown_table() -> str:
-    """Every key with its group, default, allowed values and meaning (docs/config.md)."""
+def markdown_table(host: Optional["PluginHost"] = None) -> str:
+    """Every key with its group, default, allowed values and meaning, then every plugin option
+    of ``host``'s plugins (docs/config.md)."""
     rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     group = None
     for f in dataclasses.fields(WMLConfig):
+        if f.name == "plugins":
+            continue
         if f.metadata["group"] != group:
             group = f.metadata["group"]
             rows.append(f"| **{group}** | | | |")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        allowed = _allowed(f) if not f.metadata["plugin"] else f"a registered {f.metadata['plugin']}"
-        rows.append(f"| `{f.name}` | `{default!r}` | {allowed} | {f.metadata['help']} |")
-    return "\n".join(rows) + "\n"
+        kind = f.metadata["plugin"]
+        text = allowed(_spec(f.name)) if not kind else f"a registered {kind}"
+        rows.append(f"| `{f.name}` | `{default!r}` | {text} | {f.metadata['spec'].help} |")
+    aliases = ", ".join(f"`{old}` → `{new}`" for old, new in ALIASES.items())
+    out = "\n".join(rows) + f"\n\nAlso accepted on input: {aliases}.\n"
+    if host is not None:
+        opt_rows = ["| option | default | allowed | meaning | plugin |", "|---|---|---|---|---|"]
+        for name, entry in sorted(host.option_specs().items()):
+            for o in entry.options:
+                opt_rows.append(f"| `{name}.{o.key}` | `{o.default!r}` | {allowed(o)} | {o.help} | "
+                                f"{entry.kind} `{name}` ({entry.plugin}) |")
+        out += "\n## Plugin options\n\nSet with `--set NAME.OPTION=VALUE` or a `[plugins.NAME]` table in the TOML file.\n\n"
+        out += "\n".join(opt_rows) + "\n" if len(opt_rows) > 2 else "(none of the installed plugins declares options)\n"
+    return out

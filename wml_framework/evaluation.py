@@ -1,30 +1,37 @@
 """Scoring a model folder or a whole run: every peer, the ensemble and the teacher.
 
 :func:`evaluate` runs every requested evaluator plugin on each model and returns the
-``eval.json`` dictionary; ``wml eval`` prints it and ``wml run`` calls it at the end.
-The evaluators come from the plugin registry by name, so a third-party evaluator runs
-through the same loop and lands in the same ``eval.json``.
+``eval.json`` dictionary; ``wml eval`` prints it and ``wml run`` calls it at the end. The
+evaluators come from the plugin registry by name and are treated alike: each scores each model,
+may add a summary shared by all models, may report warnings, and may say how its result reads
+in a table (``columns``) and in detail (``details``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import click
+from typing import Any, Callable, Optional, Sequence
 
 from . import config as cfgmod
-from .io import atomic_write_text
+from .atomic import atomic_write_text
+from .plugins import PluginError, PluginHost, get_host, resolve_options
+from .run_layout import RunLayout, is_model_dir, is_run_dir
 
-DEFAULT_EVALUATORS = ("perplexity", "minimal_pairs")
-SKIP = ("", "none")
+DISPLAY = "display"  # the part of the result that is for printing, not for eval.json
+
+
+class EvaluationError(ValueError):
+    """The thing to evaluate is not a model or run, or an evaluator cannot score it."""
 
 
 def _echo_err(msg: str) -> None:
-    click.echo(msg, err=True)
+    import sys
+
+    print(msg, file=sys.stderr)
 
 
 def choose_threads(spec: str | int | None) -> int:
@@ -32,8 +39,6 @@ def choose_threads(spec: str | int | None) -> int:
     machine but drops to one thread when the 1-minute load average already fills every core:
     on a shared CPU, torch's threads then wait on each other at every small operation
     (measured: 2 threads 3-5x slower than 1 on this project's 2-core machine under load)."""
-    import os
-
     import torch
 
     if spec in (None, "", "auto"):
@@ -43,137 +48,159 @@ def choose_threads(spec: str | int | None) -> int:
         except OSError:  # pragma: no cover - platforms without a load average
             busy = 0.0
         return 1 if busy >= cores else torch.get_num_threads()
-    n = int(spec)
+    try:
+        n = int(spec)
+    except ValueError:
+        n = 0
     if n < 1:
-        raise click.BadParameter(f"threads must be ≥ 1 or 'auto', got {spec!r}", param_hint="--threads")
+        raise ValueError(f"threads must be a number ≥ 1 or 'auto', got {spec!r}")
     return n
 
 
 def _base_config(run_dir: Path | None, log: Callable[[str], None]) -> cfgmod.WMLConfig:
     """The run's resolved config (its known keys; a bad file falls back to defaults)."""
-    values: dict[str, Any] = {}
-    if run_dir is not None and (run_dir / "config.toml").is_file():
+    if run_dir is not None and RunLayout(run_dir).config.is_file():
         try:
-            raw = cfgmod.tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
-            values = {k: v for k, v in raw.items() if k in cfgmod.FIELDS}
+            raw = cfgmod.read_toml(RunLayout(run_dir).config)
+            values = {k: v for k, v in raw.items() if k in cfgmod.FIELDS or k in cfgmod.ALIASES}
             return cfgmod.from_dict(values, check_plugins=False)
-        except (cfgmod.tomllib.TOMLDecodeError, cfgmod.ConfigError) as exc:
-            log(f"warning: {run_dir / 'config.toml'} ignored ({exc}); using defaults")
+        except cfgmod.ConfigError as exc:
+            log(f"warning: {RunLayout(run_dir).config} ignored ({exc}); using defaults")
     return cfgmod.from_dict({}, check_plugins=False)
 
 
 def _scorers(path: Path, device, log) -> tuple[list[dict], dict]:
     """(name, role, model, tokenizer, path, ω) of everything to score, and facts about the run."""
-    from . import scoring
+    from .models import load_model
+    from .run_reader import load_run
+    from .tokenizer import load_tokenizer
 
-    if scoring.is_run_dir(path):
+    if is_run_dir(path):
         log(f"loading run {path}")
-        run = scoring.load_run(path, device)
+        run = load_run(path, device)
         rows = [dict(name=n, role="peer", model=m, tokenizer=run.tokenizer, path=str(d), omega=float(w))
                 for n, m, d, w in zip(run.peer_names, run.peers, run.peer_dirs, run.omega)]
         rows.append(dict(name="ensemble", role="ensemble", model=run.ensemble(), tokenizer=run.tokenizer,
-                         path=str(path / "peers"), omega=None, members=run.peer_names))
+                         path=str(RunLayout(path).peers), omega=None, members=run.peer_names))
         if run.teacher is not None:
             rows.append(dict(name="teacher", role="teacher", model=run.teacher,
-                             tokenizer=scoring.load_tokenizer(run.teacher_dir), path=str(run.teacher_dir), omega=None))
+                             tokenizer=load_tokenizer(run.teacher_dir), path=str(run.teacher_dir), omega=None))
         facts = {"kind": "run", "peer_names": run.peer_names, "omega": run.omega.tolist(),
                  "omega_source": run.omega_source, "champion": run.summary.get("champion")}
         return rows, facts
-    if scoring.is_model_dir(path):
+    if is_model_dir(path):
         log(f"loading model {path}")
-        model = scoring.load_model(path, device)
-        return [dict(name=path.name, role="model", model=model, tokenizer=scoring.load_tokenizer(path),
+        model = load_model(path, device)
+        return [dict(name=path.name, role="model", model=model, tokenizer=load_tokenizer(path),
                      path=str(path), omega=None)], {"kind": "model"}
-    raise click.UsageError(f"{str(path)!r} is neither a run folder (with peers/) nor a Hugging Face model folder (with config.json)")
+    raise EvaluationError(f"{str(path)!r} is neither a run folder (with peers/) nor a Hugging Face model folder (with config.json)")
+
+
+def make_evaluators(cfg: cfgmod.WMLConfig, names: Sequence[str], host: PluginHost, log) -> dict:
+    """Each named evaluator made from ``cfg`` and its options; a factory returning None has
+    nothing to score under this configuration and is skipped."""
+    active = {}
+    for name in names:
+        evaluator = host.create("evaluator", name, cfg, options=cfg.plugin_options(name))
+        if evaluator is None:
+            log(f"{name}: skipped (nothing to score with this configuration)")
+            continue
+        if not callable(evaluator):
+            entry = host.get("evaluator", name)
+            raise PluginError(entry.plugin, "wml_register_evaluators", f"evaluator {name!r}: the object its factory "
+                                                                      f"made is not callable: {evaluator!r}")
+        active[name] = evaluator
+    return active
 
 
 def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None = None, limit: int | None = None,
-             block_size: int | None = None, max_blocks: int | None = None, batch_size: int = 64,
-             ppl_batch_size: int = 8, device: str = "auto", evaluators: Sequence[str] = DEFAULT_EVALUATORS,
-             progress: bool | None = None, log: Callable[[str], None] = _echo_err) -> dict:
+             block_size: int | None = None, settings: Optional[dict] = None, device: str = "auto",
+             evaluators: Optional[Sequence[str]] = None, progress: bool | None = None,
+             log: Callable[[str], None] = _echo_err, host: Optional[PluginHost] = None) -> dict:
     """Score a model folder or every peer, the ensemble and the teacher of a run folder.
 
-    ``blimp``/``corpus`` default to the run's config (or the shipped sample and corpus);
-    'none' skips that evaluator. Returns the ``eval.json`` dictionary."""
-    from . import scoring
-    from .plugins import PluginError, get_host
+    ``blimp``/``corpus`` default to the run's config (or the shipped sample and corpus); 'none'
+    skips what needs them. ``settings`` are further config keys or plugin options
+    (``{"perplexity.max_blocks": 4}``). Returns the ``eval.json`` dictionary (plus a ``display``
+    part for printing, which :func:`write_eval_json` leaves out). ``evaluators``: names of
+    evaluator plugins to run; default: every registered one."""
+    from .models import count_parameters, resolve_device
 
+    host = host or get_host()
     path = Path(path).expanduser()
-    run_dir = path if scoring.is_run_dir(path) else None
+    run_dir = path if is_run_dir(path) else None
     base = _base_config(run_dir, log)
-    changes: dict[str, Any] = {}
-    if corpus is not None:
-        changes["corpus"] = corpus
-    if blimp is not None:
-        changes["blimp"] = blimp
-    if limit is not None:
-        changes["blimp_limit"] = limit
-    if block_size is not None:
-        changes["block_size"] = block_size
-    try:
-        cfg = cfgmod.from_dict({**base.to_dict(), **changes}, check_plugins=False)
-    except cfgmod.ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    changes: dict[str, Any] = dict(settings or {})
+    for key, value in (("corpus", corpus), ("blimp", blimp), ("blimp_limit", limit), ("block_size", block_size)):
+        if value is not None:
+            changes[key] = value
+    specs = host.option_specs()
+    for key in changes:
+        name = key.partition(".")[0]
+        if "." in key and name not in specs:
+            raise cfgmod.ConfigError(f"unknown plugin option namespace {name!r}{cfgmod.close_matches(name, specs)} "
+                                     f"(plugins with options: {', '.join(sorted(specs)) or 'none'})")
+    cfg = cfgmod.from_dict({**base.to_dict(), **changes}, check_plugins=False)
 
-    skipped = {"perplexity": cfg.corpus.strip().lower() in SKIP, "minimal_pairs": cfg.blimp.strip().lower() in SKIP}
-    options = {"perplexity": dict(batch_size=ppl_batch_size, max_blocks=max_blocks, log=log),
-               "minimal_pairs": dict(batch_size=batch_size)}
-    host = get_host()
-    active = {}
-    for name in evaluators:
-        if skipped.get(name):
-            log(f"{name}: skipped")
-            continue
-        try:
-            active[name] = host.create("evaluator", name, cfg, **options.get(name, {}))
-        except PluginError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    dev = scoring.resolve_device(device)
+    active = make_evaluators(cfg, list(evaluators) if evaluators else host.names("evaluator"), host, log)
+    dev = resolve_device(device)
     rows, facts = _scorers(path, dev, log)
-    pair_set = getattr(active.get("minimal_pairs"), "pairs", None)
-    for bad in (pair_set.malformed if pair_set else []):
-        log(f"warning: {bad['file']}:{bad['line']}: malformed minimal pair skipped ({bad['reason']})")
+    for name, evaluator in active.items():
+        for warning in (evaluator.warnings() if callable(getattr(evaluator, "warnings", None)) else []):
+            log(f"warning: {warning}")
 
     models: dict[str, dict] = {}
+    columns: dict[str, dict] = {}
     for row in rows:
         entry = {k: row[k] for k in ("role", "path", "omega") if row.get(k) is not None}
         if "members" in row:
             entry["members"] = row["members"]
-        entry["parameters"] = scoring.count_parameters(row["model"])
+        entry["parameters"] = count_parameters(row["model"])
         entry["seconds"] = {}
+        columns[row["name"]] = {}
         for name, evaluator in active.items():
             start = time.perf_counter()
             try:
                 result = evaluator(row["model"], row["tokenizer"], device=dev, progress=progress,
                                    desc=f"{row['name']} {name}")
             except ValueError as exc:
-                raise click.ClickException(f"evaluator {name!r} on {row['name']}: {exc}") from None
+                raise EvaluationError(f"evaluator {name!r} on {row['name']}: {exc}") from None
             entry["seconds"][name] = round(time.perf_counter() - start, 3)
-            if name == "minimal_pairs":
-                result = {k: v for k, v in result.items() if k not in ("malformed", "source")}
             entry[name] = result
+            if callable(getattr(evaluator, "columns", None)):
+                columns[row["name"]].update(evaluator.columns(result))
         models[row["name"]] = entry
 
-    settings = {"corpus": None if skipped["perplexity"] else cfg.corpus, "val_fraction": cfg.val_fraction,
-                "blimp": None if skipped["minimal_pairs"] else str(getattr(active.get("minimal_pairs"), "source", cfg.blimp)),
-                "limit": cfg.blimp_limit or None, "block_size": cfg.block_size, "max_blocks": max_blocks,
-                "batch_size": batch_size, "ppl_batch_size": ppl_batch_size, "device": str(dev),
-                "evaluators": list(active)}
+    details: list[str] = []
+    for name, evaluator in active.items():
+        if callable(getattr(evaluator, "details", None)):
+            details += evaluator.details({m: e[name] for m, e in models.items() if name in e})
     out = {"path": str(path), **facts, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "settings": settings, "models": models}
-    if "minimal_pairs" in active:
-        pairs = active["minimal_pairs"].pairs
-        out["minimal_pairs"] = {"source": [str(f) for f in pairs.files], "pairs": len(pairs.pairs),
-                                "malformed": pairs.malformed}
+           "settings": {"device": str(dev), "evaluators": list(active),
+                        "config": {k: v for k, v in cfg.to_dict().items() if k in changes or k in (
+                            "corpus", "blimp", "blimp_limit", "block_size", "val_fraction")},
+                        "options": {n: resolve_options(host.get("evaluator", n), cfg.plugin_options(n))
+                                    for n in active if host.get("evaluator", n).options}},
+           "models": models}
+    for name, evaluator in active.items():
+        if callable(getattr(evaluator, "summary", None)):
+            out[name] = evaluator.summary()
+    out[DISPLAY] = {"columns": columns, "details": details}
     return out
+
+
+def headline(result: dict, model: str) -> str:
+    """One line per model: the cells every evaluator contributed to the table."""
+    cells = result.get(DISPLAY, {}).get("columns", {}).get(model, {})
+    return "  ".join(f"{k} {v}" for k, v in cells.items())
 
 
 def write_eval_json(target: Path, result: dict) -> None:
     """Atomically, keeping the models in evaluation order (peers, ensemble, teacher)."""
-    atomic_write_text(Path(target), json.dumps(result, indent=2) + "\n")
+    clean = {k: v for k, v in result.items() if k != DISPLAY}
+    atomic_write_text(Path(target), json.dumps(clean, indent=2) + "\n")
 
 
 def default_json_path(path: Path) -> Path:
     """``eval.json`` inside the run folder, or inside the model folder."""
-    return Path(path) / "eval.json"
+    return RunLayout(path).eval_json

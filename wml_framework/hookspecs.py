@@ -1,8 +1,11 @@
 """Hook specifications: the whole contract between the wml core and its plugins.
 
 Every named extension point follows the ``register`` style: the hook receives a
-``register(name, obj, *, help="")`` callable and calls it once per thing it provides.
-The core never imports an implementation by name; it only sees what was registered.
+``register(name, factory, *, help="", options=(), references=())`` callable and calls it once per
+thing it provides (``options``: :class:`~wml_framework.api.Option` declarations, passed to the
+factory as keyword arguments; ``references``: :class:`~wml_framework.api.ReferencePoint` objects
+that ``wml verify`` checks). The core never imports an implementation by name; it only sees what
+was registered. The types are in :mod:`wml_framework.api`; ``docs/plugins.md`` has an example of each.
 """
 
 import pluggy
@@ -14,35 +17,37 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def wml_register_model_families(register):
-    """Register model families (e.g. ``gpt2``, ``llama``): objects that count parameters
-    analytically, build configs of a given shape and slice a model for pruning."""
+    """Register model families: a factory ``make()`` returning a :class:`~wml_framework.api.ModelFamily`
+    (:class:`~wml_framework.api.SizableFamily` for ``bayes``, :class:`~wml_framework.api.PrunableFamily` for ``l1``)."""
 
 
 @hookspec
 def wml_register_initializers(register):
-    """Register peer initializers (e.g. ``bayes``, ``l1``): factories ``make(config)`` whose
-    result turns a teacher and a list of parameter targets into peer models."""
+    """Register peer initializers: a factory ``make(config, **options)`` returning an
+    :class:`~wml_framework.api.Initializer` (``build(teacher, family, targets, ...) -> InitResult``)."""
 
 
 @hookspec
 def wml_register_losses(register):
-    """Register inner-loop losses (e.g. ``wml``, ``kd``, ``ce``): factories ``make(config)``
-    returning a callable from peer logits, labels and ω to a :class:`LossResult`."""
+    """Register inner-loop losses: a factory ``make(config, **options)`` returning a
+    :class:`~wml_framework.api.Loss` (``loss(logits, labels, omega, teacher_logits=None) -> LossResult``)."""
 
 
 @hookspec
 def wml_register_updaters(register):
-    """Register peer-weight updaters (e.g. ``mirror``, ``uniform``, ``fixed``): factories
-    ``make(config, num_peers)`` returning an object with ``step(...)`` that returns new ω."""
+    """Register ω updaters: a factory ``make(config, num_peers, **options)`` returning an
+    :class:`~wml_framework.api.Updater` (``step(ctx: OuterContext) -> UpdateResult``)."""
 
 
 @hookspec
 def wml_register_evaluators(register):
-    """Register evaluators (e.g. ``perplexity``, ``minimal_pairs``): callables that score a
-    model or an ensemble and return a dict of metrics."""
+    """Register evaluators: a factory ``make(config, **options)`` returning an
+    :class:`~wml_framework.api.Evaluator` (``evaluator(model, tokenizer, ...) -> dict``), or None
+    when the configuration gives it nothing to score."""
 
 
 @hookspec
 def wml_run_event(event, payload):
-    """Observe a training run: called with an event name (``run_start``, ``step``,
-    ``outer_step``, ``eval``, ``checkpoint``, ``run_end``) and a dict of plain values."""
+    """Observe a run: called with an :class:`~wml_framework.api.Event` name (``run_start``, ``train``,
+    ``outer``, ``eval``, ``checkpoint``, ``run_end``) and a dict of plain values (for ``train``,
+    ``outer`` and ``eval``, the record logged to ``metrics.jsonl``)."""

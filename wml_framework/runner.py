@@ -1,28 +1,37 @@
-"""``wml run`` end to end: data, teacher, peers, training, export, evaluation, report.
+"""``wml run`` end to end, as a Python object: :class:`WMLTrainer`.
 
-Each stage leaves its result in the run folder before the next starts (config, teacher,
-a step-0 checkpoint, metrics, peers), so ``resume`` can pick up wherever a run stopped.
+Data, teacher, peers, training, export; then ``evaluate()`` and ``report()``. Each stage leaves
+its result in the run folder before the next starts (config, teacher, a step-0 checkpoint,
+metrics, peers), so a run can be resumed wherever it stopped. Every plugin the run needs is
+created, and checked, before any work starts.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
 from . import checkpoint
 from . import config as cfgmod
-from .api import Batch, peer_targets
+from .api import Batch, Loss, Updater
+from .atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
-from .data import TokenData, prepare
-from .io import atomic_directory, atomic_write_json
-from .plugins import PluginHost, get_host
-from .teacher import check_teacher_dir, family_for, load_teacher, new_teacher, train_teacher
-from .trainer import Trainer, pick_device, truncate_metrics
-
+from .corpus import corpus_files
+from .models import resolve_device
+from .peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
+from .plugins import PluginHost
+from .run_layout import RunLayout, peer_name
+from .teacher import (check_teacher_dir, family_for, load_teacher, load_teacher_config, new_teacher, shape_of,
+                      teacher_config, train_teacher)
+from .tokenizer import with_bos
+from .tokens import TokenData, prepare
+from .trainer import TrainingLoop, truncate_metrics
 
 MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation sentences longer than a block
 
@@ -35,6 +44,28 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+@dataclass
+class RunPlugins:
+    """The plugin objects of one run, made before any work."""
+
+    loss: Loss
+    updater: Updater
+    initializer: object
+
+
+def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
+    """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
+    arguments fails here, before the teacher is trained."""
+    from .guards import checked_loss, checked_updater
+
+    options = cfg.plugin_options
+    loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
+    updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
+    initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
+    return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
+                      checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count), initializer)
+
+
 def _save_model(model, tokenizer, path: Path) -> None:
     from transformers.utils import logging as hf_logging
 
@@ -44,154 +75,207 @@ def _save_model(model, tokenizer, path: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def _prepare_teacher(cfg: WMLConfig, run_dir: Path, host: PluginHost, device, log):
-    """The teacher model and the token data, training a teacher when none was given."""
-    saved = run_dir / "teacher"
-    if (saved / "config.json").exists():
-        teacher, tokenizer = load_teacher(saved)
-        return teacher, prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
-    if cfg.teacher:
-        teacher, tokenizer = load_teacher(cfg.teacher)
-        if tokenizer is None:
-            raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
-        limit = getattr(teacher.config, "max_position_embeddings", None) or getattr(teacher.config, "n_positions", None)
+class WMLTrainer:
+    """One run: ``WMLTrainer.from_config(cfg, run_dir).train()`` is ``wml run``.
+
+    ``callbacks`` are :class:`~wml_framework.callbacks.TrainerCallback`-like objects; ``host`` is
+    the plugin host of this run (a fresh one loaded from entry points by default)."""
+
+    def __init__(self, cfg: WMLConfig, run_dir, *, host: Optional[PluginHost] = None, callbacks: Sequence = (),
+                 log=print, resuming: bool = False):
+        self.cfg, self.layout = cfg, RunLayout(run_dir)
+        self.host = host or PluginHost()
+        self.callbacks, self.log, self.resuming = list(callbacks), log, resuming
+        self.loop: Optional[TrainingLoop] = None
+        self.summary: Optional[dict] = None
+
+    @classmethod
+    def from_config(cls, cfg: WMLConfig, run_dir=None, *, callbacks: Sequence = (),
+                    host: Optional[PluginHost] = None, log=print) -> "WMLTrainer":
+        """A new run of ``cfg`` in ``run_dir`` (default ``runs/<time>``), which must not hold one."""
+        return cls(cfg, run_dir or default_run_dir(), host=host, callbacks=callbacks, log=log)
+
+    @classmethod
+    def from_run_dir(cls, run_dir, *, callbacks: Sequence = (), host: Optional[PluginHost] = None,
+                     log=print) -> "WMLTrainer":
+        """Continue the run in ``run_dir`` from its last checkpoint, with its saved config."""
+        layout = RunLayout(run_dir)
+        if not layout.config.exists():
+            raise RunError(f"{str(layout.root)!r} is not a run folder (no config.toml)")
+        host = host or PluginHost()
+        cfg = cfgmod.load(layout.config, host=host)
+        return cls(cfg, run_dir, host=host, callbacks=callbacks, log=log, resuming=True)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+    # -- the pipeline --------------------------------------------------------------------
+    def train(self) -> dict:
+        """Data, teacher, peers, training and export; returns ``summary.json``'s content."""
+        plugins = self._prepare()
+        device = resolve_device(self.cfg.device)
+        torch.manual_seed(self.cfg.seed)
+        t_start = time.time()
+        teacher, data = self._prepare_teacher(device, plugins)
+        if checkpoint.exists(self.run_dir):
+            loop = self._resume_loop(teacher, data, device, plugins)
+        else:
+            self.layout.metrics.unlink(missing_ok=True)
+            peers = self._build_peers(teacher, data, plugins)
+            loop = self._loop(peers, teacher, data, device, plugins)
+            loop.save_checkpoint()
+        self.loop = loop
+        loop.train()
+        self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start)
+        print_summary(self.summary, self.log)
+        return self.summary
+
+    def evaluate(self, **options) -> dict:
+        """Score every peer, the ensemble and the teacher (``wml eval``); writes ``eval.json``."""
+        from .evaluation import evaluate, write_eval_json
+
+        cfg = self.cfg
+        skip = cfg.blimp.strip().lower() in ("", "none")
+        result = evaluate(self.run_dir, blimp="none" if skip else cfg.blimp, limit=cfg.blimp_limit or None,
+                          device=cfg.device, progress=False, log=self.log, host=self.host, **options)
+        write_eval_json(self.layout.eval_json, result)
+        return result
+
+    def report(self):
+        """Plots and ``report.md`` of the run (``wml report``)."""
+        from .report import write_report
+
+        return write_report(self.run_dir)
+
+    # -- stages ------------------------------------------------------------------------------
+    def _prepare(self) -> RunPlugins:
+        """Every check that needs no work: a new run's folder, corpus, teacher folder, device and
+        plugins; only then is the folder created and the config saved."""
+        cfg = self.cfg
+        if not self.resuming and self.layout.config.exists():
+            raise RunError(f"{str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir}")
+        if cfg.teacher:
+            check_teacher_dir(cfg.teacher)
+        try:
+            corpus_files(cfg.corpus)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        resolve_device(cfg.device)
+        plugins = create_plugins(cfg, self.host)
+        if cfg.teacher and not self.layout.teacher.exists():
+            self._check_given_teacher(plugins)
+        if not self.resuming:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfgmod.save(cfg, self.layout.config)
+            self.log(f"run folder: {self.run_dir}")
+        else:
+            self.log(f"resuming {self.run_dir}")
+        return plugins
+
+    def _check_given_teacher(self, plugins: RunPlugins) -> None:
+        cfg = self.cfg
+        hf_config = load_teacher_config(cfg.teacher)
+        limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", None)
         if limit is not None and cfg.block_size > limit:
             raise RunError(f"config key 'block_size': value {cfg.block_size} is not allowed with teacher {cfg.teacher!r}; "
                            f"expected at most its {limit} positions")
-        from .scoring import with_bos
+        self._plan(plugins, hf_config)
 
-        tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
-        data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
-    else:
-        data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, log=log)
-        family = host.create("family", cfg.teacher_family)
-        teacher = new_teacher(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
-        n = sum(p.numel() for p in teacher.parameters())
-        log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
-        teacher = train_teacher(teacher, data, cfg, device, log=log)
-    _save_model(teacher.cpu(), data.tokenizer, saved)
-    return teacher.to(device).eval(), data
+    def _plan(self, plugins: RunPlugins, hf_config) -> PeerPlan:
+        family = family_for(self.host, hf_config)
+        try:
+            return plan_peers(self.cfg, plugins.initializer, family, hf_config)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
 
-
-def _build_peers(cfg: WMLConfig, host: PluginHost, teacher, data: TokenData, run_dir: Path, log):
-    family = family_for(host, teacher.config)
-    n_teacher = family.count_parameters(teacher.config)
-    targets = peer_targets(n_teacher, None if cfg.peer_fractions else cfg.num_peers, cfg.peer_fractions or None)
-    log(f"peers: {cfg.init} initialization of {len(targets)} peers, targets {targets} (teacher {n_teacher:,})")
-    gen = torch.Generator().manual_seed(cfg.seed + 3)
-    x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
-    initializer = host.create("initializer", cfg.init, cfg)
-    t0 = time.time()
-    device = next(teacher.parameters()).device
-    result = initializer.build(teacher.cpu(), family, targets, calibration=Batch(x, y), seed=cfg.seed)
-    teacher.to(device)  # .cpu() moved it in place; training and evaluation need it back
-    atomic_write_json(run_dir / "init_table.json", result.rows)
-    atomic_write_json(run_dir / "init_trace.json", result.trace)
-    for row in result.rows:
-        log(f"  {row['peer']}: {row['shape']}  {row['parameters']:,} params (target {row['target']:,}, "
-            f"error {100 * row['rel_error']:.2f}%)")
-    log(f"peers: built in {time.time() - t0:.1f}s")
-    return result.peers
-
-
-def _peers_from_checkpoint(state: dict) -> list:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    peers = []
-    for conf in state["peer_configs"]:
-        hf_config = AutoConfig.for_model(**conf)
-        peers.append(AutoModelForCausalLM.from_config(hf_config))
-    return peers
-
-
-def start(cfg: WMLConfig, out_dir: str | Path | None = None, log=print) -> Path:
-    """Begin a new run in ``out_dir`` (which must not already hold one)."""
-    run_dir = Path(out_dir) if out_dir else default_run_dir()
-    if (run_dir / "config.toml").exists():
-        raise RunError(f"{str(run_dir)!r} already holds a run; continue it with --resume {run_dir}")
-    if cfg.teacher:
-        check_teacher_dir(cfg.teacher)
-    pick_device(cfg.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfgmod.save(cfg, run_dir / "config.toml")
-    log(f"run folder: {run_dir}")
-    return _execute(cfg, run_dir, log)
-
-
-def resume(run_dir: str | Path, log=print) -> Path:
-    """Continue an interrupted run from its last checkpoint."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").exists():
-        raise RunError(f"{str(run_dir)!r} is not a run folder (no config.toml)")
-    cfg = cfgmod.load(run_dir / "config.toml")
-    log(f"resuming {run_dir}")
-    return _execute(cfg, run_dir, log)
-
-
-def _execute(cfg: WMLConfig, run_dir: Path, log) -> Path:
-    host = get_host()
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    t_start = time.time()
-    teacher, data = _prepare_teacher(cfg, run_dir, host, device, log)
-    if checkpoint.exists(run_dir):
-        state = checkpoint.load(run_dir)
-        peers = _peers_from_checkpoint(state)
-        trainer = Trainer(cfg, host, peers, data, run_dir, device, teacher=teacher, log=log)
-        trainer.load_state_dict(state)
-        if trainer.state.step == 0:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # the step-0 evaluation is logged again
+    def _prepare_teacher(self, device, plugins: RunPlugins):
+        """The teacher model and the token data, training a teacher when none was given."""
+        cfg, log, saved = self.cfg, self.log, self.layout.teacher
+        if (saved / "config.json").exists():
+            teacher, tokenizer = load_teacher(saved)
+            return teacher.to(device).eval(), prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
+        if cfg.teacher:
+            teacher, tokenizer = load_teacher(cfg.teacher)
+            if tokenizer is None:
+                raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
+            tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
+            data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
         else:
-            truncate_metrics(run_dir, trainer.state.step)
-        log(f"resumed at step {trainer.state.step}/{cfg.num_epochs}")
-    else:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        peers = _build_peers(cfg, host, teacher, data, run_dir, log)
-        trainer = Trainer(cfg, host, peers, data, run_dir, device, teacher=teacher, log=log)
-        trainer.save_checkpoint()
-    state = trainer.train()
-    summary = export(trainer, data, run_dir, elapsed=time.time() - t_start)
-    _print_summary(summary, log)
-    from .finish import finish_run  # evaluation and report: after the peers are safely on disk
+            data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, log=log)
+            family = self.host.create("family", cfg.teacher_family)
+            hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
+            self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains
+            teacher = new_teacher(hf_config, cfg.seed)
+            n = sum(p.numel() for p in teacher.parameters())
+            log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
+            teacher = train_teacher(teacher, data, cfg, device, log=log)
+        _save_model(teacher.cpu(), data.tokenizer, saved)
+        return teacher.to(device).eval(), data
 
-    finish_run(run_dir, cfg, log=log)
-    return run_dir
+    def _build_peers(self, teacher, data: TokenData, plugins: RunPlugins) -> list:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
+        calibration = Batch(x, y)
+        device = next(teacher.parameters()).device
+        plan = self._plan(plugins, teacher.config)
+        try:
+            plan = plan_peers(cfg, plugins.initializer, plan.family, teacher.config, calibration)
+            result, trace = build_peers(cfg, plan, teacher.cpu(), calibration=calibration, log=self.log)
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
+        finally:
+            teacher.to(device)  # .cpu() moved it in place; training and evaluation need it back
+        write_init_files(self.run_dir, result, trace)
+        return result.peers
+
+    def _loop(self, peers, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
+        return TrainingLoop(self.cfg, self.host, peers, data, self.run_dir, device, loss=plugins.loss,
+                            updater=plugins.updater, teacher=teacher, log=self.log, callbacks=self.callbacks)
+
+    def _resume_loop(self, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
+        state = checkpoint.load(self.run_dir)
+        loop = self._loop(peers_from_configs(state["peer_configs"]), teacher, data, device, plugins)
+        loop.load_state_dict(state)
+        if loop.state.step == 0:
+            self.layout.metrics.unlink(missing_ok=True)  # the step-0 evaluation is logged again
+        else:
+            truncate_metrics(self.run_dir, loop.state.step)
+        self.log(f"resumed at step {loop.state.step}/{self.cfg.max_steps}")
+        return loop
 
 
-def export(trainer: Trainer, data: TokenData, run_dir: Path, elapsed: float) -> dict:
+def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -> dict:
     """Every peer and the champion as standard HF folders, and ``summary.json``."""
-    final = trainer.evaluate()
-    omega = trainer.state.omega.tolist()
+    layout = RunLayout(run_dir)
+    final = loop.evaluate()
+    omega = loop.state.omega.tolist()
     peers = []
-    for i, peer in enumerate(trainer.peers):
-        name = f"peer_{i}"
-        _save_model(peer.cpu(), data.tokenizer, run_dir / "peers" / name)
-        peers.append({"name": name, "parameters": sum(p.numel() for p in peer.parameters()),
-                      "shape": _shape(trainer.host, peer.config), "val_loss": final["val_loss"][i], "omega": omega[i]})
+    for i, peer in enumerate(loop.peers):
+        _save_model(peer.cpu(), data.tokenizer, layout.peer(i))
+        peers.append({"name": peer_name(i), "parameters": sum(p.numel() for p in peer.parameters()),
+                      "shape": shape_of(loop.host, peer.config), "val_loss": final["val_loss"][i], "omega": omega[i]})
     best = min(range(len(peers)), key=lambda i: peers[i]["val_loss"])
-    with atomic_directory(run_dir / "champion") as tmp:
-        for f in (run_dir / "peers" / peers[best]["name"]).iterdir():
+    with atomic_directory(layout.champion) as tmp:
+        for f in layout.peer(best).iterdir():
             shutil.copy2(f, tmp / f.name)
-    teacher = trainer.teacher
+    teacher = loop.teacher
+    cfg = loop.cfg.to_dict()
     summary = {
         "peers": peers, "omega": omega, "ensemble_val_loss": final["ensemble_val_loss"],
-        "champion": peers[best]["name"], "steps": trainer.state.step, "tokens": trainer.state.tokens,
-        "stopped_early": trainer.state.stopped_early, "elapsed_s": round(elapsed, 1),
-        "config": {k: trainer.cfg.to_dict()[k] for k in ("init", "updater", "loss", "hypergradient")},
+        "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
+        "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
+        "config": {k: cfg[k] for k in ("init", "updater", "loss", "hypergradient")},
         "teacher": None if teacher is None else {
-            "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": trainer.teacher_val,
-            "shape": _shape(trainer.host, teacher.config)},
+            "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
+            "shape": shape_of(loop.host, teacher.config)},
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(layout.summary, summary)
     return summary
 
 
-def _shape(host: PluginHost, hf_config) -> str:
-    s = family_for(host, hf_config).shape(hf_config)
-    return f"L{s['n_layer']}·H{s['n_head']}·d{s['head_dim']}·F{s['ffn']}"
-
-
-def _print_summary(summary: dict, log) -> None:
+def print_summary(summary: dict, log) -> None:
     log("")
     log(f"{'model':<10} {'params':>10} {'ω':>7} {'held-out loss':>14}")
     t = summary["teacher"]
@@ -206,3 +290,29 @@ def _print_summary(summary: dict, log) -> None:
     log(f"ensemble held-out loss is {verdict} every single peer's ({summary['ensemble_val_loss']:.4f} vs best {best_single:.4f})")
     uniform = 1.0 / len(summary["omega"])
     log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
+
+
+# -- the command line's entry points ---------------------------------------------------------
+
+def start(cfg: WMLConfig, out_dir=None, log=print, *, host: Optional[PluginHost] = None,
+          callbacks: Sequence = ()) -> Path:
+    """A new run, trained, evaluated and reported (``wml run``)."""
+    trainer = WMLTrainer.from_config(cfg, out_dir, host=host, callbacks=callbacks, log=log)
+    return _finish(trainer)
+
+
+def resume(run_dir, log=print, *, host: Optional[PluginHost] = None, callbacks: Sequence = ()) -> Path:
+    """Continue an interrupted run from its last checkpoint (``wml run --resume``)."""
+    trainer = WMLTrainer.from_run_dir(run_dir, host=host, callbacks=callbacks, log=log)
+    return _finish(trainer)
+
+
+def _finish(trainer: WMLTrainer) -> Path:
+    trainer.train()
+    from .evaluation import headline
+
+    result = trainer.evaluate()  # after the peers are safely on disk: a failure here loses no training
+    for name in result["models"]:
+        trainer.log(f"  {name:<10} {headline(result, name)}")
+    trainer.log(f"report: {trainer.report().path}")
+    return trainer.run_dir

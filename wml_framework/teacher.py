@@ -8,9 +8,12 @@ from pathlib import Path
 import torch
 
 from .config import WMLConfig
-from .data import TokenData
 from .plugins import PluginHost
 from .schedules import warmup_cosine
+from .tokens import TokenData
+
+#: files any one of which holds a Hugging Face model's weights
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 class TeacherError(ValueError):
@@ -20,12 +23,18 @@ class TeacherError(ValueError):
 def family_for(host: PluginHost, hf_config):
     """The registered model family whose ``model_type`` matches a Hugging Face config."""
     names = host.names("family")
+    model_type = getattr(hf_config, "model_type", None)
     for name in names:
         family = host.create("family", name)
-        if family.model_type == hf_config.model_type:
+        if family.model_type == model_type:
             return family
-    raise TeacherError(f"no model family plugin handles model_type {hf_config.model_type!r}; "
+    raise TeacherError(f"no model family plugin handles model_type {model_type!r}; "
                        f"registered families: {', '.join(names) or '(none)'}")
+
+
+def shape_of(host: PluginHost, hf_config) -> str:
+    """The shape string of any model the registered families know (``L4·H4·d32·F512``)."""
+    return family_for(host, hf_config).shape_string(hf_config)
 
 
 def check_teacher_dir(path: str | Path) -> Path:
@@ -35,9 +44,21 @@ def check_teacher_dir(path: str | Path) -> Path:
         raise TeacherError(f"teacher {str(p)!r} is not a directory")
     if not (p / "config.json").is_file():
         raise TeacherError(f"teacher {str(p)!r} has no config.json: not a Hugging Face model folder")
-    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+    if not any(any(p.glob(pattern)) for pattern in WEIGHT_PATTERNS):
         raise TeacherError(f"teacher {str(p)!r} has no weights (*.safetensors or *.bin)")
     return p
+
+
+def load_teacher_config(path: str | Path):
+    """The teacher's Hugging Face config, read without loading its weights."""
+    from transformers import AutoConfig
+
+    p = check_teacher_dir(path)
+    try:
+        return AutoConfig.from_pretrained(str(p))
+    except Exception as exc:  # noqa: BLE001 - any failure means: not a usable model folder
+        raise TeacherError(f"teacher {str(p)!r} is not a Hugging Face model directory "
+                           f"(its config.json cannot be loaded: {exc})") from None
 
 
 def load_teacher(path: str | Path, dtype=torch.float32):
@@ -56,18 +77,23 @@ def load_teacher(path: str | Path, dtype=torch.float32):
     return model.eval(), tokenizer
 
 
-def new_teacher(family, cfg: WMLConfig, tokenizer, max_positions: int):
-    """A freshly initialised teacher of the configured size, in the configured family."""
+def teacher_config(family, cfg: WMLConfig, tokenizer, max_positions: int):
+    """The Hugging Face config of the teacher ``wml run`` trains: the configured size, the
+    family's usual FFN width for it, and the tokenizer's special tokens."""
+    hidden = cfg.teacher_n_embd
+    return family.make_config(
+        vocab_size=len(tokenizer), n_layer=cfg.teacher_n_layer, n_head=cfg.teacher_n_head,
+        head_dim=hidden // cfg.teacher_n_head, ffn=family.default_ffn(hidden), max_positions=max_positions,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def new_teacher(hf_config, seed: int):
+    """A freshly initialised model of ``hf_config`` (seeded)."""
     from transformers import AutoModelForCausalLM
 
-    hidden = cfg.teacher_n_embd
-    ffn = 4 * hidden if cfg.teacher_family == "gpt2" else 16 * round(8 * hidden / 3 / 16)
-    hf_config = family.make_config(
-        vocab_size=len(tokenizer), n_layer=cfg.teacher_n_layer, n_head=cfg.teacher_n_head,
-        head_dim=hidden // cfg.teacher_n_head, ffn=ffn, max_positions=max_positions,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(hf_config)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import click
 
+from ..cli_support import one_line_errors
+
 
 @click.command("report")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@one_line_errors
 def command(run_dir: str) -> None:
     """Write RUN_DIR/plots/*.png and RUN_DIR/report.md (curves, ω, size vs loss and accuracy, results table)."""
     from ..report import write_report

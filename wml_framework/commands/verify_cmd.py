@@ -7,28 +7,28 @@ import sys
 
 import click
 
+from ..cli_support import host, one_line_errors
+
 
 @click.command("verify")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 @click.option("--only", "only", multiple=True, metavar="NAME",
               help="Check only the loss/updater of this name (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random test problems.")
+@one_line_errors
 def command(as_json: bool, only: tuple[str, ...], seed: int) -> None:
-    """Check every loss and updater in float64: finite differences, invariants, and the numpy
-    reference where it computes the same quantity. Exits with status 1 if any check fails."""
-    from ..plugins import PluginError, get_host
+    """Check every loss and updater in float64: finite differences, invariants, and the reference
+    points each plugin declares (the built-ins: the numpy oracle wml_reference). Exits with
+    status 1 if any check fails."""
     from ..verify import format_table, run_checks
 
-    try:
-        host = get_host()
-        known = set(host.names("loss")) | set(host.names("updater"))
-    except PluginError as exc:
-        raise click.ClickException(str(exc)) from exc
+    h = host()
+    known = set(h.names("loss")) | set(h.names("updater"))
     unknown = sorted(set(only) - known)
     if unknown:
         raise click.BadParameter(f"no loss or updater named {', '.join(map(repr, unknown))}; "
                                  f"valid: {', '.join(sorted(known))}", param_hint="--only")
-    results = run_checks(host, seed=seed, names=list(only) or None)
+    results = run_checks(h, seed=seed, names=list(only) or None)
     failed = [r for r in results if not r.passed]
     if as_json:
         click.echo(json.dumps({"passed": not failed, "seed": seed, "failed": len(failed),

@@ -1,0 +1,1 @@
+"""Built-in peer initializers: ``bayes`` (sizing by Bayesian optimization) and ``l1`` (structured pruning)."""

@@ -1,0 +1,91 @@
+"""The ``mirror`` updater (method.md §4): exponentiated-gradient steps of ω along the hypergradient.
+
+ω is kept in float64 throughout; η follows its own warm-up + cosine schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from wml_framework.api import OuterContext, UpdateResult, uniform_omega
+from wml_framework.schedules import warmup_cosine
+
+from .hypergrad import DOUBLE_VJP, EXACT, FIRST_ORDER, hypergradient
+
+
+def mirror_step(omega: Tensor, grad: Tensor, eta: float) -> Tensor:
+    """Exponentiated gradient in log space: log ω ← log ω − η g − logsumexp(log ω − η g).
+
+    A weight of exactly 0 stays 0 (log 0 = −inf is a fixed point); nothing overflows for large η·g.
+    """
+    logits = torch.log(omega.to(torch.float64)) - eta * grad.to(torch.float64)
+    return torch.exp(logits - torch.logsumexp(logits, dim=0))
+
+
+def check_peers(who: str, num_peers: int) -> int:
+    if int(num_peers) < 1:
+        raise ValueError(f"updater {who!r}: needs at least one peer, got num_peers={num_peers}")
+    return int(num_peers)
+
+
+class MirrorUpdater:
+    """Mirror descent on the simplex along the hypergradient of the one-step-unrolled objective.
+
+    η follows ``warmup_cosine(ctx.outer_step, omega_lr, omega_min_lr, omega_warmup_iters,
+    omega_decay_iters)``. ``hypergradient="exact"`` is Theorem 1 (L_2 at θ' = θ − γ∇L_1);
+    ``"first_order"`` evaluates L_2 at θ and says so in ``UpdateResult.info["hypergradient"]``.
+    ``ctx.outer_step`` counts outer updates from 0 and drives the schedule (so resuming needs no state).
+    """
+
+    needs_validation = True
+
+    def __init__(self, num_peers: int, *, omega_lr: float = 0.25, omega_min_lr: float = 0.0025,
+                 omega_warmup_iters: int = 2, omega_decay_iters: int = 50, hypergradient: str = EXACT,
+                 tangents: str = DOUBLE_VJP):
+        self.num_peers = check_peers("mirror", num_peers)
+        if hypergradient not in (EXACT, FIRST_ORDER):
+            raise ValueError(f"updater 'mirror': hypergradient must be {EXACT!r} or {FIRST_ORDER!r}, "
+                             f"got {hypergradient!r}")
+        self.omega_lr, self.omega_min_lr = float(omega_lr), float(omega_min_lr)
+        self.omega_warmup_iters, self.omega_decay_iters = int(omega_warmup_iters), int(omega_decay_iters)
+        self.method = hypergradient
+        self.tangents = tangents
+        self.last_seconds: dict = {}   # time per phase of the last hypergradient (benchmarks read it)
+
+    @classmethod
+    def from_config(cls, cfg, num_peers: int) -> "MirrorUpdater":
+        return cls(num_peers, omega_lr=cfg.omega_lr, omega_min_lr=cfg.omega_min_lr,
+                   omega_warmup_iters=cfg.omega_warmup_iters, omega_decay_iters=cfg.omega_decay_iters,
+                   hypergradient=cfg.hypergradient)
+
+    def eta(self, outer_step: int) -> float:
+        return warmup_cosine(outer_step, self.omega_lr, self.omega_min_lr, self.omega_warmup_iters,
+                             self.omega_decay_iters)
+
+    def initial_omega(self) -> Tensor:
+        return uniform_omega(self.num_peers)
+
+    def step(self, ctx: OuterContext) -> UpdateResult:
+        omega = ctx.omega.detach().to(torch.float64)
+        hg = hypergradient(ctx.peers, ctx.loss, omega, ctx.train, ctx.val, ctx.inner_lr,
+                           forward=ctx.forward, teacher_logits=ctx.teacher_logits, method=self.method,
+                           tangents=self.tangents)
+        eta = self.eta(ctx.outer_step)
+        grad = hg.grad.detach().to(omega.device)
+        new = mirror_step(omega, grad, eta)
+        self.last_seconds = dict(hg.seconds)
+        info = {"hypergradient": hg.method, "direct": hg.direct.tolist(), "second": hg.second.tolist()}
+        return UpdateResult(omega=new, grad=grad, eta=eta, val_loss=hg.val_loss, info=info)
+
+    def state_dict(self) -> dict:
+        """Empty: η comes from ``ctx.outer_step`` and ω from the trainer, so nothing else to keep."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+
+def make_mirror(cfg, num_peers: int) -> MirrorUpdater:
+    """Mirror descent along the exact (or, if configured, first-order) hypergradient; η warm-up + cosine."""
+    return MirrorUpdater.from_config(cfg, num_peers)

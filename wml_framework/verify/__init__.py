@@ -1,0 +1,212 @@
+"""Numerical checks of every registered loss and updater, built-in or third-party (``wml verify``).
+
+Why: a loss or updater that is subtly wrong (a sign, a missing stop-gradient, a mean over
+sequences instead of tokens) still trains; only a check against finite differences and against
+a trusted formula finds it. Every plugin gets the generic checks (derivatives by central
+differences in float64, invariants, finite results on extreme logits); every plugin is also
+checked against the reference points it declared when it registered (the built-ins declare
+``wml_reference``, the float64 NumPy oracle). Nothing here knows a plugin by name.
+
+``run_checks(host) -> list[CheckResult]`` is the API; the command only formats it.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from ..plugins import Entry, PluginHost, get_host
+from . import loss_checks as L
+from . import updater_checks as U
+from .loss_checks import Failed
+from .problems import loss_cases, make_config
+
+#: tolerances (relative errors): against finite differences, invariants, fast paths
+TOL_FD = 1e-6
+TOL_EXACT = 1e-12
+TOL_FAST = 1e-8
+
+
+@dataclass
+class CheckResult:
+    """One line of the verification table."""
+
+    kind: str
+    name: str
+    plugin: str
+    check: str
+    max_rel_error: Optional[float]
+    tolerance: Optional[float]
+    passed: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """The problems are tiny: thread start-up costs more than it saves (and thrashes a busy host)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Recorder:
+    def __init__(self, entry: Entry):
+        self.entry, self.results = entry, []
+
+    def add(self, check: str, error: Optional[float], tol: Optional[float], detail: str = "") -> None:
+        ok = error is None or (math.isfinite(error) and error <= tol)
+        if error is not None and not ok and not detail:
+            detail = f"error {error:.3g} > tolerance {tol:g}"
+        self.results.append(CheckResult(self.entry.kind, self.entry.name, self.entry.plugin, check, error, tol, ok, detail))
+
+    def fail(self, check: str, tol: Optional[float], exc: BaseException) -> None:
+        if isinstance(exc, Failed):
+            detail = str(exc)
+        else:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            detail = f"{type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
+        self.results.append(CheckResult(self.entry.kind, self.entry.name, self.entry.plugin, check, None, tol, False, detail))
+
+    def run(self, check: str, tol: Optional[float], fn: Callable[[], Optional[float]]) -> None:
+        try:
+            self.add(check, fn(), tol)
+        except Exception as exc:  # noqa: BLE001 - a raising plugin is a failed check, named
+            self.fail(check, tol, exc)
+
+    def run_many(self, group: str, tol: float, fn: Callable[[], dict]) -> None:
+        """Several values computed together, one row each; if the computation raises, one failed row."""
+        try:
+            for check, err in fn().items():
+                self.add(f"{group}: {check}", err, tol)
+        except Exception as exc:  # noqa: BLE001
+            self.fail(group, tol, exc)
+
+
+def _over(loss, seed: int, fn) -> float:
+    return max(fn(loss, p) for p in loss_cases(seed))
+
+
+def _check_loss(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
+    rec = _Recorder(entry)
+
+    def make(cfg, options):
+        return host.create("loss", entry.name, cfg, options=options)
+
+    try:
+        loss = make(make_config(3), {})
+    except Exception as exc:  # noqa: BLE001
+        rec.fail("create", None, exc)
+        return rec.results
+    g = torch.Generator().manual_seed(seed + 1)
+    rec.run("result shapes, total = Σ per_peer", TOL_EXACT, lambda: _over(loss, seed, L.result_shapes))
+    rec.run("grad logits vs finite differences (ω const)", TOL_FD,
+            lambda: _over(loss, seed, lambda l, p: L.grad_logits_fd(l, p, False, g)))
+    rec.run("grad logits vs finite differences (ω grad)", TOL_FD,
+            lambda: _over(loss, seed, lambda l, p: L.grad_logits_fd(l, p, True, g)))
+    rec.run("stop-gradient on targets", TOL_EXACT, lambda: _over(loss, seed, L.stop_gradient))
+    rec.run("grad omega vs finite differences", TOL_FD, lambda: _over(loss, seed, lambda l, p: L.grad_omega_fd(l, p, g)))
+    rec.run("∂²/∂ω∂z (hypergradient) vs finite differences", TOL_FD,
+            lambda: _over(loss, seed, lambda l, p: L.mixed_fd(l, p, g)))
+    if callable(getattr(loss, "logit_grads", None)):
+        rec.run("logit_grads vs finite differences", TOL_FD, lambda: _over(loss, seed, lambda l, p: L.logit_grads_fd(l, p, g)))
+    if callable(getattr(loss, "mixed_omega_grad", None)):
+        def both_temperatures() -> float:        # closed forms often special-case T = 1
+            unit = make(make_config(3, temperature=1.0, kd_temperature=1.0), {})
+            return max(_over(l, seed, lambda l_, p: L.mixed_closed_form(l_, p, g)) for l in (loss, unit))
+
+        rec.run("mixed_omega_grad vs double backward (T = 1, T ≠ 1)", TOL_FAST, both_temperatures)
+    rec.run("ignored labels: no effect, no gradient", TOL_EXACT, lambda: _over(loss, seed, L.ignored_positions))
+    rec.run("token mean (repeated, reshaped batch)", TOL_EXACT, lambda: _over(loss, seed, L.token_mean))
+    rec.run("finite on ±1e4 logits (float32)", None, lambda: L.extreme(loss, torch.float32, seed))
+    rec.run("finite on ±1e4 logits (bfloat16)", None, lambda: L.extreme(loss, torch.bfloat16, seed))
+    for point in entry.references:
+        rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: L.check_reference(make, point, seed))
+    return rec.results
+
+
+def _check_updater(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
+    rec = _Recorder(entry)
+
+    def make(cfg, options, M):
+        return host.create("updater", entry.name, cfg, M, options=options)
+
+    def make_loss(cfg):
+        return host.create("loss", cfg.loss, cfg, options=cfg.plugin_options(cfg.loss))
+
+    probs = U.UpdaterProblems(make, make_loss, seed)
+    try:
+        steps = bool(make(make_config(2), {}, 2).needs_validation)
+        next(probs.cases())
+    except Exception as exc:  # noqa: BLE001
+        rec.fail("create (with the default loss)", None, exc)
+        return rec.results
+    rec.run("initial ω on simplex", TOL_EXACT, lambda: U.initial_on_simplex(probs))
+    if steps:
+        rec.run("step ω on simplex", TOL_EXACT, lambda: U.step_on_simplex(probs))
+        rec.run("deterministic", TOL_EXACT, lambda: U.deterministic(probs))
+        rec.run("peers untouched", TOL_EXACT, lambda: U.peers_untouched(probs))
+    rec.run("state round-trip", TOL_EXACT, lambda: U.state_round_trip(probs, steps))
+    for point in entry.references:
+        if steps:
+            rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: U.check_reference(probs, point))
+        else:
+            rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: _initial_reference(probs, point))
+    return rec.results
+
+
+def _initial_reference(probs: "U.UpdaterProblems", point) -> dict[str, float]:
+    """For an updater that is never stepped: its initial ω against the point's ω."""
+    from .problems import rel
+
+    config_keys, options = L.split_settings(point)
+    worst = 0.0
+    for M, cfg, case in probs.cases(config_keys):
+        expected = point.expected(case.as_problem(cfg, options))
+        worst = max(worst, rel(probs.make(cfg, options, M).initial_omega().detach().numpy(), expected["omega"]))
+    return {"initial omega": worst}
+
+
+def run_checks(host: Optional[PluginHost] = None, *, seed: int = 0, names: Optional[list[str]] = None) -> list[CheckResult]:
+    """Check every registered loss and updater (or only those in ``names``); one result per check.
+
+    Updaters are stepped on linear peers with the default configuration's loss (or the loss a
+    reference point names). Plugins that failed to load are reported as failed rows."""
+    host = host or get_host()
+    results: list[CheckResult] = []
+    for failure in host.failures if names is None else []:
+        results.append(CheckResult("plugin", failure.plugin, failure.plugin, "loads and registers", None, None,
+                                   False, failure.line()))
+    with _one_thread(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for entry in host.entries("loss"):
+            if names is None or entry.name in names:
+                results.extend(_check_loss(host, entry, seed))
+        for entry in host.entries("updater"):
+            if names is None or entry.name in names:
+                results.extend(_check_updater(host, entry, seed))
+    return results
+
+
+def format_table(results: list[CheckResult]) -> str:
+    """A fixed-width table: plugin, check, max relative error, tolerance, result."""
+    rows = [("plugin", "check", "max rel error", "tolerance", "result")]
+    for r in results:
+        err = "-" if r.max_rel_error is None else f"{r.max_rel_error:.2e}"
+        tol = "-" if r.tolerance is None else f"{r.tolerance:.0e}"
+        verdict = "pass" if r.passed else f"FAIL: {r.detail}"
+        rows.append((f"{r.kind}:{r.name}", r.check, err, tol, verdict))
+    widths = [max(len(row[k]) for row in rows) for k in range(4)]
+    lines = ["  ".join(cell.ljust(widths[k]) for k, cell in enumerate(row[:4])) + "  " + row[4] for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Checks of an updater plugin: generic properties every updater must have, and its reference points.
+
+Generic: the initial and stepped ω are points of the simplex of the right shape; a step is
+deterministic; it leaves the peers as it found them (parameters, ``.grad``, train/eval modes);
+its state survives a ``state_dict`` round trip. An updater with ``needs_validation = False`` is
+never stepped in a run, so only its initial ω and state are checked. Reference points: what the
+plugin declared its step equals (ω, gradient, η, info), on linear peers, at several outer steps.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..api import ReferencePoint
+from .loss_checks import Failed, split_settings
+from .problems import OUTER_STEPS, PEER_COUNTS, make_config, outer_case, rel
+
+
+def check_simplex(omega, M: int, who: str) -> float:
+    if not isinstance(omega, Tensor):
+        raise Failed(f"{who} is a {type(omega).__name__}, not a tensor")
+    if tuple(omega.shape) != (M,):
+        raise Failed(f"{who} has shape {tuple(omega.shape)}, expected ({M},)")
+    w = omega.detach().to(torch.float64)
+    if not bool(torch.isfinite(w).all()):
+        raise Failed(f"{who} is not finite: {w.tolist()}")
+    if bool((w < 0).any()):
+        raise Failed(f"{who} has negative entries: {w.tolist()}")
+    return abs(float(w.sum()) - 1.0)
+
+
+def _snapshot(peers) -> list:
+    """Parameters, their .grad (None or a copy) and every module's train/eval flag."""
+    return [([p.detach().clone() for p in m.parameters()],
+             [x.training for x in m.modules()],
+             [None if p.grad is None else p.grad.detach().clone() for p in m.parameters()]) for m in peers]
+
+
+class UpdaterProblems:
+    """Makes an updater and the linear-peer contexts it is stepped on, for M = 1 … 6.
+
+    ``make(config, options, M)`` creates the updater; ``make_loss(config)`` the loss that drives it."""
+
+    def __init__(self, make: Callable, make_loss: Callable, seed: int):
+        self.make, self.make_loss, self.seed = make, make_loss, seed
+
+    def cases(self, settings: dict | None = None, outer_step: int = 3):
+        g = torch.Generator().manual_seed(self.seed)
+        for M in PEER_COUNTS:
+            cfg = make_config(M, **(settings or {}))
+            yield M, cfg, outer_case(M, self.make_loss(cfg), g, outer_step)
+
+
+def initial_on_simplex(probs: UpdaterProblems) -> float:
+    return max(check_simplex(probs.make(cfg, {}, M).initial_omega(), M, "initial_omega()") for M, cfg, _ in probs.cases())
+
+
+def step_on_simplex(probs: UpdaterProblems) -> float:
+    return max(check_simplex(probs.make(cfg, {}, M).step(case.ctx).omega, M, "step().omega")
+               for M, cfg, case in probs.cases())
+
+
+def deterministic(probs: UpdaterProblems) -> float:
+    return max(rel(probs.make(cfg, {}, M).step(case.ctx).omega.detach().numpy(),
+                   probs.make(cfg, {}, M).step(case.ctx).omega.detach().numpy()) for M, cfg, case in probs.cases())
+
+
+def peers_untouched(probs: UpdaterProblems) -> float:
+    worst = 0.0
+    for M, cfg, case in probs.cases():
+        case.ctx.peers[0].eval()                    # a mix of modes, which must come back as it was
+        before = _snapshot(case.ctx.peers)
+        probs.make(cfg, {}, M).step(case.ctx)
+        for (pb, mb, gb), (pa, ma, ga) in zip(before, _snapshot(case.ctx.peers)):
+            if mb != ma:
+                raise Failed("step() changed the peers' train/eval modes")
+            if any((x is None) != (y is None) or (x is not None and not torch.equal(x, y)) for x, y in zip(gb, ga)):
+                raise Failed("step() changed the peers' .grad")
+            worst = max([worst] + [float((x - y).abs().max()) for x, y in zip(pb, pa)])
+    return worst
+
+
+def state_round_trip(probs: UpdaterProblems, steps: bool) -> float:
+    worst = 0.0
+    for M, cfg, case in probs.cases():
+        upd = probs.make(cfg, {}, M)
+        if steps:
+            upd.step(case.ctx)
+        fresh = probs.make(cfg, {}, M)
+        fresh.load_state_dict(upd.state_dict())
+        if steps:
+            a, b = fresh.step(case.ctx).omega, upd.step(case.ctx).omega
+        else:
+            a, b = fresh.initial_omega(), upd.initial_omega()
+        worst = max(worst, rel(a.detach().numpy(), b.detach().numpy()))
+    return worst
+
+
+def check_reference(probs: UpdaterProblems, point: ReferencePoint) -> dict[str, float]:
+    """Worst error per compared value (ω, grad, η; info must match) over M = 1 … 6 and OUTER_STEPS."""
+    config_keys, options = split_settings(point)
+    worst: dict[str, float] = {}
+    for outer_step in OUTER_STEPS:
+        for M, cfg, case in probs.cases(config_keys, outer_step):
+            res = probs.make(cfg, options, M).step(case.ctx)
+            expected = point.expected(case.as_problem(cfg, options))
+            for key, got in (("omega", res.omega), ("grad", res.grad), ("eta", res.eta)):
+                if key not in expected:
+                    continue
+                if got is None:
+                    raise Failed(f"UpdateResult.{key} is None, but the reference point gives a value")
+                value = got.detach().numpy() if isinstance(got, Tensor) else float(got)
+                worst[key] = max(worst.get(key, 0.0), rel(value, expected[key]))
+            for key, want in expected.get("info", {}).items():
+                if res.info.get(key) != want:
+                    raise Failed(f"info[{key!r}] is {res.info.get(key)!r}, expected {want!r}")
+            unknown = set(expected) - {"omega", "grad", "eta", "info"}
+            if unknown:
+                raise Failed(f"the reference point returned unknown keys {sorted(unknown)}")
+    return worst
