@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from click.testing import CliRunner
 
 from wml_framework import __version__
@@ -53,6 +55,7 @@ def test_bad_config_value_fails_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_cli_as_a_real_subprocess():
     proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "plugins", "--json"],
                           capture_output=True, text=True, timeout=120)
@@ -61,3 +64,14 @@ def test_cli_as_a_real_subprocess():
     proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "run", "--updater", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_config_command_shows_the_resolved_config_with_plugin_options_and_refuses_bad_values():
+    ok = CliRunner().invoke(main, ["config", "--set", "perplexity.max_blocks=3", "--loss", "kd", "--set", "num_epochs=9"])
+    assert ok.exit_code == 0, ok.output
+    assert 'loss = "kd"' in ok.output and "max_steps = 9" in ok.output
+    assert "[plugins.perplexity]" in ok.output and "max_blocks = 3" in ok.output
+    bad = CliRunner().invoke(main, ["config", "--set", "perplexity.max_blocks=-1"])
+    assert bad.exit_code == 2 and "'perplexity.max_blocks'" in bad.output and "Traceback" not in bad.output
+    table = CliRunner().invoke(main, ["config", "--markdown"])
+    assert table.exit_code == 0 and "| `max_steps` |" in table.output and "`perplexity.max_blocks`" in table.output

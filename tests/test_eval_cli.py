@@ -120,6 +120,7 @@ def test_third_party_evaluator_runs_through_wml_eval(workspace, tmp_path, monkey
     assert out["models"]["champion"]["vocab_size"] == {"vocab": len(workspace["tokenizer"]), "corpus": "default"}
 
 
+@pytest.mark.slow
 def test_eval_as_a_subprocess(workspace, tmp_path):
     target = tmp_path / "eval.json"
     env = {**os.environ, "WML_CACHE_DIR": str(workspace["cache"])}

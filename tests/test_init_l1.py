@@ -169,6 +169,7 @@ def trained(request):
     return teacher, tokens[:500], tokens[500:]
 
 
+@pytest.mark.slow
 def test_pruned_peers_hit_targets_load_and_inherit_knowledge(trained, tmp_path):
     teacher, _, held = trained
     family = family_of(teacher)
@@ -193,6 +194,7 @@ def test_pruned_peers_hit_targets_load_and_inherit_knowledge(trained, tmp_path):
         assert pruned_loss < 0.75 * random_loss and random_loss - pruned_loss > 1.5
 
 
+@pytest.mark.slow
 def test_keeping_the_most_important_units_beats_keeping_the_least(trained):
     """The ranking points the right way: the same plan keeping the least important units is worse."""
     teacher, _, held = trained
@@ -205,6 +207,7 @@ def test_keeping_the_most_important_units_beats_keeping_the_least(trained):
     assert good < bad
 
 
+@pytest.mark.slow
 def test_taylor_importance_prunes_with_a_calibration_batch(trained):
     teacher, train, held = trained
     family = family_of(teacher)

@@ -60,6 +60,7 @@ def test_l1_writes_peers_table_trace_and_tokenizer(llama_teacher, tmp_path):
     assert "rel. error" in res.output and "teacher" in res.output
 
 
+@pytest.mark.slow
 def test_bayes_runs_as_a_real_subprocess(gpt2_teacher, tmp_path):
     out = tmp_path / "peers"
     cmd = [sys.executable, "-m", "wml_framework.cli", "init-peers", "--init", "bayes", "--teacher", str(gpt2_teacher),
@@ -127,6 +128,7 @@ def test_bad_input_stops_with_a_clear_message_before_any_work(case, extra, messa
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_subprocess_exits_2(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "init-peers", "--init", "bayes",

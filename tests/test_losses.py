@@ -311,6 +311,7 @@ def test_registered_through_the_plugin_host():
 
 # ------------------------------------------------------------------ the benchmark script
 
+@pytest.mark.slow
 def test_benchmark_quick_run_writes_only_its_section(tmp_path):
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n")

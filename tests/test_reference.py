@@ -316,6 +316,7 @@ def test_kd_grad(p):
     assert_grad_close(R.kd_loss_grad(zs, zt, y, a, T), fd_grad(lambda x: R.kd_loss(x, zt, y, a, T), zs))
 
 
+@pytest.mark.slow
 @FAST
 @given(problems())
 def test_wml_losses_grad(p):
@@ -331,6 +332,7 @@ def test_wml_losses_grad(p):
         assert_grad_close(grads[i], fd_grad(f, z[i]))
 
 
+@pytest.mark.slow
 @FAST
 @given(problems(max_M=3))
 def test_wml_b_grads(p):

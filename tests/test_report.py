@@ -129,15 +129,29 @@ def test_report_with_missing_and_partial_metrics(evaluated_run, tmp_path):
     assert "metrics.jsonl is missing" in report.path.read_text()
 
 
-def test_report_cli_in_process_and_as_subprocess(evaluated_run, tmp_path):
+def test_report_cli_in_process(evaluated_run, tmp_path):
     run = copy_run(evaluated_run["run"], tmp_path / "run")
     result = CliRunner().invoke(main, ["report", str(run)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"wrote {run / 'report.md'}" in result.stdout and result.stdout.count("plot  ") == len(PLOTS)
-    (run / "report.md").unlink()
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_report_plots_the_loss_of_each_omega_batch(evaluated_run):
+    """Would catch: the report reading a field the trainer never writes (it read 'ensemble_loss',
+    the trainer writes the ω-batch loss as 'val_loss' in each outer record)."""
+    data = load_run_data(evaluated_run["run"])
+    rows, *_ = result_rows(data)
+    fig = make_figures(data, rows)["held_out_loss"]
+    labels = [h.get_label() for ax in fig.axes for h in ax.collections]
+    assert "ensemble, ω-update batch" in labels
+
+
+@pytest.mark.slow
+def test_report_cli_as_subprocess(evaluated_run, tmp_path):
+    run = copy_run(evaluated_run["run"], tmp_path / "run")
     proc = subprocess.run([sys.executable, "-m", "wml_framework.cli", "report", str(run)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (run / "report.md").is_file()
-    result = CliRunner().invoke(main, ["report", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "does not exist" in result.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,50 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from wml_framework import config as cfgmod
 from wml_framework import hookimpl, runner
 from wml_framework.cli import main
 from wml_framework.plugins import PluginHost
 
-TINY = {
-    "vocab_size": 300, "block_size": 32, "batch_size": 4, "num_batches": 1,
-    "teacher_n_layer": 2, "teacher_n_embd": 32, "teacher_n_head": 2, "teacher_steps": 40,
-    "num_peers": 2, "max_steps": 12, "warmup_iters": 2, "lr_decay_iters": 12,
-    "learning_rate": 3e-3, "min_lr": 3e-4, "outer_every": 2, "eval_interval": 4, "eval_batches": 2,
-    "bayesian_init_points": 3, "bayesian_n_iter": 4, "checkpoint_interval": 4, "blimp_limit": 5,
-    "enable_early_stopping": False, "device": "cpu", "omega_lr": 1.0, "omega_min_lr": 0.1,
-}
-
-
-def toy_corpus(path: Path, sentences: int = 3000, seed: int = 0) -> Path:
-    """A learnable toy language: agreement between subject and verb, a few nouns and verbs."""
-    rnd = random.Random(seed)
-    nouns = ["cat", "dog", "bird", "girl", "boy", "king", "fox"]
-    verbs = ["sees", "likes", "finds", "helps"]
-    lines = []
-    for _ in range(sentences):
-        a, b = rnd.choice(nouns), rnd.choice(nouns)
-        plural = rnd.random() < 0.5
-        verb = rnd.choice(verbs)
-        subject = f"the {a}s" if plural else f"the {a}"
-        verb = verb[:-1] if plural else verb
-        lines.append(f"{subject} {verb} the {b}.")
-    text = "\n\n".join(" ".join(lines[i:i + 5]) for i in range(0, len(lines), 5))
-    path.write_text(text, encoding="utf-8")
-    return path
+from run_helpers import TINY, read_metrics as _read_metrics, tiny_config, toy_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return toy_corpus(tmp_path_factory.mktemp("corpus") / "toy.txt")
-
-
-def tiny_config(corpus: Path, **changes) -> cfgmod.WMLConfig:
-    return cfgmod.from_dict({**TINY, "corpus": str(corpus), **changes})
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +97,8 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path, corpus, finishe
 
 @pytest.mark.parametrize("changes", [
     {"init": "l1"},
-    {"updater": "uniform"},
-    {"loss": "kd"},
+    pytest.param({"updater": "uniform"}, marks=pytest.mark.slow),
+    pytest.param({"loss": "kd"}, marks=pytest.mark.slow),
 ])
 def test_other_plugins_run(tmp_path, corpus, changes):
     run_dir = tmp_path / "run"
@@ -155,6 +120,7 @@ def test_teacher_that_is_not_a_model_fails_before_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_whole_cli_in_a_subprocess(tmp_path, corpus):
     cfg_file = tmp_path / "tiny.toml"
     cfg_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
@@ -194,6 +160,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, corpus):
     assert summary["stopped_early"] and summary["steps"] < 40
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_from_the_command_line(tmp_path, corpus):
     """A real interrupt (SIGINT) mid-run: exit 130 with the resume hint, then --resume finishes it."""
     import signal

@@ -32,6 +32,7 @@ def full_run():
     return proc
 
 
+@pytest.mark.slow
 def test_every_builtin_passes(full_run):
     assert full_run.returncode == 0, full_run.stdout[-3000:] + full_run.stderr[-3000:]
     data = json.loads(full_run.stdout)

@@ -124,7 +124,6 @@ class WMLTrainer:
             self.layout.metrics.unlink(missing_ok=True)
             peers = self._build_peers(teacher, data, plugins)
             loop = self._loop(peers, teacher, data, device, plugins)
-            loop.save_checkpoint()
         self.loop = loop
         loop.train()
         self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start)

@@ -68,6 +68,7 @@ class TrainingLoop:
         self.optimizers = [self._adamw(p) for p in self.peers]
         self.state = TrainState(omega=self.updater.initial_omega().to(torch.float64))
         self.control = TrainerControl()
+        self._noted: set[str] = set()
         self.gen_train = torch.Generator().manual_seed(cfg.seed + 11)
         self.gen_outer = torch.Generator().manual_seed(cfg.seed + 12)
         self.autocast = autocast_for(device, cfg.bf16)
@@ -134,6 +135,10 @@ class TrainingLoop:
                            val=Batch(vx.to(self.device), vy.to(self.device)), inner_lr=self.lr(st.step),
                            outer_step=st.step // c.outer_every, teacher_logits=self._teacher_logits(train_batch.inputs))
         result = self.updater.step(ctx)
+        for note in getattr(self.updater, "notes", []):
+            if note not in self._noted:
+                self._noted.add(note)
+                self.log(f"warning: {note}")
         for p in self.peers:
             p.zero_grad(set_to_none=True)
         st.omega = result.omega.detach().to("cpu", torch.float64)
@@ -213,6 +218,7 @@ class TrainingLoop:
         self._emit(Event.RUN_START, {"step": st.step, "num_peers": len(self.peers)})
         if st.step == 0:
             self._log(self.evaluate())
+            self.save_checkpoint()  # from here on the run resumes instead of rebuilding its peers
         while st.step < c.max_steps and not st.stopped_early and not ctl.should_stop:
             t0 = time.perf_counter()
             record, last_batch = self.inner_step()

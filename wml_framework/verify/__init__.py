@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..plugins import Entry, PluginHost, get_host
+from ..plugins import Entry, PluginHost, get_host, resolve_options
 from . import loss_checks as L
 from . import updater_checks as U
 from .loss_checks import Failed
@@ -74,8 +74,8 @@ class _Recorder:
         if isinstance(exc, Failed):
             detail = str(exc)
         else:
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            detail = f"{type(exc).__name__}: {exc} (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
+            frame = _blame(exc)
+            detail = f"{type(exc).__name__}: {exc} (at {frame.filename}:{frame.lineno})"
         self.results.append(CheckResult(self.entry.kind, self.entry.name, self.entry.plugin, check, None, tol, False, detail))
 
     def run(self, check: str, tol: Optional[float], fn: Callable[[], Optional[float]]) -> None:
@@ -91,6 +91,23 @@ class _Recorder:
                 self.add(f"{group}: {check}", err, tol)
         except Exception as exc:  # noqa: BLE001
             self.fail(group, tol, exc)
+
+
+def _library_dirs() -> tuple:
+    import sysconfig
+
+    import torch as _torch
+
+    here = __file__.rsplit("/verify/", 1)[0]
+    return (here, _torch.__file__.rsplit("/", 1)[0], sysconfig.get_paths()["stdlib"])
+
+
+def _blame(exc: BaseException):
+    """The frame to show for a plugin's exception: the deepest one in the plugin's own code, not in
+    wml, torch or the standard library (a TypeError raised deep in torch names the line that called it)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not f.filename.startswith(_library_dirs())]
+    return (own or frames)[-1]
 
 
 def _over(loss, seed: int, fn) -> float:
@@ -131,7 +148,8 @@ def _check_loss(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
     rec.run("finite on ±1e4 logits (float32)", None, lambda: L.extreme(loss, torch.float32, seed))
     rec.run("finite on ±1e4 logits (bfloat16)", None, lambda: L.extreme(loss, torch.bfloat16, seed))
     for point in entry.references:
-        rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: L.check_reference(make, point, seed))
+        rec.run_many(f"reference: {point.name}", point.tolerance,
+                     lambda point=point: L.check_reference(make, point, seed, lambda o: resolve_options(entry, o)))
     return rec.results
 
 
@@ -145,6 +163,7 @@ def _check_updater(host: PluginHost, entry: Entry, seed: int) -> list[CheckResul
         return host.create("loss", cfg.loss, cfg, options=cfg.plugin_options(cfg.loss))
 
     probs = U.UpdaterProblems(make, make_loss, seed)
+    probs.entry = entry
     try:
         steps = bool(make(make_config(2), {}, 2).needs_validation)
         next(probs.cases())
@@ -159,7 +178,8 @@ def _check_updater(host: PluginHost, entry: Entry, seed: int) -> list[CheckResul
     rec.run("state round-trip", TOL_EXACT, lambda: U.state_round_trip(probs, steps))
     for point in entry.references:
         if steps:
-            rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: U.check_reference(probs, point))
+            rec.run_many(f"reference: {point.name}", point.tolerance,
+                         lambda point=point: U.check_reference(probs, point, lambda o: resolve_options(entry, o)))
         else:
             rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: _initial_reference(probs, point))
     return rec.results
@@ -170,6 +190,7 @@ def _initial_reference(probs: "U.UpdaterProblems", point) -> dict[str, float]:
     from .problems import rel
 
     config_keys, options = L.split_settings(point)
+    options = resolve_options(probs.entry, options)
     worst = 0.0
     for M, cfg, case in probs.cases(config_keys):
         expected = point.expected(case.as_problem(cfg, options))

@@ -253,11 +253,12 @@ def reference_values(loss, p: LossCase, expected: dict) -> dict[str, float]:
     return out
 
 
-def check_reference(make: Callable, point: ReferencePoint, seed: int) -> dict[str, float]:
+def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: Callable = dict) -> dict[str, float]:
     """Worst error per compared value over every problem and every setting of LOSS_VARIANTS.
 
-    ``make(config_overrides, options)`` creates the loss."""
+    ``make(config, options)`` creates the loss; ``resolve(options)`` fills in the declared defaults."""
     config_keys, options = split_settings(point)
+    options = resolve(options)
     worst: dict[str, float] = {}
     for variant in LOSS_VARIANTS:
         cfg = make_config(3, **{**variant, **config_keys})

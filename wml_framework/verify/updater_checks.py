@@ -99,9 +99,10 @@ def state_round_trip(probs: UpdaterProblems, steps: bool) -> float:
     return worst
 
 
-def check_reference(probs: UpdaterProblems, point: ReferencePoint) -> dict[str, float]:
+def check_reference(probs: UpdaterProblems, point: ReferencePoint, resolve: Callable = dict) -> dict[str, float]:
     """Worst error per compared value (ω, grad, η; info must match) over M = 1 … 6 and OUTER_STEPS."""
     config_keys, options = split_settings(point)
+    options = resolve(options)
     worst: dict[str, float] = {}
     for outer_step in OUTER_STEPS:
         for M, cfg, case in probs.cases(config_keys, outer_step):

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from wml_framework import hookimpl
 from wml_framework.api import InitResult, shape_string, table_row
 
-from ..common import check_family
+from ..common import check_family, check_targets
 from .search import search_shape
 from .space import SizingSpace, shape_key
 
@@ -39,16 +39,10 @@ class BayesInitializer:
         if not targets:
             raise ValueError("bayes: no peer targets (the number of peers M must be at least 1)")
         space = SizingSpace.from_teacher(family, teacher_config)
-        smallest, largest = space.min_parameters, family.count_parameters(teacher_config)
         lowest = {k: int(v[0]) for k, v in space.values.items()}
-        for i, target in enumerate(targets):
-            if target < smallest:
-                raise ValueError(
-                    f"bayes: peer {i}'s target of {target:,} parameters is smaller than the smallest "
-                    f"{family.name} model this teacher allows ({shape_key(lowest)}: {smallest:,} parameters)")
-            if target > largest:
-                raise ValueError(f"bayes: peer {i}'s target of {target:,} parameters exceeds the teacher's "
-                                 f"{largest:,} (the search space is bounded by the teacher's shape)")
+        check_targets("bayes", targets, space.min_parameters, family.count_parameters(teacher_config),
+                      f"the smallest {family.name} model this teacher allows, {shape_key(lowest)}",
+                      "the search space is bounded by the teacher's shape")
         return space
 
     def build(self, teacher, family, targets, *, calibration=None, seed: int = 0) -> InitResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from wml_framework import hookimpl
 from wml_framework.api import InitResult, table_row
 
-from ..common import check_family
+from ..common import check_family, check_targets
 from .importance import IMPORTANCE_KINDS, unit_importance
 from .plan import DEFAULT_TOLERANCE, plan_pruning, smallest_parameters, validate_layer_bound
 from .slice import prune_model, removed_units, select_units
@@ -40,15 +40,9 @@ class L1Initializer:
         if self.importance == "taylor" and calibration is None:
             raise ValueError("l1: prune_importance 'taylor' needs a calibration batch (gradient × weight)")
         family.prunable_axes(teacher_config)  # raises for architectures the family cannot slice
-        smallest = smallest_parameters(family, teacher_config, self.layer_bound)
-        largest = family.count_parameters(teacher_config)
-        for i, target in enumerate(targets):
-            if target < smallest:
-                raise ValueError(
-                    f"l1: peer {i}'s target of {target:,} parameters is smaller than the smallest model "
-                    f"pruning may leave with layer_bound={self.layer_bound} ({smallest:,} parameters)")
-            if target > largest:
-                raise ValueError(f"l1: peer {i}'s target of {target:,} parameters exceeds the teacher's {largest:,}")
+        check_targets("l1", targets, smallest_parameters(family, teacher_config, self.layer_bound),
+                      family.count_parameters(teacher_config),
+                      f"the smallest model pruning may leave with layer_bound={self.layer_bound}")
 
     def build(self, teacher, family, targets, *, calibration=None, seed: int = 0) -> InitResult:
         """Prune the teacher once per target. Deterministic: ``seed`` is not needed."""

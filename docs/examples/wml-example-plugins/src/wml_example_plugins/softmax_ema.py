@@ -1,0 +1,74 @@
+"""``softmax_ema``: ω = softmax(−m/τ), with m an exponential moving average of each peer's own
+held-out cross-entropy. Simple and cheap; unlike ``mirror`` it ignores how the peers combine in the
+ensemble (the defect wml's method.md §10 warns about), so it is an example, not a recommendation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wml_framework import hookimpl
+from wml_framework.api import Option, OuterContext, ReferencePoint, UpdateResult, uniform_omega
+
+
+class SoftmaxEMA:
+    needs_validation = True    # True: the run calls step() every outer_every steps with a held-out batch
+
+    def __init__(self, num_peers: int, decay: float, tau: float):
+        self.num_peers, self.decay, self.tau = num_peers, decay, tau
+        self.ema = None        # float64 (M,), or None before the first step
+
+    def initial_omega(self) -> torch.Tensor:
+        return uniform_omega(self.num_peers)
+
+    def step(self, ctx: OuterContext) -> UpdateResult:
+        losses = torch.stack([self._held_out_loss(ctx, i) for i in range(len(ctx.peers))])
+        self.ema = losses if self.ema is None else self.decay * self.ema + (1 - self.decay) * losses
+        omega = torch.softmax(-self.ema / self.tau, dim=0)
+        return UpdateResult(omega=omega, eta=1 - self.decay, info={"ema": self.ema.tolist()})
+
+    @staticmethod
+    def _held_out_loss(ctx: OuterContext, i: int) -> torch.Tensor:
+        """Peer i's token-mean cross-entropy on the held-out batch, in eval mode (then restored)."""
+        peer = ctx.peers[i]
+        modes = [(m, m.training) for m in peer.modules()]
+        peer.eval()
+        try:
+            with torch.no_grad():
+                logits = ctx.forward(peer, ctx.val.for_peer(i))   # for_peer: inputs may differ per peer
+        finally:
+            for m, training in modes:
+                m.training = training
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), ctx.val.labels.reshape(-1),
+                               ignore_index=-100)
+
+    def state_dict(self) -> dict:
+        return {"ema": None if self.ema is None else self.ema.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        ema = state.get("ema")
+        self.ema = None if ema is None else torch.tensor(ema, dtype=torch.float64)
+
+
+def make_softmax_ema(cfg, num_peers: int, *, decay: float, tau: float) -> SoftmaxEMA:
+    """ω = softmax(−EMA of held-out losses / τ)."""
+    return SoftmaxEMA(num_peers, decay, tau)
+
+
+def first_step(problem) -> dict:
+    """A fresh updater's first step: ω = softmax(−ℓ/τ), ℓ_i = wml_reference.cross_entropy of peer i."""
+    import wml_reference as R
+
+    losses = np.array([R.cross_entropy(x @ W, problem.y_val) for x, W in zip(problem.x_val, problem.weights)])
+    a = -losses / problem.options["tau"]
+    return {"omega": np.exp(a - a.max()) / np.exp(a - a.max()).sum()}
+
+
+@hookimpl
+def wml_register_updaters(register):
+    register("softmax_ema", make_softmax_ema,
+             options=[Option("decay", 0.9, "EMA decay of the held-out losses.", low=0.0, high=1.0, high_open=True),
+                      Option("tau", 1.0, "Softmax temperature τ (nats).", low=0.0, low_open=True)],
+             references=[ReferencePoint("first step: softmax(−CE/τ)", first_step, {"tau": 0.7})])

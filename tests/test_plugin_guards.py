@@ -1,0 +1,242 @@
+"""A misbehaving plugin fails loudly, early and in one line, naming itself.
+
+Would catch: an updater whose ω leaves the simplex training happily (doubled KL terms), a loss
+exception surfacing as a raw torch traceback, info keys overwriting logged fields or vanishing
+silently, a factory that rejects its arguments only after the teacher has trained, a
+``needs_validation = False`` updater being stepped, and one broken plugin breaking every command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from run_helpers import read_metrics, tiny_config, toy_corpus
+from wml_framework import hookimpl, plugins, runner
+from wml_framework.api import UpdateResult, uniform_omega
+from wml_framework.cli import main
+from wml_framework.plugins import PluginError, PluginHost
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return toy_corpus(tmp_path_factory.mktemp("corpus") / "toy.txt", sentences=600)
+
+
+class Updater:
+    needs_validation = True
+
+    def __init__(self, num_peers, step_fn):
+        self.num_peers, self.step_fn, self.steps = num_peers, step_fn, 0
+
+    def initial_omega(self):
+        return uniform_omega(self.num_peers)
+
+    def step(self, ctx):
+        self.steps += 1
+        return self.step_fn(ctx)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class Silent(Updater):
+    needs_validation = False
+
+
+def run_with(tmp_path, corpus, provide, **changes):
+    """A fresh host with the plugin ``provide(register, kind)`` describes, and a run to start."""
+    class Plugin:
+        @hookimpl
+        def wml_register_losses(self, register):
+            provide(register, "loss")
+
+        @hookimpl
+        def wml_register_updaters(self, register):
+            provide(register, "updater")
+
+    host = PluginHost()
+    host.register(Plugin(), "misbehaving")
+    return host, lambda: runner.start(tiny_config(corpus, host, max_steps=2, teacher_steps=2, blimp="", eval_interval=2, **changes),
+                                      tmp_path / "run", log=lambda m: None, host=host)
+
+
+def test_an_updater_whose_omega_sums_to_two_stops_the_run_naming_it(tmp_path, corpus):
+    def register(reg, kind):
+        if kind == "updater":
+            reg("doubler", lambda cfg, m: Updater(m, lambda ctx: UpdateResult(omega=ctx.omega * 2)))
+
+    _, start = run_with(tmp_path, corpus, register, updater="doubler")
+    with pytest.raises(PluginError, match=r"plugin 'misbehaving'.*updater 'doubler' step\(\).*sums to 2"):
+        start()
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (lambda ctx: UpdateResult(omega=torch.tensor([1.5, -0.5], dtype=torch.float64)), "negative weights"),
+    (lambda ctx: UpdateResult(omega=torch.tensor([float("nan"), 1.0], dtype=torch.float64)), "not finite"),
+    (lambda ctx: UpdateResult(omega=torch.ones(3, dtype=torch.float64) / 3), r"shape \(3,\), expected \(2,\)"),
+    (lambda ctx: ctx.omega, "expected an UpdateResult"),
+])
+def test_updater_output_is_checked_every_step(tmp_path, corpus, bad, problem):
+    def register(reg, kind):
+        if kind == "updater":
+            reg("bad", lambda cfg, m: Updater(m, bad))
+
+    _, start = run_with(tmp_path, corpus, register, updater="bad")
+    with pytest.raises(PluginError, match=problem):
+        start()
+
+
+def test_a_loss_that_raises_or_returns_the_wrong_type_is_named(tmp_path, corpus):
+    class Raising:
+        needs_teacher = False
+
+        def __call__(self, logits, labels, omega, teacher_logits=None):
+            return torch.nn.functional.linear(logits, torch.ones(2, 2))   # a TypeError deep in torch
+
+    class WrongType:
+        needs_teacher = False
+
+        def __call__(self, logits, labels, omega, teacher_logits=None):
+            return sum(z.sum() for z in logits)
+
+    def register(reg, kind):
+        if kind == "loss":
+            reg("raising", lambda cfg: Raising())
+            reg("wrong-type", lambda cfg: WrongType())
+
+    _, start = run_with(tmp_path, corpus, register, loss="raising")
+    with pytest.raises(PluginError, match=r"plugin 'misbehaving'.*loss 'raising' at run time.*TypeError"):
+        start()
+    _, start = run_with(tmp_path / "2", corpus, register, loss="wrong-type")
+    with pytest.raises(PluginError, match="returned Tensor, expected a LossResult"):
+        start()
+
+
+def test_a_factory_that_rejects_its_arguments_fails_before_any_work(tmp_path, corpus):
+    def register(reg, kind):
+        if kind == "loss":
+            def picky(cfg):
+                raise ValueError("needs loss_alpha = 0.3")
+            reg("picky", picky)
+
+    _, start = run_with(tmp_path, corpus, register, loss="picky")
+    with pytest.raises(PluginError, match="creating loss 'picky'.*needs loss_alpha = 0.3"):
+        start()
+    assert not (tmp_path / "run").exists()          # no folder, no tokenizer, no teacher training
+
+
+def test_info_is_logged_under_its_own_key_and_unloggable_values_are_reported(tmp_path, corpus):
+    def step(ctx):
+        return UpdateResult(omega=ctx.omega.clone(), info={"omega": "not the real ω", "step": -1, "kind": "x",
+                                                            "spread": [0.1, 0.2], "model": object()})
+
+    def register(reg, kind):
+        if kind == "updater":
+            reg("chatty", lambda cfg, m: Updater(m, step))
+
+    host, _ = run_with(tmp_path, corpus, register)
+    lines = []
+    cfg = tiny_config(corpus, host, max_steps=4, teacher_steps=2, blimp="", updater="chatty")
+    runner.start(cfg, tmp_path / "run", log=lines.append, host=host)
+    outer = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "outer"]
+    assert outer and all(r["omega"] != "not the real ω" and r["kind"] == "outer" and r["step"] > 0 for r in outer)
+    assert outer[0]["info"] == {"omega": "not the real ω", "step": -1, "kind": "x", "spread": [0.1, 0.2]}
+    notes = [line for line in lines if "info['model']" in line]
+    assert len(notes) == 1 and "not loggable" in notes[0] and "'misbehaving'" in notes[0]
+
+
+def test_an_updater_without_validation_is_never_stepped(tmp_path, corpus):
+    made = []
+
+    def register(reg, kind):
+        if kind == "updater":
+            def make(cfg, m):
+                made.append(Silent(m, lambda ctx: UpdateResult(omega=ctx.omega)))
+                return made[-1]
+            reg("silent", make)
+
+    host, _ = run_with(tmp_path, corpus, register)
+    runner.start(tiny_config(corpus, host, max_steps=4, teacher_steps=2, blimp="", updater="silent"), tmp_path / "run",
+                 log=lambda m: None, host=host)
+    assert made[-1].steps == 0
+    assert not [r for r in read_metrics(tmp_path / "run") if r["kind"] == "outer"]
+
+
+def test_verify_points_at_the_plugins_own_line_when_it_misuses_a_batch():
+    class Misuse(Updater):
+        def step(self, ctx):
+            return UpdateResult(omega=torch.softmax(-torch.stack([
+                ctx.forward(p, ctx.val.inputs).sum() for p in ctx.peers]).double(), 0))   # forgot for_peer(i)
+
+    class Plugin:
+        @hookimpl
+        def wml_register_updaters(self, register):
+            register("misuse", lambda cfg, m: Misuse(m, None))
+
+    from wml_framework.verify import run_checks
+
+    host = PluginHost()
+    host.register(Plugin(), "misusing")
+    failed = [r for r in run_checks(host, names=["misuse"]) if not r.passed]
+    assert failed and "batch.for_peer(i)" in failed[0].detail and "test_plugin_guards.py" in failed[0].detail
+
+
+BROKEN = "import no_such_module_for_wml_tests\n"
+
+
+@pytest.fixture
+def broken_installed(tmp_path, monkeypatch):
+    (tmp_path / "fake_wml_broken.py").write_text(BROKEN)
+    info = tmp_path / "fake_wml_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-wml-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[wml]\nbroken_one = fake_wml_broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_HOST", None)
+    yield
+    sys.modules.pop("fake_wml_broken", None)
+
+
+@pytest.mark.parametrize("args", [["plugins"], ["config"], ["run", "--help"], ["verify", "--only", "ce"]])
+def test_one_broken_plugin_costs_one_line_and_breaks_no_command(broken_installed, args):
+    result = CliRunner().invoke(main, args)
+    assert "Traceback" not in result.output
+    assert result.exit_code == 0, result.output
+    broken = [line for line in result.output.splitlines() if "broken_one" in line]
+    assert len(broken) == 1 and "fake-wml-broken 1.0" in broken[0] and "no_such_module_for_wml_tests" in broken[0]
+    if args == ["plugins"]:
+        assert "mirror" in result.output and "not loaded" in result.output
+
+
+def test_plugins_json_lists_the_broken_plugin(broken_installed):
+    data = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).output)
+    assert [f["plugin"] for f in data["failed"]] == ["broken_one"]
+    assert "wml" in {r["name"] for r in data["plugins"]["loss"]}
+
+
+def test_a_plugin_error_during_a_cli_run_is_one_line(tmp_path, corpus, monkeypatch):
+    class Plugin:
+        @hookimpl
+        def wml_register_updaters(self, register):
+            register("doubler", lambda cfg, m: Updater(m, lambda ctx: UpdateResult(omega=ctx.omega * 2)))
+
+    host = PluginHost()
+    host.register(Plugin(), "misbehaving")
+    monkeypatch.setattr(plugins, "_HOST", host)
+    cfg_file = tmp_path / "c.toml"
+    values = tiny_config(corpus, host, max_steps=2, teacher_steps=2, blimp="", updater="doubler", outer_every=1).to_dict()
+    values.pop("plugins")
+    cfg_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    result = CliRunner().invoke(main, ["run", "--config", str(cfg_file), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "updater 'doubler'" in errors[0] and "Traceback" not in result.output
+
