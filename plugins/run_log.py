@@ -11,6 +11,10 @@ import sys
 from wml_framework import hookimpl
 
 
+def _num(value, spec: str) -> str:
+    return "nan" if value is None else format(value, spec)
+
+
 class ProgressLog:
     """Keeps one tqdm bar per run when stderr is a TTY; prints every ~10% otherwise."""
 
@@ -29,18 +33,28 @@ class ProgressLog:
                             dynamic_ncols=True)
 
     def step(self, p: dict) -> None:
-        ce = " ".join(f"{v:.2f}" for v in p["ce"])
-        omega = " ".join(f"{v:.3f}" for v in p["omega"])
+        ce = " ".join(_num(v, ".2f") for v in p["ce"])
+        omega = " ".join(_num(v, ".3f") for v in p["omega"])
+        if p.get("skipped"):
+            skipped = ", ".join(f"peer_{i}" for i in p["skipped"])
+            line = f"step {p['step']}: skipped the update of {skipped} (non-finite loss or gradient)"
+            self._write(line)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(f"ce [{ce}] ω [{omega}]")
         elif p["step"] % self.every == 0 or p["step"] == self.total:
-            print(f"step {p['step']}/{self.total}  ce [{ce}]  kl [{' '.join(f'{v:.3f}' for v in p['kl'])}]  "
+            print(f"step {p['step']}/{self.total}  ce [{ce}]  kl [{' '.join(_num(v, '.3f') for v in p['kl'])}]  "
                   f"ω [{omega}]  lr {p['lr']:.2e}  {p.get('tokens_per_s', 0):,.0f} tok/s", file=sys.stderr, flush=True)
 
     def evaluation(self, p: dict) -> None:
-        peers = " ".join(f"{v:.3f}" for v in p["val_loss"])
-        line = f"eval @ {p['step']}: peers [{peers}]  ensemble {p['ensemble_val_loss']:.3f}"
+        peers = " ".join(_num(v, ".3f") for v in p["val_loss"])
+        self._write(f"eval @ {p['step']}: peers [{peers}]  ensemble {_num(p['ensemble_val_loss'], '.3f')}")
+
+    def phase(self, p: dict) -> None:
+        self._write(f"phase: {p['phase']}")
+
+    def _write(self, line: str) -> None:
+        """A line that does not break the progress bar (printed above it), or a plain line."""
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr)
         else:
@@ -57,9 +71,11 @@ _progress = ProgressLog()
 
 @hookimpl
 def wml_run_event(event, payload):
-    if event == "run_start":
+    if event == "phase":
+        _progress.phase(payload)
+    elif event == "run_start":
         _progress.start(payload)
-    elif event == "step":
+    elif event == "train":
         _progress.step(payload)
     elif event == "eval":
         _progress.evaluation(payload)

@@ -19,3 +19,11 @@ def _test_environment(tmp_path_factory):
     yield
     torch.set_num_threads(threads)
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """One learnable toy corpus for every end-to-end test, so its tokenizer is trained once."""
+    from run_helpers import toy_corpus
+
+    return toy_corpus(tmp_path_factory.mktemp("corpus") / "toy.txt", sentences=1500)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import wml_framework
-from run_helpers import read_metrics, tiny_config, toy_corpus
+from run_helpers import read_metrics, tiny_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
@@ -61,10 +61,9 @@ class Steering:
         self.events.append(("run_end", payload["stopped_by_callback"]))
 
 
-def test_callbacks_stop_save_and_evaluate(tmp_path):
+def test_callbacks_stop_save_and_evaluate(tmp_path, corpus):
     from wml_framework import WMLTrainer
 
-    corpus = toy_corpus(tmp_path / "toy.txt", sentences=600)
     cfg = tiny_config(corpus, max_steps=10, eval_interval=50, checkpoint_interval=50, blimp="")
     cb = Steering()
     trainer = WMLTrainer.from_config(cfg, tmp_path / "run", callbacks=[cb], log=lambda m: None)

@@ -155,3 +155,29 @@ def test_champion_preset_decays_eta_over_its_outer_steps():
     last_outer = cfg.max_steps // cfg.outer_every - 1
     eta = warmup_cosine(last_outer, cfg.omega_lr, cfg.omega_min_lr, cfg.omega_warmup_iters, cfg.omega_decay_iters)
     assert cfg.omega_lr == 0.25 and eta < 0.01
+
+
+def test_a_toml_file_must_say_numbers_as_numbers_and_put_options_in_plugin_tables(tmp_path):
+    """Would catch: a quoted "0.3" silently read as a number, and a top-level [perplexity] table
+    answered with a bare 'unknown key' (the user meant [plugins.perplexity])."""
+    path = tmp_path / "c.toml"
+    path.write_text('loss_alpha = "0.3"\n')
+    with pytest.raises(ConfigError, match=r"'loss_alpha' in .*c.toml: value '0.3' is a string; write it without quotes"):
+        cfgmod.load(path, check_plugins=False)
+    path.write_text("[perplexity]\nmax_blocks = 3\n")
+    with pytest.raises(ConfigError, match=r"plugin options go in a \[plugins.perplexity\] table.*in .*c.toml"):
+        cfgmod.load(path)
+    with pytest.raises(ConfigError, match="unknown config key 'max_blocks'; did you mean 'perplexity.max_blocks'"):
+        cfgmod.from_dict({"max_blocks": 3})
+
+
+def test_list_options_bound_every_element():
+    from wml_framework.api import Option
+    from wml_framework.validation import validate_value
+
+    spec = Option("w", [0.5], low=0.0, high=1.0)
+    assert validate_value("p.w", spec, "0.2, 0.8") == [0.2, 0.8]
+    for bad in ("-5, 0.7", "nan, 0.1", [0.1, 2.0]):
+        with pytest.raises(ConfigError, match=r"list of numbers in \[0.0, 1.0\]"):
+            validate_value("p.w", spec, bad)
+    assert "[0.0, inf)" in cfgmod.allowed(Option("x", 1.0, low=0.0))

@@ -93,7 +93,7 @@ def test_eval_errors_are_clear(workspace, tmp_path):
     result = run_cli("eval", workspace["run"], "--evaluator", "nope")
     assert result.exit_code == 2 and "unknown evaluator 'nope'" in result.output and "minimal_pairs" in result.output
     result = run_cli("eval", workspace["run"], "--blimp", empty, "--corpus", "none")
-    assert result.exit_code == 1 and "no .jsonl files" in result.output and "plugin 'evaluators'" in result.output
+    assert result.exit_code == 2 and "no .jsonl files" in result.output and "plugin 'evaluators'" in result.output
 
 
 class CountingEvaluatorPlugin:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from run_helpers import TINY, read_metrics, toy_corpus
+from run_helpers import TINY, read_metrics
 from wml_framework import plugins
 from wml_framework.cli import main
 from wml_framework.plugins import PluginHost
@@ -79,8 +79,7 @@ def test_every_kind_is_listed_with_its_package_and_options(example):
     assert data["failed"] == [] and data["notes"] == []
 
 
-def test_a_run_made_of_the_example_plugins_with_options_from_the_command_line(example):
-    corpus = toy_corpus(example / "toy.txt", sentences=800)
+def test_a_run_made_of_the_example_plugins_with_options_from_the_command_line(example, corpus):
     out = example / "run"
     args = _run_args(corpus, out, teacher_family="mistral", **{"focal_wml.gamma": 1.5, "softmax_ema.tau": 0.5,
                                                                  "softmax_ema.decay": 0.5})
@@ -99,8 +98,10 @@ def test_a_run_made_of_the_example_plugins_with_options_from_the_command_line(ex
     assert 0 <= evaluation["models"]["ensemble"]["top1"]["accuracy"] <= 1 and evaluation["top1"]["max_blocks"] == 8
     assert "perplexity" in evaluation["models"]["peer_0"]        # the built-in evaluators run beside it
     events = [json.loads(line) for line in (example / "events.jsonl").read_text().splitlines()]
-    names = [e["event"] for e in events]
+    names = [e["event"] for e in events if e["event"] != "phase"]
     assert names[0] == "run_start" and names[-1] == "run_end" and "checkpoint" in names
+    phases = [e for e in events if e["event"] == "phase"]
+    assert len(phases) == 7 and events[0]["event"] == "phase"
     assert all(e["kind"] == e["event"] for e in events if e["event"] in ("train", "outer", "eval"))
     assert [e["step"] for e in events if e["event"] == "train"] == list(range(1, 7))
 
@@ -195,7 +196,7 @@ def _env(target: Path, **extra) -> dict:
 
 
 @pytest.mark.slow
-def test_installed_package_from_the_command_line(installed, tmp_path):
+def test_installed_package_from_the_command_line(installed, tmp_path, corpus):
     cli = [sys.executable, "-m", "wml_framework.cli"]
     listed = subprocess.run([*cli, "plugins", "--json"], capture_output=True, text=True, env=_env(installed), timeout=300)
     assert listed.returncode == 0, listed.stderr
@@ -204,7 +205,6 @@ def test_installed_package_from_the_command_line(installed, tmp_path):
                               capture_output=True, text=True, env=_env(installed), timeout=300)
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
     assert json.loads(verified.stdout)["passed"]
-    corpus = toy_corpus(tmp_path / "toy.txt", sentences=800)
     out = tmp_path / "run"
     run = subprocess.run([*cli, *_run_args(corpus, out, **{"focal_wml.gamma": 0.5, "softmax_ema.tau": 2.0}),
                           "--loss", "focal_wml", "--updater", "softmax_ema"],

@@ -85,6 +85,7 @@ def test_seed_card_budget_hits_every_target_within_one_percent(config, size):
     assert all({"peer", "parameters", "error", "n_layer", "n_head", "head_dim", "ffn"} <= set(p) for p in result.trace)
 
 
+@pytest.mark.slow
 def test_peers_are_fresh_models_with_the_teachers_other_settings():
     teacher_cfg = tiny_llama_config(vocab_size=200, hidden=64, ffn=128, n_head=4, n_kv_head=2,
                                     rms_norm_eps=1e-4, tie_word_embeddings=True)
@@ -105,6 +106,7 @@ def test_peers_are_fresh_models_with_the_teachers_other_settings():
         assert logits.shape == (1, 8, 200) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_search_is_deterministic_for_a_seed_and_changes_with_it():
     cfg = tiny_gpt2_config(vocab_size=300, n_embd=64, n_inner=256)
     family, teacher = family_of(cfg), meta_teacher(cfg)
@@ -126,6 +128,7 @@ def test_equal_targets_still_get_different_shapes():
     assert all(r["rel_error"] < 0.01 for r in result.rows)
 
 
+@pytest.mark.slow
 def test_diversity_term_penalises_taken_shapes():
     """Mark every one-layer shape as taken: probes there are penalised, and the result avoids them."""
     cfg = tiny_llama_config(vocab_size=256, hidden=64, ffn=192)

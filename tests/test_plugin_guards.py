@@ -15,16 +15,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from run_helpers import read_metrics, tiny_config, toy_corpus
-from wml_framework import hookimpl, plugins, runner
+from run_helpers import read_metrics, tiny_config
+from wml_framework import WMLTrainer, hookimpl, plugins
 from wml_framework.api import UpdateResult, uniform_omega
 from wml_framework.cli import main
 from wml_framework.plugins import PluginError, PluginHost
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return toy_corpus(tmp_path_factory.mktemp("corpus") / "toy.txt", sentences=600)
 
 
 class Updater:
@@ -64,8 +59,8 @@ def run_with(tmp_path, corpus, provide, **changes):
 
     host = PluginHost()
     host.register(Plugin(), "misbehaving")
-    return host, lambda: runner.start(tiny_config(corpus, host, max_steps=2, teacher_steps=2, blimp="", eval_interval=2, **changes),
-                                      tmp_path / "run", log=lambda m: None, host=host)
+    cfg = tiny_config(corpus, host, max_steps=2, teacher_steps=2, blimp="", eval_interval=2, **changes)
+    return host, lambda: WMLTrainer.from_config(cfg, tmp_path / "run", log=lambda m: None, host=host).train()
 
 
 def test_an_updater_whose_omega_sums_to_two_stops_the_run_naming_it(tmp_path, corpus):
@@ -80,7 +75,6 @@ def test_an_updater_whose_omega_sums_to_two_stops_the_run_naming_it(tmp_path, co
 
 @pytest.mark.parametrize("bad, problem", [
     (lambda ctx: UpdateResult(omega=torch.tensor([1.5, -0.5], dtype=torch.float64)), "negative weights"),
-    (lambda ctx: UpdateResult(omega=torch.tensor([float("nan"), 1.0], dtype=torch.float64)), "not finite"),
     (lambda ctx: UpdateResult(omega=torch.ones(3, dtype=torch.float64) / 3), r"shape \(3,\), expected \(2,\)"),
     (lambda ctx: ctx.omega, "expected an UpdateResult"),
 ])
@@ -92,6 +86,30 @@ def test_updater_output_is_checked_every_step(tmp_path, corpus, bad, problem):
     _, start = run_with(tmp_path, corpus, register, updater="bad")
     with pytest.raises(PluginError, match=problem):
         start()
+
+
+def test_a_non_finite_omega_skips_that_outer_step_and_keeps_omega(tmp_path, corpus):
+    """NaN weights usually come from a diverging peer, not a buggy updater: the step is skipped."""
+    calls = []
+
+    def step(ctx):
+        calls.append(1)
+        if len(calls) == 1:
+            return UpdateResult(omega=torch.tensor([float("nan"), 1.0], dtype=torch.float64))
+        return UpdateResult(omega=torch.tensor([0.25, 0.75], dtype=torch.float64))
+
+    def register(reg, kind):
+        if kind == "updater":
+            reg("flaky", lambda cfg, m: Updater(m, step))
+
+    host, _ = run_with(tmp_path, corpus, register)
+    lines = []
+    WMLTrainer.from_config(tiny_config(corpus, host, max_steps=4, teacher_steps=2, blimp="", updater="flaky",
+                                       outer_every=1), tmp_path / "run", log=lines.append, host=host).train()
+    outer = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "outer"]
+    assert "not finite" in outer[0]["skipped"] and outer[0]["omega"] == [0.5, 0.5]
+    assert outer[1]["skipped"] is None and outer[1]["omega"] == [0.25, 0.75]
+    assert any("outer step skipped" in line for line in lines)
 
 
 def test_a_loss_that_raises_or_returns_the_wrong_type_is_named(tmp_path, corpus):
@@ -145,7 +163,7 @@ def test_info_is_logged_under_its_own_key_and_unloggable_values_are_reported(tmp
     host, _ = run_with(tmp_path, corpus, register)
     lines = []
     cfg = tiny_config(corpus, host, max_steps=4, teacher_steps=2, blimp="", updater="chatty")
-    runner.start(cfg, tmp_path / "run", log=lines.append, host=host)
+    WMLTrainer.from_config(cfg, tmp_path / "run", log=lines.append, host=host).train()
     outer = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "outer"]
     assert outer and all(r["omega"] != "not the real ω" and r["kind"] == "outer" and r["step"] > 0 for r in outer)
     assert outer[0]["info"] == {"omega": "not the real ω", "step": -1, "kind": "x", "spread": [0.1, 0.2]}
@@ -164,8 +182,8 @@ def test_an_updater_without_validation_is_never_stepped(tmp_path, corpus):
             reg("silent", make)
 
     host, _ = run_with(tmp_path, corpus, register)
-    runner.start(tiny_config(corpus, host, max_steps=4, teacher_steps=2, blimp="", updater="silent"), tmp_path / "run",
-                 log=lambda m: None, host=host)
+    WMLTrainer.from_config(tiny_config(corpus, host, max_steps=4, teacher_steps=2, blimp="", updater="silent"),
+                           tmp_path / "run", log=lambda m: None, host=host).train()
     assert made[-1].steps == 0
     assert not [r for r in read_metrics(tmp_path / "run") if r["kind"] == "outer"]
 
@@ -240,3 +258,40 @@ def test_a_plugin_error_during_a_cli_run_is_one_line(tmp_path, corpus, monkeypat
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "updater 'doubler'" in errors[0] and "Traceback" not in result.output
 
+
+
+def test_an_initial_omega_off_the_simplex_is_refused_before_training(tmp_path, corpus):
+    def register(reg, kind):
+        if kind == "updater":
+            class Doubled(Silent):
+                def initial_omega(self):
+                    return uniform_omega(self.num_peers) * 2
+            reg("doubled-start", lambda cfg, m: Doubled(m, None))
+
+    _, start = run_with(tmp_path, corpus, register, updater="doubled-start")
+    with pytest.raises(PluginError, match=r"updater 'doubled-start' initial_omega\(\).*sums to 2"):
+        start()
+
+
+def test_an_evaluation_that_fails_after_training_keeps_the_run_and_says_how_to_finish(tmp_path, corpus, monkeypatch):
+    class Failing:
+        @hookimpl
+        def wml_register_evaluators(self, register):
+            def make(cfg):
+                return lambda model, tok, **_: (_ for _ in ()).throw(ValueError("cannot score this"))
+            register("failing", make)
+
+    host = PluginHost()
+    host.register(Failing(), "failing-evaluator")
+    monkeypatch.setattr(plugins, "_HOST", host)
+    cfg_file = tmp_path / "c.toml"
+    values = tiny_config(corpus, host, max_steps=2, teacher_steps=2, blimp="").to_dict()
+    values.pop("plugins")
+    cfg_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--config", str(cfg_file), "--out", str(run)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "cannot score this" in errors[0]
+    assert f"wml eval {run} && wml report {run}" in errors[0]
+    assert (run / "summary.json").is_file() and (run / "report.md").is_file() and not (run / "eval.json").exists()

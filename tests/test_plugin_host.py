@@ -229,3 +229,65 @@ def test_run_events_reach_every_observer_and_errors_name_it():
     host.register(Crasher(), "crasher")
     with pytest.raises(PluginError, match="'crasher'.*wml_run_event.*nope"):
         host.emit("step", {"x": 2})
+
+
+def test_two_kinds_with_one_name_cannot_both_declare_options():
+    """Would catch: two plugins validating (and receiving) each other's options under one namespace."""
+    from wml_framework.api import Option
+
+    class Clash:
+        @hookimpl
+        def wml_register_losses(self, register):
+            register("dup", lambda cfg, *, x=1: None, options=[Option("x", 1)])
+
+        @hookimpl
+        def wml_register_evaluators(self, register):
+            register("dup", lambda cfg, *, x=1: None, options=[Option("x", 2)])
+
+    host = PluginHost(load_entry_points=False)
+    host.register(Clash(), "clash")
+    assert host.names("loss") == [] and host.names("evaluator") == []
+    assert any("option namespace 'dup' is declared by" in f.line() for f in host.failures)
+
+
+def test_reserved_evaluator_names_are_refused():
+    class Greedy:
+        @hookimpl
+        def wml_register_evaluators(self, register):
+            register("models", lambda cfg: None)
+
+    host = PluginHost(load_entry_points=False)
+    host.register(Greedy(), "greedy")
+    assert host.names("evaluator") == [] and "evaluator name 'models' is reserved" in host.failures[0].line()
+
+
+def test_a_plugin_that_fails_in_one_hook_is_not_used_in_the_others():
+    class Half:
+        @hookimpl
+        def wml_register_losses(self, register):
+            register("fine-loss", lambda cfg: None)
+
+        @hookimpl
+        def wml_register_updaters(self, register):
+            raise RuntimeError("boom")
+
+    host = PluginHost(load_entry_points=False)
+    host.register(Half(), "half")
+    assert host.names("loss") == [] and host.names("updater") == []
+    with pytest.raises(UnknownPluginError, match="unknown loss 'fine-loss'.*not loaded: plugin 'half'.*boom"):
+        host.get("loss", "fine-loss")
+
+
+def test_asking_for_a_name_a_broken_plugin_would_provide_says_so(fake_site, monkeypatch):
+    from click.testing import CliRunner
+
+    from wml_framework import plugins
+    from wml_framework.cli import main
+
+    _fake_distribution(fake_site, "fake-wml-a", "fake_wml_a", PLUGIN_BODY, "sharpen_a")
+    _fake_distribution(fake_site, "fake-wml-b", "fake_wml_b", PLUGIN_BODY.replace("test updater", "twin"), "sharpen_b")
+    monkeypatch.setattr(plugins, "_HOST", None)
+    for args in (["config", "--updater", "sharpen"], ["config", "--set", "updater=sharpen"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "'sharpen'" in result.output, result.output
+        assert "not loaded" in result.output and "registered by plugin 'sharpen_a'" in result.output

@@ -584,3 +584,27 @@ def test_public_api():
 
     for src in Path(R.__file__).parent.glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+torch", src.read_text(), re.M), src.name
+
+
+@settings(max_examples=200, deadline=None)
+@given(step=st.integers(0, 400), warmup=st.integers(0, 50), decay=st.integers(0, 300),
+       peak=st.floats(1e-4, 10.0), frac=st.floats(0.0, 1.0))
+def test_warmup_cosine_agrees_with_the_trainers_schedule(step, warmup, decay, peak, frac):
+    """Two implementations written apart (the oracle's and the one the trainer and updaters use):
+    a wrong warm-up, a shifted cosine or a missing floor in either makes them disagree."""
+    from wml_framework.schedules import warmup_cosine as used
+
+    floor = peak * frac
+    assert R.warmup_cosine(step, peak, floor, warmup, decay) == pytest.approx(used(step, peak, floor, warmup, decay),
+                                                                               rel=1e-12, abs=1e-15)
+
+
+def test_warmup_cosine_landmarks_and_bad_input():
+    assert R.warmup_cosine(0, 1.0, 0.1, 3, 10) == pytest.approx(0.25)       # (s+1)/(w+1) of the peak
+    assert R.warmup_cosine(3, 1.0, 0.1, 3, 10) == pytest.approx(1.0)        # the peak when the warm-up ends
+    assert R.warmup_cosine(10, 1.0, 0.1, 3, 10) == pytest.approx(0.1)       # the floor at decay_iters
+    assert R.warmup_cosine(6.5, 1.0, 0.0, 3, 10) == pytest.approx(0.5)      # half way down the cosine
+    for bad in [dict(step=-1), dict(peak=float("nan")), dict(floor=2.0)]:
+        args = dict(step=1, peak=1.0, floor=0.1, warmup=2, decay_iters=10) | bad
+        with pytest.raises(ValueError):
+            R.warmup_cosine(**args)

@@ -100,6 +100,7 @@ def test_one_peer_one_colour_in_every_plot_and_axes_labelled(evaluated_run):
     assert len({peer_color(i) for i in range(12)}) == 12 and TEACHER_COLOR not in {peer_color(i) for i in range(18)}
 
 
+@pytest.mark.slow
 def test_report_without_eval_json_leaves_accuracy_out(evaluated_run, tmp_path):
     run = copy_run(evaluated_run["run"], tmp_path / "run", drop=("eval.json",))
     report = write_report(run)
@@ -111,6 +112,7 @@ def test_report_without_eval_json_leaves_accuracy_out(evaluated_run, tmp_path):
     assert champion_row.rstrip().endswith("| — |")
 
 
+@pytest.mark.slow
 def test_report_with_missing_and_partial_metrics(evaluated_run, tmp_path):
     run = copy_run(evaluated_run["run"], tmp_path / "run", drop=("eval.json", "summary.json"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

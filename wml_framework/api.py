@@ -346,8 +346,11 @@ class Evaluator(Protocol):
 
 class Event(str, enum.Enum):
     """What a run reports, to ``wml_run_event`` observers and to callbacks. An event of a logged
-    record has the record's ``kind`` as its name (``train``, ``outer``, ``eval``)."""
+    record has the record's ``kind`` as its name (``train``, ``outer``, ``eval``); ``phase`` says
+    which stage of ``wml run`` begins (``data``, ``teacher``, ``peers``, ``training``, ``export``,
+    ``evaluation``, ``report``)."""
 
+    PHASE = "phase"
     RUN_START = "run_start"
     TRAIN = "train"
     OUTER = "outer"

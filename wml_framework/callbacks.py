@@ -1,6 +1,6 @@
 """Callbacks: Python code that watches a run and steers it, as Hugging Face's ``TrainerCallback``.
 
-A callback implements any of ``on_run_start``, ``on_train``, ``on_outer``, ``on_eval``,
+A callback implements any of ``on_phase``, ``on_run_start``, ``on_train``, ``on_outer``, ``on_eval``,
 ``on_checkpoint`` and ``on_run_end`` (the :class:`~wml_framework.api.Event` names, which are
 also the ``kind`` of the records in ``metrics.jsonl``). Each receives the event's payload (the
 logged record, for ``train``/``outer``/``eval``), the training state and a
@@ -27,6 +27,8 @@ class TrainerControl:
 
 class TrainerCallback:
     """Base class: override the events you care about (each gets payload, state, control)."""
+
+    def on_phase(self, payload: dict, state: Any, control: TrainerControl) -> None: ...
 
     def on_run_start(self, payload: dict, state: Any, control: TrainerControl) -> None: ...
 

@@ -8,6 +8,7 @@ traceback, in every command.
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 
@@ -17,11 +18,16 @@ from . import config as cfgmod
 from .plugins import PluginHost, PluginWarning, get_host
 
 _REPORTED: set[int] = set()
+#: errors of the file system that are the machine's, not the program's: one line, not a traceback
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def host() -> PluginHost:
-    """The command line's plugin host; its failures and notes are printed once per process."""
-    h = get_host()
+    """The command line's plugin host; its failures and notes are printed once per process, as
+    lines (the Python warnings they also raise are silenced here: one report is enough)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        h = get_host()
     if id(h) not in _REPORTED:
         _REPORTED.add(id(h))
         for failure in h.failures:
@@ -39,9 +45,11 @@ class PluginName(click.ParamType):
         self.name = f"{kind}"
 
     def convert(self, value, param, ctx):
-        valid = host().names(self.kind)
+        h = host()
+        valid = h.names(self.kind)
         if value not in valid:
-            self.fail(f"unknown {self.kind} {value!r}; valid names: {', '.join(valid) or '(none)'}", param, ctx)
+            self.fail(f"unknown {self.kind} {value!r}; valid names: {', '.join(valid) or '(none)'}"
+                      + h.failure_note(self.kind, value), param, ctx)
         return value
 
     def shell_complete(self, ctx, param, incomplete):
@@ -95,19 +103,28 @@ def one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .evaluation import EvaluationError
-        from .plugins import PluginError
+        from .plugins import PluginError, PluginSettingsError
+        from .run_lock import RunLockedError
         from .runner import RunError
         from .teacher import TeacherError
+        from .trainer import TrainingError
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PluginWarning)  # host() prints them as lines
                 return fn(*args, **kwargs)
-        except (cfgmod.ConfigError, RunError, TeacherError, EvaluationError) as exc:
+        except (cfgmod.ConfigError, RunError, TeacherError, EvaluationError, RunLockedError, PluginSettingsError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
-        except PluginError as exc:
+        except (PluginError, TrainingError) as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"Error: cannot write{where}: {exc.strerror or exc}; every file written so far is whole, "
+                       "and the run can be resumed once there is room", err=True)
             sys.exit(1)
 
     return wrapper

@@ -113,9 +113,10 @@ class WMLConfig:
     eval_batches: int = _f(4, "Held-out micro-batches per evaluation.", low=1, high=100000, group="run")
     enable_early_stopping: bool = _f(True, "Stop when the ensemble's held-out loss stops improving.", group="run")
     early_stopping_patience: int = _f(5, "Evaluations without improvement before stopping.", low=1, high=100000, group="run")
-    blimp: str = _f("default", "Folder of minimal-pair .jsonl files, or 'default' (the sample shipped), or '' to skip.", group="run")
+    blimp: str = _f("default", "Folder of minimal-pair .jsonl files, or 'default' (the sample shipped), or 'none' (or '') to skip.", group="run")
     blimp_limit: int = _f(0, "Pairs per paradigm evaluated at the end (0: all).", low=0, high=10_000_000, group="run")
-    checkpoint_interval: int = _f(50, "Write a resumable checkpoint every this many steps.", low=1, high=10_000_000, group="run")
+    checkpoint_interval: int = _f(50, "Write a resumable checkpoint every this many steps (of the peers, and of the teacher while it trains).", low=1, high=10_000_000, group="run")
+    nonfinite_patience: int = _f(3, "Consecutive steps a peer may skip for a NaN or infinite loss or gradient before the run stops.", low=1, high=1_000_000, group="run")
     seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
@@ -158,16 +159,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(WMLConfig)}
-#: plugin kind -> the config key that names the plugin of that kind
-PLUGIN_KEYS = {f.metadata["plugin"]: f.name for f in FIELDS.values() if f.metadata["plugin"] and f.type == "str"}
 
 
 def _spec(name: str) -> Option:
     return dataclasses.replace(FIELDS[name].metadata["spec"], key=name)
-
-
-def allowed_values(name: str) -> str:
-    return allowed(_spec(name))
 
 
 def _check_relations(cfg: WMLConfig) -> None:
@@ -188,7 +183,7 @@ def _check_relations(cfg: WMLConfig) -> None:
                               "expected non-negative weights with a positive sum")
 
 
-def _check_plugins(cfg: WMLConfig, host: "PluginHost") -> None:
+def _check_plugins(cfg: WMLConfig, host: "PluginHost", dropped: Optional[list] = None) -> None:
     """Plugin names against the registry; plugin options against what each plugin declared
     (defaults filled in, so ``wml config`` shows every option in effect)."""
     for f in dataclasses.fields(cfg):
@@ -198,12 +193,16 @@ def _check_plugins(cfg: WMLConfig, host: "PluginHost") -> None:
             value = getattr(cfg, f.name)
             if value not in valid:
                 raise ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; "
-                                  f"expected one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}")
+                                  f"expected one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}"
+                                  + host.failure_note(kind, value))
     specs = host.option_specs()
     from .plugins import resolve_options
 
-    for name in cfg.plugins:
-        if name not in specs:
+    for name in list(cfg.plugins):
+        if name not in specs and dropped is not None:
+            dropped.append(name)            # a plugin no longer installed (the run does not use it)
+            del cfg.plugins[name]
+        elif name not in specs:
             raise ConfigError(f"unknown plugin option namespace {name!r}{close_matches(name, specs)} "
                               f"(plugins with options: {', '.join(sorted(specs)) or 'none'})")
     cfg.plugins = {name: resolve_options(entry, cfg.plugins.get(name, {})) for name, entry in sorted(specs.items())}
@@ -236,30 +235,48 @@ def _split_plugin_keys(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(values: Mapping[str, Any], *, check_plugins: bool = True,
-              host: Optional["PluginHost"] = None) -> WMLConfig:
+              host: Optional["PluginHost"] = None, dropped: Optional[list] = None) -> WMLConfig:
     """Build and validate a config; unknown keys and bad values raise ConfigError.
 
     With ``check_plugins`` the plugin names and options are checked against ``host`` (default:
-    the process-wide one)."""
+    the process-wide one). With a ``dropped`` list, options of plugins that are not installed are
+    dropped (their names appended to it) instead of refused: a saved run's config may name them."""
+    if check_plugins and host is None:
+        from .plugins import get_host
+
+        host = get_host()
     clean: dict[str, Any] = {}
     for key, value in _split_plugin_keys(values).items():
         if key not in FIELDS:
-            raise ConfigError(f"unknown config key {key!r}{close_matches(key, FIELDS)} (see docs/config.md)")
+            raise ConfigError(_unknown_key(key, value, host if check_plugins else None))
         clean[key] = value if key == "plugins" else validate_value(key, _spec(key), value)
     cfg = WMLConfig(**clean)
     _check_relations(cfg)
     if check_plugins:
-        if host is None:
-            from .plugins import get_host
-
-            host = get_host()
-        _check_plugins(cfg, host)
+        _check_plugins(cfg, host, dropped)
     return cfg
+
+
+def _unknown_key(key: str, value: Any, host: Optional["PluginHost"]) -> str:
+    """The message for an unknown key: close config keys, a plugin option of that name, or the
+    table a plugin's options belong in."""
+    if isinstance(value, Mapping):
+        return (f"unknown config key {key!r}: plugin options go in a [plugins.{key}] table "
+                f"(or --set {key}.OPTION=VALUE)")
+    candidates = list(FIELDS)
+    if host is not None:
+        try:
+            candidates += [f"{name}.{o.key}" for name, e in host.option_specs().items() for o in e.options]
+        except Exception:  # noqa: BLE001 - a hint must never replace the error it decorates
+            pass
+    exact = [c for c in candidates if c.endswith("." + key)]
+    hint = f"; did you mean {', '.join(repr(c) for c in exact)}?" if exact else close_matches(key, candidates)
+    return f"unknown config key {key!r}{hint} (see docs/config.md)"
 
 
 def load(path: str | Path | None = None, *, preset: str | None = None,
          overrides: Mapping[str, Any] | None = None, check_plugins: bool = True,
-         host: Optional["PluginHost"] = None) -> WMLConfig:
+         host: Optional["PluginHost"] = None, dropped: Optional[list] = None) -> WMLConfig:
     """Defaults, then the preset, then the TOML file, then CLI overrides (later wins)."""
     values: dict[str, Any] = {}
     if preset:
@@ -267,9 +284,24 @@ def load(path: str | Path | None = None, *, preset: str | None = None,
             raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
     if path:
-        values = _merge(values, read_toml(path))
+        data = read_toml(path)
+        _strict_types(data, path)
+        values = _merge(values, data)
     values = _merge(values, dict(overrides or {}))
-    return from_dict(values, check_plugins=check_plugins, host=host)
+    try:
+        return from_dict(values, check_plugins=check_plugins, host=host, dropped=dropped)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {path} or the options given)" if path else str(exc)) from None
+
+
+def _strict_types(data: Mapping[str, Any], path) -> None:
+    """A TOML file says what it means: a quoted "0.3" for a number key is a mistake, not a number
+    (strings are converted only when they come from the command line)."""
+    for key, value in data.items():
+        field_ = FIELDS.get(ALIASES.get(key, key))
+        if field_ is not None and isinstance(value, str) and _spec(field_.name).type is not str:
+            raise ConfigError(f"config key {key!r} in {path}: value {value!r} is a string; write it without quotes "
+                              f"(expected {allowed(_spec(field_.name))})")
 
 
 def _merge(base: dict, new: Mapping[str, Any]) -> dict:
@@ -314,7 +346,6 @@ def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
 def dumps(cfg: WMLConfig) -> str:
     data = cfg.to_dict()
     plugins = data.pop("plugins")
-    data = {k: v for k, v in data.items()}
     if plugins:
         data["plugins"] = plugins  # TOML tables come last
     return tomli_w.dumps(data)

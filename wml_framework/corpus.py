@@ -12,6 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 
+def is_none(spec) -> bool:
+    """Whether a corpus or minimal-pair setting says 'nothing' ('', 'none'): what skips an evaluator."""
+    return spec is None or str(spec).strip().lower() in ("", "none")
+
+
 def default_corpus_dir() -> Path:
     return Path(str(resources.files("wml_framework") / "data" / "corpus"))
 

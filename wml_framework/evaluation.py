@@ -73,7 +73,14 @@ def _scorers(path: Path, device, log) -> tuple[list[dict], dict]:
     """(name, role, model, tokenizer, path, ω) of everything to score, and facts about the run."""
     from .models import load_model
     from .run_reader import load_run
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer as _load_tokenizer
+
+    def load_tokenizer(folder):
+        try:
+            return _load_tokenizer(folder)
+        except (OSError, ValueError, TypeError) as exc:
+            raise EvaluationError(f"{str(folder)!r} has no usable tokenizer ({type(exc).__name__}); save the "
+                                  "tokenizer beside the model to evaluate it") from None
 
     if is_run_dir(path):
         log(f"loading run {path}")
@@ -90,7 +97,10 @@ def _scorers(path: Path, device, log) -> tuple[list[dict], dict]:
         return rows, facts
     if is_model_dir(path):
         log(f"loading model {path}")
-        model = load_model(path, device)
+        try:
+            model = load_model(path, device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise EvaluationError(f"{str(path)!r} cannot be loaded as a causal LM: {str(exc).splitlines()[0]}") from None
         return [dict(name=path.name, role="model", model=model, tokenizer=load_tokenizer(path),
                      path=str(path), omega=None)], {"kind": "model"}
     raise EvaluationError(f"{str(path)!r} is neither a run folder (with peers/) nor a Hugging Face model folder (with config.json)")

@@ -15,10 +15,15 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .api import LossResult, UpdateResult
+from .api import InitResult, LossResult, UpdateResult
 from .plugins import Entry, PluginError
 
 SIMPLEX_TOL = 1e-6  # |Σω − 1| accepted from an updater (then renormalised exactly)
+
+
+class NonFiniteOmega(PluginError):
+    """An updater produced NaN or infinite weights (usually from a diverging peer): the run skips
+    that outer step and keeps ω, rather than stopping."""
 
 
 def _fail(entry: Entry, what: str, problem: str) -> PluginError:
@@ -33,7 +38,7 @@ def check_simplex(omega: Any, num_peers: int, entry: Entry, what: str) -> Tensor
         raise _fail(entry, what, f"ω has shape {tuple(omega.shape)}, expected ({num_peers},): one weight per peer")
     w = omega.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(w).all()):
-        raise _fail(entry, what, f"ω is not finite: {w.tolist()}")
+        raise NonFiniteOmega(entry.plugin, f"{entry.kind} {entry.name!r} {what}", f"ω is not finite: {w.tolist()}")
     if bool((w < 0).any()):
         raise _fail(entry, what, f"ω has negative weights: {w.tolist()}")
     if abs(float(w.sum()) - 1.0) > SIMPLEX_TOL:
@@ -97,7 +102,7 @@ class GuardedUpdater:
     """An updater plugin whose ω is checked (simplex, shape, finite) and whose info is made
     loggable, with a note for what cannot be logged."""
 
-    def __init__(self, updater: Any, entry: Entry, num_peers: int, log=None):
+    def __init__(self, updater: Any, entry: Entry, num_peers: int):
         missing = [m for m in ("initial_omega", "step", "state_dict", "load_state_dict") if not callable(getattr(updater, m, None))]
         if missing or not hasattr(updater, "needs_validation"):
             raise _fail(entry, "factory", f"the object it made lacks {', '.join(missing) or 'needs_validation'} "
@@ -152,6 +157,45 @@ class GuardedUpdater:
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
             raise _fail(self._entry, f"{method}()", f"{type(exc).__name__}: {exc}") from exc
+
+
+class GuardedInitializer:
+    """An initializer whose ``check``/``build`` errors name the plugin. A ``ValueError`` stays one:
+    it says the request cannot be met (a user's input), anything else is the plugin's fault."""
+
+    def __init__(self, initializer: Any, entry: Entry):
+        if not callable(getattr(initializer, "build", None)):
+            raise _fail(entry, "factory", f"the object it made has no build() (see docs/plugins.md), got {initializer!r}")
+        self._init, self._entry = initializer, entry
+        if callable(getattr(initializer, "check", None)):
+            self.check = self._check
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._init, name)
+
+    def _check(self, *args, **kwargs):
+        return self._call("check", *args, **kwargs)
+
+    def build(self, teacher, family, targets, **kwargs) -> InitResult:
+        out = self._call("build", teacher, family, targets, **kwargs)
+        if not isinstance(out, InitResult):
+            raise _fail(self._entry, "build()", f"returned {type(out).__name__}, expected an InitResult")
+        if len(out.peers) != len(targets) or len(out.rows) != len(targets):
+            raise _fail(self._entry, "build()", f"made {len(out.peers)} peers and {len(out.rows)} table rows "
+                                                f"for {len(targets)} targets")
+        return out
+
+    def _call(self, method: str, *args, **kwargs):
+        try:
+            return getattr(self._init, method)(*args, **kwargs)
+        except (PluginError, ValueError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
+            raise _fail(self._entry, f"{method}()", f"{type(exc).__name__}: {exc}") from exc
+
+
+def checked_initializer(initializer: Any, entry: Entry) -> GuardedInitializer:
+    return initializer if isinstance(initializer, GuardedInitializer) else GuardedInitializer(initializer, entry)
 
 
 def checked_loss(loss: Any, entry: Entry) -> GuardedLoss:

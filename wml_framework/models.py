@@ -112,6 +112,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_model(path, device: str | torch.device | None = "cpu", dtype: torch.dtype | None = torch.float32):
     """A Hugging Face causal LM in eval mode (float32 by default: CPU scoring of bf16 weights is slow and coarse)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()      # a per-file bar per model would bury our own output
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(resolve_device(device)).eval()

@@ -17,11 +17,12 @@ from typing import Any, Mapping, Optional
 import pluggy
 
 from . import hookspecs
-from .registration import (KIND_HOOKS, Entry, PluginError, PluginFailure, PluginWarning, UnknownPluginError,
-                           check_hooks, hook_in, make_register, option_namespace_conflicts, resolve_options)
+from .registration import (KIND_HOOKS, Entry, PluginError, PluginFailure, PluginSettingsError, PluginWarning,
+                           UnknownPluginError, check_hooks, hook_in, make_register, option_namespace_conflicts, resolve_options)
 
-__all__ = ["PluginHost", "get_host", "reset_host", "list_plugins", "resolve_options", "blocked_plugins",
-           "KIND_HOOKS", "Entry", "PluginError", "PluginFailure", "PluginWarning", "UnknownPluginError"]
+__all__ = ["PluginHost", "get_host", "reset_host", "resolve_options", "blocked_plugins",
+           "KIND_HOOKS", "Entry", "PluginError", "PluginFailure", "PluginSettingsError", "PluginWarning",
+           "UnknownPluginError"]
 
 ENTRY_POINT_GROUP = "wml"
 BLOCK_ENV = "WML_BLOCK_PLUGINS"
@@ -158,9 +159,22 @@ class PluginHost:
                 failures.append(PluginFailure(e.plugin, e.distribution, KIND_HOOKS[kind],
                                               f"{kind} {name!r} is registered by {who}; neither is used",
                                               ((kind, name),)))
+        broken = {f.plugin for f in failures if not f.problem.endswith("neither is used")}
+        for table in tables.values():     # a plugin that failed in one hook is not used in its others either
+            for name in [n for n, e in table.items() if e.plugin in broken]:
+                del table[name]
         failures.extend(option_namespace_conflicts(tables))
         self._table_failures = failures
         return tables
+
+    def failure_note(self, kind: str, name: str) -> str:
+        """'; not loaded: …' naming the broken plugins that might have provided ``name`` (or '')."""
+        related, seen = [], set()
+        for f in self.failures:
+            if ((kind, name) in f.names or not f.names) and f.problem not in seen:
+                seen.add(f.problem)
+                related.append(f.line())
+        return f"; not loaded: {'; '.join(related)}" if related else ""
 
     def _dist(self, plugin: str) -> str:
         return self._sources.get(plugin, IN_CODE)
@@ -187,12 +201,7 @@ class PluginHost:
     def get(self, kind: str, name: str) -> Entry:
         table = self._table(kind)
         if name not in table:
-            related, seen = [], set()
-            for f in self.failures:
-                if ((kind, name) in f.names or not f.names) and f.problem not in seen:
-                    seen.add(f.problem)
-                    related.append(f)
-            raise UnknownPluginError(kind, name, sorted(table), related)
+            raise UnknownPluginError(kind, name, sorted(table), self.failure_note(kind, name))
         return table[name]
 
     def create(self, kind: str, name: str, *args: Any, options: Optional[Mapping[str, Any]] = None,
@@ -205,7 +214,9 @@ class PluginHost:
             return entry.obj(*args, **kwargs, **values)
         except PluginError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a factory that rejects its input is the plugin's error
+        except ValueError as exc:
+            raise PluginSettingsError(entry.plugin, KIND_HOOKS[kind], f"creating {kind} {name!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a factory that fails is the plugin's error
             raise PluginError(entry.plugin, KIND_HOOKS[kind], f"creating {kind} {name!r}: {type(exc).__name__}: {exc}") from exc
 
     def option_specs(self) -> dict[str, Entry]:
@@ -235,7 +246,3 @@ def reset_host() -> None:
     """Forget the loaded plugins (after installing a package at run time)."""
     global _HOST
     _HOST = None
-
-
-def list_plugins(kind: str, host: Optional[PluginHost] = None) -> list[str]:
-    return (host or get_host()).names(kind)

@@ -27,6 +27,9 @@ KIND_HOOKS: dict[str, str] = {
     "evaluator": "wml_register_evaluators",
 }
 HOOK_NAMES = sorted([*KIND_HOOKS.values(), "wml_run_event"])
+#: names an evaluator may not take: its result is stored under its name beside these keys of eval.json
+RESERVED_EVALUATOR_NAMES = frozenset({"models", "settings", "path", "kind", "created", "peer_names", "omega",
+                                      "omega_source", "champion", "display", "role", "members", "parameters", "seconds"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _OPTION_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -36,7 +39,13 @@ class PluginError(RuntimeError):
 
     def __init__(self, plugin: str, hook: str, problem: str):
         self.plugin, self.hook, self.problem = plugin, hook, problem
-        super().__init__(f"plugin {plugin!r} failed in hook {hook!r}: {problem}")
+        where = f"hook {hook!r}" if hook.startswith("wml_") or hook in ("register", "entry point") else hook
+        super().__init__(f"plugin {plugin!r} failed in {where}: {problem}")
+
+
+class PluginSettingsError(PluginError):
+    """A plugin's factory rejected its settings (a ``ValueError``): usually the user's input, so the
+    command line reports it like a bad configuration value (exit 2)."""
 
 
 class PluginWarning(UserWarning):
@@ -46,12 +55,9 @@ class PluginWarning(UserWarning):
 class UnknownPluginError(KeyError, ValueError):
     """A name that no registered plugin provides; lists the valid ones (and broken plugins)."""
 
-    def __init__(self, kind: str, name: str, valid: list[str], failures: Sequence["PluginFailure"] = ()):
+    def __init__(self, kind: str, name: str, valid: list[str], note: str = ""):
         self.kind, self.name, self.valid = kind, name, valid
-        text = f"unknown {kind} {name!r}; valid: {', '.join(valid) or '(none registered)'}"
-        if failures:
-            text += "; not loaded: " + "; ".join(f.line() for f in failures)
-        super().__init__(text)
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(valid) or '(none registered)'}{note}")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]
@@ -99,6 +105,9 @@ def make_register(kind: str, hook: str, plugin: str, dist: str, made: list) -> C
             raise PluginError(plugin, hook, f"invalid {kind} name {name!r} (lowercase letters, digits, '_', '-')")
         if obj is None or not callable(obj):
             raise PluginError(plugin, hook, f"{kind} {name!r} must be callable, got {obj!r}")
+        if kind == "evaluator" and name in RESERVED_EVALUATOR_NAMES:
+            raise PluginError(plugin, hook, f"evaluator name {name!r} is reserved (eval.json uses it for something "
+                                            f"else); reserved: {', '.join(sorted(RESERVED_EVALUATOR_NAMES))}")
         if any(e.name == name for e in made):
             raise PluginError(plugin, hook, f"{kind} {name!r} is registered twice by this plugin")
         options = tuple(_check_options(plugin, hook, kind, name, obj, options))

@@ -9,6 +9,7 @@ created, and checked, before any work starts.
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,9 +18,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, interrupts
 from . import config as cfgmod
-from .api import Batch, Loss, Updater
+from .api import Batch, Event, Loss, Updater
 from .atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
 from .corpus import corpus_files
@@ -29,11 +30,18 @@ from .plugins import PluginHost
 from .run_layout import RunLayout, peer_name
 from .teacher import (check_teacher_dir, family_for, load_teacher, load_teacher_config, new_teacher, shape_of,
                       teacher_config, train_teacher)
+from .callbacks import TrainerControl, dispatch
+from .run_lock import locked
+from .run_reader import read_jsonl
 from .tokenizer import with_bos
 from .tokens import TokenData, prepare
 from .trainer import TrainingLoop, truncate_metrics
 
 MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation sentences longer than a block
+#: keys a resumed run may change (``wml run --resume DIR --set KEY=VALUE``): none changes a model's
+#: shape, the data, the tokenizer or a plugin, so the checkpoint stays valid
+RESUME_KEYS = ("max_steps", "lr_decay_iters", "eval_interval", "checkpoint_interval", "enable_early_stopping",
+               "early_stopping_patience", "nonfinite_patience", "blimp", "blimp_limit", "device", "bf16")
 
 
 class RunError(ValueError):
@@ -56,14 +64,30 @@ class RunPlugins:
 def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
     """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
     arguments fails here, before the teacher is trained."""
-    from .guards import checked_loss, checked_updater
+    from .guards import checked_initializer, checked_loss, checked_updater
 
     options = cfg.plugin_options
     loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
     updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
     initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
+    from .evaluation import make_evaluators
+
+    make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
     return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
-                      checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count), initializer)
+                      checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count),
+                      checked_initializer(initializer, host.get("initializer", cfg.init)))
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run folder (or the nearest folder above it that exists) must be writable, before any work."""
+    probe = Path(run_dir)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise RunError(f"cannot write to {str(probe)!r} ({exc.strerror or exc}): choose another --out") from None
 
 
 def _save_model(model, tokenizer, path: Path) -> None:
@@ -88,6 +112,8 @@ class WMLTrainer:
         self.callbacks, self.log, self.resuming = list(callbacks), log, resuming
         self.loop: Optional[TrainingLoop] = None
         self.summary: Optional[dict] = None
+        self.config_changed = not resuming       # config.toml is written when this is true
+        self._given_teacher = None               # (model, tokenizer) of a given teacher, loaded once
 
     @classmethod
     def from_config(cls, cfg: WMLConfig, run_dir=None, *, callbacks: Sequence = (),
@@ -97,14 +123,33 @@ class WMLTrainer:
 
     @classmethod
     def from_run_dir(cls, run_dir, *, callbacks: Sequence = (), host: Optional[PluginHost] = None,
-                     log=print) -> "WMLTrainer":
-        """Continue the run in ``run_dir`` from its last checkpoint, with its saved config."""
+                     log=print, overrides: Optional[dict] = None) -> "WMLTrainer":
+        """Continue the run in ``run_dir`` from its last checkpoint, with its saved config; ``overrides``
+        may change the keys of RESUME_KEYS (say, ``max_steps`` to train longer), nothing else."""
         layout = RunLayout(run_dir)
+        if not layout.root.is_dir():
+            raise RunError(f"{str(layout.root)!r} does not exist")
         if not layout.config.exists():
             raise RunError(f"{str(layout.root)!r} is not a run folder (no config.toml)")
         host = host or PluginHost()
-        cfg = cfgmod.load(layout.config, host=host)
-        return cls(cfg, run_dir, host=host, callbacks=callbacks, log=log, resuming=True)
+        dropped: list = []
+        try:
+            cfg = cfgmod.load(layout.config, host=host, dropped=dropped)
+        except cfgmod.ConfigError as exc:
+            raise RunError(f"{layout.config} cannot be resumed with the installed wml and plugins: {exc}") from None
+        for name in dropped:
+            log(f"warning: the options of plugin {name!r} in {layout.config.name} are ignored: it is not installed "
+                "(the run does not use it)")
+        if overrides:
+            frozen = sorted(k for k in overrides if cfgmod.ALIASES.get(k, k) not in RESUME_KEYS)
+            if frozen:
+                raise RunError(f"config key {frozen[0]!r} cannot change when a run resumes (its checkpoint was made "
+                               f"with {frozen[0]} = {getattr(cfg, cfgmod.ALIASES.get(frozen[0], frozen[0]), None)!r}); "
+                               f"keys that can: {', '.join(RESUME_KEYS)}")
+            cfg = cfgmod.from_dict({**cfg.to_dict(), **overrides}, host=host)
+        trainer = cls(cfg, run_dir, host=host, callbacks=callbacks, log=log, resuming=True)
+        trainer.config_changed = bool(overrides)
+        return trainer
 
     @property
     def run_dir(self) -> Path:
@@ -112,21 +157,32 @@ class WMLTrainer:
 
     # -- the pipeline --------------------------------------------------------------------
     def train(self) -> dict:
-        """Data, teacher, peers, training and export; returns ``summary.json``'s content."""
+        """Data, teacher, peers, training and export; returns ``summary.json``'s content.
+
+        Holds the run folder's lock throughout. SIGINT, SIGTERM or SIGUSR1 stop it cleanly (a
+        training step finishes and is checkpointed first) by raising ``interrupts.Interrupted``."""
         plugins = self._prepare()
-        device = resolve_device(self.cfg.device)
-        torch.manual_seed(self.cfg.seed)
-        t_start = time.time()
-        teacher, data = self._prepare_teacher(device, plugins)
-        if checkpoint.exists(self.run_dir):
-            loop = self._resume_loop(teacher, data, device, plugins)
-        else:
-            self.layout.metrics.unlink(missing_ok=True)
-            peers = self._build_peers(teacher, data, plugins)
-            loop = self._loop(peers, teacher, data, device, plugins)
-        self.loop = loop
-        loop.train()
-        self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start)
+        with locked(self.run_dir), interrupts.handling():
+            self._check_resumable()
+            if self.config_changed:
+                cfgmod.save(self.cfg, self.layout.config)
+            device = resolve_device(self.cfg.device)
+            torch.manual_seed(self.cfg.seed)
+            t_start = time.time()
+            teacher, data = self._prepare_teacher(device, plugins)
+            if checkpoint.exists(self.run_dir):
+                loop = self._resume_loop(teacher, data, device, plugins)
+            else:
+                self.layout.metrics.unlink(missing_ok=True)
+                self._phase("peers")
+                peers = self._build_peers(teacher, data, plugins)
+                torch.manual_seed(self.cfg.seed + 5)   # training's RNG starts the same however we got here
+                loop = self._loop(peers, teacher, data, device, plugins)
+            self.loop = loop
+            self._phase("training")
+            loop.train()
+            self._phase("export")
+            self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start)
         print_summary(self.summary, self.log)
         return self.summary
 
@@ -135,17 +191,26 @@ class WMLTrainer:
         from .evaluation import evaluate, write_eval_json
 
         cfg = self.cfg
-        skip = cfg.blimp.strip().lower() in ("", "none")
-        result = evaluate(self.run_dir, blimp="none" if skip else cfg.blimp, limit=cfg.blimp_limit or None,
-                          device=cfg.device, progress=False, log=self.log, host=self.host, **options)
-        write_eval_json(self.layout.eval_json, result)
+        with locked(self.run_dir), interrupts.handling():
+            self._phase("evaluation")
+            result = evaluate(self.run_dir, blimp=cfg.blimp, limit=cfg.blimp_limit or None,
+                              device=cfg.device, progress=False, log=self.log, host=self.host, **options)
+            write_eval_json(self.layout.eval_json, result)
         return result
 
     def report(self):
         """Plots and ``report.md`` of the run (``wml report``)."""
         from .report import write_report
 
-        return write_report(self.run_dir)
+        with locked(self.run_dir), interrupts.handling():
+            self._phase("report")
+            return write_report(self.run_dir)
+
+    def _phase(self, name: str) -> None:
+        """Announce a stage of the run to observers (``phase`` events) and callbacks (``on_phase``)."""
+        payload = {"phase": name}
+        self.host.emit(Event.PHASE, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps})
+        dispatch(self.callbacks, Event.PHASE, payload, None, TrainerControl())
 
     # -- stages ------------------------------------------------------------------------------
     def _prepare(self) -> RunPlugins:
@@ -164,13 +229,27 @@ class WMLTrainer:
         plugins = create_plugins(cfg, self.host)
         if cfg.teacher and not self.layout.teacher.exists():
             self._check_given_teacher(plugins)
-        if not self.resuming:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfgmod.save(cfg, self.layout.config)
-            self.log(f"run folder: {self.run_dir}")
-        else:
-            self.log(f"resuming {self.run_dir}")
+        _check_writable(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log(f"{'resuming' if self.resuming else 'run folder:'} {self.run_dir}")
         return plugins
+
+    def _check_resumable(self) -> None:
+        """Under the lock: a new run's folder holds no run (another process may have started one),
+        and a resumed run has what its checkpoint needs (nothing was removed from it)."""
+        layout = self.layout
+        if not self.resuming:
+            if layout.config.exists():
+                raise RunError(f"{str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir}")
+            return
+        if checkpoint.exists(self.run_dir) and not (layout.teacher / "config.json").exists():
+            raise RunError(f"{str(self.run_dir)!r} has a checkpoint but no teacher/ folder (was it removed?): "
+                           "the checkpoint cannot be resumed without the teacher it was trained with")
+        if not checkpoint.exists(self.run_dir):
+            trained = [r for r in read_jsonl(layout.metrics) if r.get("kind") == "train"]
+            if trained or layout.summary.exists():
+                raise RunError(f"{str(self.run_dir)!r} has training records but no checkpoint/ (was it removed?): "
+                               "resuming would silently start the training over; start a new run instead")
 
     def _check_given_teacher(self, plugins: RunPlugins) -> None:
         cfg = self.cfg
@@ -179,23 +258,40 @@ class WMLTrainer:
         if limit is not None and cfg.block_size > limit:
             raise RunError(f"config key 'block_size': value {cfg.block_size} is not allowed with teacher {cfg.teacher!r}; "
                            f"expected at most its {limit} positions")
+        try:
+            from .tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(cfg.teacher)
+        except (OSError, ValueError, TypeError):
+            raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model") from None
+        if len(tokenizer) > hf_config.vocab_size:
+            raise RunError(f"teacher {cfg.teacher!r}: its tokenizer has {len(tokenizer):,} tokens but its embedding only "
+                           f"{hf_config.vocab_size:,} rows; token ids past {hf_config.vocab_size - 1} would index nothing")
+        self._given_teacher = load_teacher(cfg.teacher)   # weights that do not fit the config fail here, before work
         self._plan(plugins, hf_config)
 
-    def _plan(self, plugins: RunPlugins, hf_config) -> PeerPlan:
+    def _plan(self, plugins: RunPlugins, hf_config, calibration: Optional[Batch] = None) -> PeerPlan:
+        """The initializer's check of the peers asked for. Before the data is ready, a placeholder
+        stands for the calibration batch ``wml run`` always passes (so an initializer that needs one,
+        like ``l1`` with ``taylor`` importance, is not refused for lack of it)."""
         family = family_for(self.host, hf_config)
+        if calibration is None:
+            calibration = Batch(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
         try:
-            return plan_peers(self.cfg, plugins.initializer, family, hf_config)
+            return plan_peers(self.cfg, plugins.initializer, family, hf_config, calibration)
         except ValueError as exc:
             raise RunError(str(exc)) from None
 
     def _prepare_teacher(self, device, plugins: RunPlugins):
         """The teacher model and the token data, training a teacher when none was given."""
         cfg, log, saved = self.cfg, self.log, self.layout.teacher
+        self._phase("data")
         if (saved / "config.json").exists():
             teacher, tokenizer = load_teacher(saved)
             return teacher.to(device).eval(), prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
         if cfg.teacher:
-            teacher, tokenizer = load_teacher(cfg.teacher)
+            teacher, tokenizer = self._given_teacher or load_teacher(cfg.teacher)
+            self._given_teacher = None
             if tokenizer is None:
                 raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
             tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
@@ -205,11 +301,13 @@ class WMLTrainer:
             family = self.host.create("family", cfg.teacher_family)
             hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
             self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains
+            self._phase("teacher")
             teacher = new_teacher(hf_config, cfg.seed)
             n = sum(p.numel() for p in teacher.parameters())
             log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
-            teacher = train_teacher(teacher, data, cfg, device, log=log)
+            teacher = train_teacher(teacher, data, cfg, device, log=log, run_dir=self.run_dir)
         _save_model(teacher.cpu(), data.tokenizer, saved)
+        checkpoint.remove(self.run_dir, checkpoint.TEACHER)   # the saved teacher supersedes them
         return teacher.to(device).eval(), data
 
     def _build_peers(self, teacher, data: TokenData, plugins: RunPlugins) -> list:
@@ -218,9 +316,8 @@ class WMLTrainer:
         x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
         calibration = Batch(x, y)
         device = next(teacher.parameters()).device
-        plan = self._plan(plugins, teacher.config)
+        plan = self._plan(plugins, teacher.config, calibration)
         try:
-            plan = plan_peers(cfg, plugins.initializer, plan.family, teacher.config, calibration)
             result, trace = build_peers(cfg, plan, teacher.cpu(), calibration=calibration, log=self.log)
         except ValueError as exc:
             raise RunError(str(exc)) from None
@@ -234,7 +331,10 @@ class WMLTrainer:
                             updater=plugins.updater, teacher=teacher, log=self.log, callbacks=self.callbacks)
 
     def _resume_loop(self, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
-        state = checkpoint.load(self.run_dir)
+        try:
+            state = checkpoint.load(self.run_dir, warn=self.log)
+        except checkpoint.CheckpointError as exc:
+            raise RunError(str(exc)) from None
         loop = self._loop(peers_from_configs(state["peer_configs"]), teacher, data, device, plugins)
         loop.load_state_dict(state)
         if loop.state.step == 0:
@@ -300,17 +400,27 @@ def start(cfg: WMLConfig, out_dir=None, log=print, *, host: Optional[PluginHost]
     return _finish(trainer)
 
 
-def resume(run_dir, log=print, *, host: Optional[PluginHost] = None, callbacks: Sequence = ()) -> Path:
-    """Continue an interrupted run from its last checkpoint (``wml run --resume``)."""
-    trainer = WMLTrainer.from_run_dir(run_dir, host=host, callbacks=callbacks, log=log)
+def resume(run_dir, log=print, *, host: Optional[PluginHost] = None, callbacks: Sequence = (),
+           overrides: Optional[dict] = None) -> Path:
+    """Continue an interrupted run from its last checkpoint (``wml run --resume``); ``overrides``
+    may change the keys of RESUME_KEYS."""
+    trainer = WMLTrainer.from_run_dir(run_dir, host=host, callbacks=callbacks, log=log, overrides=overrides)
     return _finish(trainer)
 
 
 def _finish(trainer: WMLTrainer) -> Path:
-    trainer.train()
     from .evaluation import headline
 
-    result = trainer.evaluate()  # after the peers are safely on disk: a failure here loses no training
+    from .evaluation import EvaluationError
+    from .plugins import PluginError
+
+    trainer.train()
+    try:
+        result = trainer.evaluate()  # after the peers are safely on disk: a failure here loses no training
+    except (EvaluationError, PluginError) as exc:
+        trainer.report()             # the training's plots and tables, without the evaluation
+        raise EvaluationError(f"{exc} — training finished and every peer is saved in {trainer.run_dir}; once this "
+                              f"is fixed, run: wml eval {trainer.run_dir} && wml report {trainer.run_dir}") from None
     for name in result["models"]:
         trainer.log(f"  {name:<10} {headline(result, name)}")
     trainer.log(f"report: {trainer.report().path}")

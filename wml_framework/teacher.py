@@ -65,11 +65,26 @@ def load_teacher(path: str | Path, dtype=torch.float32):
     """Model (eval mode) and, when the folder has one, its tokenizer (else ``None``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     p = check_teacher_dir(path)
+    quiet = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()   # its load report is ours to give, in one line
     try:
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise TeacherError(f"teacher {str(p)!r} cannot be loaded as a causal LM: {exc}") from exc
+        model, info = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if "mismatched" in str(exc):
+            raise TeacherError(f"teacher {str(p)!r}: its weights do not match its config.json (tensor shapes differ)") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TeacherError(f"teacher {str(p)!r} cannot be loaded as a causal LM: {first}") from None
+    finally:
+        hf_logging.set_verbosity(quiet)
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys", "unexpected_keys") and v}
+    if problems:
+        kind, names = next(iter(problems.items()))
+        raise TeacherError(f"teacher {str(p)!r}: its weights do not match its config.json ({kind.replace('_', ' ')}: "
+                           f"{', '.join(map(str, names[:3]))}{' …' if len(names) > 3 else ''}); a model with "
+                           "randomly initialised parts would be a silently wrong teacher")
     try:
         tokenizer = AutoTokenizer.from_pretrained(p)
     except (OSError, ValueError, TypeError):
@@ -97,27 +112,59 @@ def new_teacher(hf_config, seed: int):
     return AutoModelForCausalLM.from_config(hf_config)
 
 
-def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, log=print):
-    """Plain next-token training (AdamW, warm-up + cosine), the same recipe as the peers."""
+def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, log=print, run_dir=None):
+    """Plain next-token training (AdamW, warm-up + cosine), the same recipe as the peers.
+
+    With ``run_dir``, a checkpoint is written every ``checkpoint_interval`` steps and training
+    resumes from the newest whole one, bit for bit; a signal finishes the step, writes a checkpoint
+    and stops (see :mod:`wml_framework.interrupts`)."""
+    from . import checkpoint, interrupts
+
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.teacher_learning_rate, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    steps = cfg.teacher_steps
+    steps, start = cfg.teacher_steps, 0
+    if run_dir is not None and checkpoint.exists(run_dir, checkpoint.TEACHER):
+        state = checkpoint.load(run_dir, checkpoint.TEACHER, warn=log)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        log(f"teacher: resumed at step {start}/{steps}")
+
+    def save(step: int) -> None:
+        if run_dir is not None:
+            with interrupts.deferred():
+                checkpoint.save(run_dir, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                          "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
+                                kind=checkpoint.TEACHER)
+
     warmup = min(cfg.warmup_iters, steps // 10)
     t0, report_every = time.time(), max(1, steps // 10)
-    for step in range(steps):
-        lr = warmup_cosine(step, cfg.teacher_learning_rate, cfg.teacher_learning_rate / 10, warmup, steps)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
-        loss = torch.nn.functional.cross_entropy(
-            model(input_ids=x.to(device)).logits.flatten(0, 1).float(), y.to(device).flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if (step + 1) % report_every == 0 or step + 1 == steps:
-            log(f"teacher: step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+    saved = start
+    with interrupts.handling():
+        for step in range(start, steps):
+            with interrupts.deferred():
+                lr = warmup_cosine(step, cfg.teacher_learning_rate, cfg.teacher_learning_rate / 10, warmup, steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
+                loss = torch.nn.functional.cross_entropy(
+                    model(input_ids=x.to(device)).logits.flatten(0, 1).float(), y.to(device).flatten())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if (step + 1) % report_every == 0 or step + 1 == steps:
+                    log(f"teacher: step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+                if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < steps:
+                    save(step + 1)
+                    saved = step + 1
+            if interrupts.pending() is not None:
+                if saved != step + 1:
+                    save(step + 1)
+                interrupts.raise_pending()
     return model.eval()

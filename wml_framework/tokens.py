@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_json
+from .atomic import atomic_directory, atomic_write_bytes, atomic_write_json
 from .corpus import cache_dir, corpus_files, files_fingerprint, read_documents
 from .tokenizer import encode_with_bos, tokenizer_fingerprint, train_tokenizer
 
@@ -103,7 +103,8 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None,
     if tokenizer is None:
         log(f"data: training a {vocab_size}-token BPE tokenizer on {len(files)} file(s)")
         tokenizer = train_tokenizer(docs, vocab_size)
-        tokenizer.save_pretrained(where / "tokenizer")
+        with atomic_directory(where / "tokenizer") as tmp:   # never half a tokenizer in the cache
+            tokenizer.save_pretrained(tmp)
     n_vocab = len(tokenizer)
     dtype = np.uint16 if n_vocab < 2**16 else np.uint32
     eos = tokenizer.eos_token_id

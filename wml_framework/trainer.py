@@ -13,22 +13,27 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, interrupts
 from .api import Batch, Event, OuterContext, peer_logits
 from .atomic import append_jsonl, atomic_write_text
 from .callbacks import TrainerControl, dispatch
 from .config import WMLConfig
 from .heldout import heldout_losses
+from .guards import NonFiniteOmega
 from .plugins import PluginHost
 from .run_layout import RunLayout
 from .schedules import warmup_cosine
 from .tokens import TokenData
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a peer keeps producing non-finite values); says which peer and step."""
 
 
 @dataclass
@@ -41,6 +46,12 @@ class TrainState:
     best_val: float = math.inf
     bad_evals: int = 0
     stopped_early: bool = False
+    nonfinite: list = field(default_factory=list)   # per peer: consecutive steps skipped for NaN/inf
+
+
+def finite_or_none(values) -> list:
+    """A list of floats for a JSON record, with None where a value is NaN or infinite (strict JSON)."""
+    return [float(v) if math.isfinite(v) else None for v in values]
 
 
 def autocast_for(device: torch.device, bf16: bool):
@@ -66,7 +77,7 @@ class TrainingLoop:
         for p in self.peers:
             p.to(device).train()
         self.optimizers = [self._adamw(p) for p in self.peers]
-        self.state = TrainState(omega=self.updater.initial_omega().to(torch.float64))
+        self.state = TrainState(omega=self.updater.initial_omega().to(torch.float64), nonfinite=[0] * len(peers))
         self.control = TrainerControl()
         self._noted: set[str] = set()
         self.gen_train = torch.Generator().manual_seed(cfg.seed + 11)
@@ -103,7 +114,7 @@ class TrainingLoop:
                 group["lr"] = lr
         omega = st.omega.to(self.device, torch.float32)
         M = len(self.peers)
-        ce_sum, kl_sum, loss_sum = torch.zeros(M), torch.zeros(M), torch.zeros(M)
+        sums = torch.zeros(3, M, device=self.device)           # CE, KL, loss; read back once a step
         for _ in range(c.num_batches):
             x, y = self.data.batch("train", c.batch_size, c.block_size, self.gen_train)
             x, y = x.to(self.device), y.to(self.device)
@@ -112,20 +123,39 @@ class TrainingLoop:
                 logits = [peer_logits(p, x) for p in self.peers]
                 out = self.loss(logits, y, omega, teacher_logits=teacher_logits)
             (out.total / c.num_batches).backward()
-            ce_sum += out.ce.detach().float().cpu()
-            kl_sum += out.kl.detach().float().cpu()
-            loss_sum += out.per_peer.detach().float().cpu()
-        for peer, opt in zip(self.peers, self.optimizers):
+            sums += torch.stack([out.ce.detach(), out.kl.detach(), out.per_peer.detach()]).float()
+        means = (sums / c.num_batches).cpu()
+        skipped = self._optimizer_steps(means[2])
+        st.tokens += c.num_batches * c.batch_size * c.block_size
+        record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "lr": lr,
+                  "ce": finite_or_none(means[0].tolist()), "kl": finite_or_none(means[1].tolist()),
+                  "loss": finite_or_none(means[2].tolist()), "omega": st.omega.tolist(), "skipped": skipped}
+        return record, Batch(x, y)
+
+    def _optimizer_steps(self, losses: torch.Tensor) -> list[int]:
+        """Clip and step every peer whose loss and gradient are finite; skip the others (their
+        weights and AdamW state stay as they were) and stop the run when one keeps failing."""
+        c, st = self.cfg, self.state
+        skipped = []
+        for i, (peer, opt) in enumerate(zip(self.peers, self.optimizers)):
+            grads = [p.grad for p in peer.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not (math.isfinite(float(losses[i])) and math.isfinite(float(norm))):
+                skipped.append(i)
+                st.nonfinite[i] += 1
+                opt.zero_grad(set_to_none=True)
+                if st.nonfinite[i] >= c.nonfinite_patience:
+                    raise TrainingError(
+                        f"peer_{i} produced a non-finite loss or gradient in {st.nonfinite[i]} consecutive steps "
+                        f"(the last at step {st.step + 1}); stopping. The checkpoints before it are intact: lower "
+                        f"learning_rate (or raise grad_clip protection) and start again, or resume to retry.")
+                continue
+            st.nonfinite[i] = 0
             if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(peer.parameters(), c.grad_clip)
+                torch.nn.utils.clip_grads_with_norm_(peer.parameters(), c.grad_clip, norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        n = c.num_batches
-        st.tokens += n * c.batch_size * c.block_size
-        record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "lr": lr,
-                  "ce": (ce_sum / n).tolist(), "kl": (kl_sum / n).tolist(), "loss": (loss_sum / n).tolist(),
-                  "omega": st.omega.tolist()}
-        return record, Batch(x, y)
+        return skipped
 
     # -- one ω update on held-out data -------------------------------------------------------
     def outer_step(self, train_batch: Batch) -> dict:
@@ -134,7 +164,14 @@ class TrainingLoop:
         ctx = OuterContext(peers=self.peers, loss=self.loss, omega=st.omega.clone(), train=train_batch,
                            val=Batch(vx.to(self.device), vy.to(self.device)), inner_lr=self.lr(st.step),
                            outer_step=st.step // c.outer_every, teacher_logits=self._teacher_logits(train_batch.inputs))
-        result = self.updater.step(ctx)
+        try:
+            result = self.updater.step(ctx)
+        except NonFiniteOmega as exc:
+            for p in self.peers:
+                p.zero_grad(set_to_none=True)
+            self.log(f"warning: step {st.step + 1}: outer step skipped, ω kept: {exc.problem}")
+            return {"kind": "outer", "step": st.step + 1, "omega": st.omega.tolist(), "eta": 0.0, "grad": None,
+                    "val_loss": None, "info": {}, "skipped": exc.problem}
         for note in getattr(self.updater, "notes", []):
             if note not in self._noted:
                 self._noted.add(note)
@@ -142,9 +179,9 @@ class TrainingLoop:
         for p in self.peers:
             p.zero_grad(set_to_none=True)
         st.omega = result.omega.detach().to("cpu", torch.float64)
+        grad = None if result.grad is None else finite_or_none(result.grad.detach().cpu().tolist())
         return {"kind": "outer", "step": st.step + 1, "omega": st.omega.tolist(), "eta": float(result.eta),
-                "grad": None if result.grad is None else result.grad.detach().cpu().tolist(),
-                "val_loss": result.val_loss, "info": dict(result.info)}
+                "grad": grad, "val_loss": result.val_loss, "info": dict(result.info), "skipped": None}
 
     # -- evaluation on the fixed blocks of the evaluated half ------------------------------------
     def _heldout(self, models: list, omega=None) -> dict:
@@ -155,15 +192,16 @@ class TrainingLoop:
 
     def evaluate(self) -> dict:
         out = self._heldout(self.peers, omega=self.state.omega)
-        return {"kind": "eval", "step": self.state.step, "val_loss": out["losses"],
-                "ensemble_val_loss": out["ensemble"], "teacher_val_loss": self.teacher_val}
+        ens = out["ensemble"] if math.isfinite(out["ensemble"]) else None
+        return {"kind": "eval", "step": self.state.step, "val_loss": finite_or_none(out["losses"]),
+                "ensemble_val_loss": ens, "teacher_val_loss": self.teacher_val}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         st = self.state
         return {
             "step": st.step, "tokens": st.tokens, "omega": st.omega, "best_val": st.best_val,
-            "bad_evals": st.bad_evals, "stopped_early": st.stopped_early,
+            "bad_evals": st.bad_evals, "stopped_early": st.stopped_early, "nonfinite": list(st.nonfinite),
             "peer_configs": [p.config.to_dict() for p in self.peers],
             "peers": [p.state_dict() for p in self.peers],
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -185,10 +223,13 @@ class TrainingLoop:
         if s.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])  # dropout masks on the GPU resume identically
         self.state = TrainState(step=s["step"], tokens=s["tokens"], omega=s["omega"], best_val=s["best_val"],
-                                bad_evals=s["bad_evals"], stopped_early=s["stopped_early"])
+                                bad_evals=s["bad_evals"], stopped_early=s["stopped_early"],
+                                nonfinite=list(s.get("nonfinite", [0] * len(self.peers))))
 
     def save_checkpoint(self) -> None:
-        checkpoint.save(self.run_dir, self.state_dict())
+        with interrupts.deferred():   # a signal during the write waits for it to finish
+            checkpoint.save(self.run_dir, self.state_dict())
+        self._saved_at = self.state.step
         self._emit(Event.CHECKPOINT, {"step": self.state.step})
 
     # -- the loop --------------------------------------------------------------------------------
@@ -202,7 +243,7 @@ class TrainingLoop:
 
     def _early_stop(self, ev: dict) -> bool:
         st, c = self.state, self.cfg
-        if ev["ensemble_val_loss"] < st.best_val - 1e-4:
+        if ev["ensemble_val_loss"] is not None and ev["ensemble_val_loss"] < st.best_val - 1e-4:
             st.best_val, st.bad_evals = ev["ensemble_val_loss"], 0
         else:
             st.bad_evals += 1
@@ -214,32 +255,50 @@ class TrainingLoop:
         self.state.stopped_early = self._early_stop(ev)
 
     def train(self) -> TrainState:
+        """Steps until ``max_steps``, early stopping or a callback's stop. A signal (SIGINT, SIGTERM,
+        SIGUSR1) lets the current step finish, writes a checkpoint, then raises ``Interrupted``."""
         c, st, ctl = self.cfg, self.state, self.control
-        self._emit(Event.RUN_START, {"step": st.step, "num_peers": len(self.peers)})
-        if st.step == 0:
-            self._log(self.evaluate())
-            self.save_checkpoint()  # from here on the run resumes instead of rebuilding its peers
-        while st.step < c.max_steps and not st.stopped_early and not ctl.should_stop:
-            t0 = time.perf_counter()
-            record, last_batch = self.inner_step()
-            outer = None
-            if self.updater.needs_validation and (st.step + 1) % c.outer_every == 0:
-                outer = self.outer_step(last_batch)
-            record["tokens_per_s"] = c.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)
-            st.step += 1
-            self._log(record)
-            if outer is not None:
-                self._log(outer)
-            if st.step % c.eval_interval == 0 or st.step == c.max_steps or ctl.should_evaluate:
-                ctl.should_evaluate = False
-                self._evaluate_and_log()
-            if (st.step % c.checkpoint_interval == 0 or st.step == c.max_steps or st.stopped_early
-                    or ctl.should_save or ctl.should_stop):
-                ctl.should_save = False
-                self.save_checkpoint()
-        self._emit(Event.RUN_END, {"step": st.step, "stopped_early": st.stopped_early,
-                                   "stopped_by_callback": ctl.should_stop})
+        self._saved_at = None
+        with interrupts.handling():
+            self._emit(Event.RUN_START, {"step": st.step, "num_peers": len(self.peers)})
+            if st.step == 0:
+                with interrupts.deferred():
+                    self._log(self.evaluate())
+                    self.save_checkpoint()  # from here on the run resumes instead of rebuilding its peers
+                self._stop_if_signalled()
+            while st.step < c.max_steps and not st.stopped_early and not ctl.should_stop:
+                with interrupts.deferred():
+                    self._step()
+                self._stop_if_signalled()
+            self._emit(Event.RUN_END, {"step": st.step, "stopped_early": st.stopped_early,
+                                       "stopped_by_callback": ctl.should_stop})
         return st
+
+    def _step(self) -> None:
+        c, st, ctl = self.cfg, self.state, self.control
+        t0 = time.perf_counter()
+        record, last_batch = self.inner_step()
+        outer = None
+        if self.updater.needs_validation and (st.step + 1) % c.outer_every == 0:
+            outer = self.outer_step(last_batch)
+        record["tokens_per_s"] = c.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)
+        st.step += 1
+        self._log(record)
+        if outer is not None:
+            self._log(outer)
+        if st.step % c.eval_interval == 0 or st.step == c.max_steps or ctl.should_evaluate:
+            ctl.should_evaluate = False
+            self._evaluate_and_log()
+        if (st.step % c.checkpoint_interval == 0 or st.step == c.max_steps or st.stopped_early
+                or ctl.should_save or ctl.should_stop):
+            ctl.should_save = False
+            self.save_checkpoint()
+
+    def _stop_if_signalled(self) -> None:
+        if interrupts.pending() is not None:
+            if self._saved_at != self.state.step:
+                self.save_checkpoint()
+            interrupts.raise_pending(self.state.step)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:

@@ -23,8 +23,8 @@ def allowed(spec: Option) -> str:
         return "one of " + ", ".join(repr(c) for c in spec.choices)
     kind = spec.type.__name__ if spec.type is not list else "list of numbers"
     if spec.low is not None or spec.high is not None:
-        lo = ("(" if spec.low_open else "[") + ("-inf" if spec.low is None else f"{spec.low}")
-        hi = ("inf" if spec.high is None else f"{spec.high}") + (")" if spec.high_open else "]")
+        lo = ("(" if spec.low_open or spec.low is None else "[") + ("-inf" if spec.low is None else f"{spec.low}")
+        hi = ("inf" if spec.high is None else f"{spec.high}") + (")" if spec.high_open or spec.high is None else "]")
         return f"{kind} in {lo}, {hi}"
     return kind
 
@@ -42,14 +42,18 @@ def validate_value(label: str, spec: Option, value: Any) -> Any:
     value = _coerce(kind, value, bad)
     if spec.choices and value not in spec.choices:
         raise bad
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise bad
-        if spec.low is not None and (value < spec.low or (spec.low_open and value == spec.low)):
-            raise bad
-        if spec.high is not None and (value > spec.high or (spec.high_open and value == spec.high)):
+    for number in (value if isinstance(value, list) else [value]):   # a list's bounds hold for each element
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and not _in_range(spec, number):
             raise bad
     return value
+
+
+def _in_range(spec: Option, x: float) -> bool:
+    if isinstance(x, float) and not math.isfinite(x):
+        return False
+    if spec.low is not None and (x < spec.low or (spec.low_open and x == spec.low)):
+        return False
+    return not (spec.high is not None and (x > spec.high or (spec.high_open and x == spec.high)))
 
 
 def _coerce(kind: type, value: Any, bad: ConfigError) -> Any:

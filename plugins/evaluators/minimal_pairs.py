@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SKIP = ("", "none")
-
-
 def blimp_source(spec: str | None) -> Path | None:
     """The folder or file a ``blimp`` setting names: 'default' is the sample shipped in the
     package, '' or 'none' means no minimal-pair evaluation."""
-    if spec is None or str(spec).strip().lower() in SKIP:
+    from wml_framework.corpus import default_blimp_dir, is_none
+
+    if is_none(spec):
         return None
     if str(spec) == "default":
-        from wml_framework.corpus import default_blimp_dir
-
         return default_blimp_dir()
     return Path(spec).expanduser()
 

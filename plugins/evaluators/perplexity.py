@@ -6,9 +6,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-SKIP = ("", "none")
-
-
 class PerplexityEvaluator:
     """Scores every model on the same held-out tokens (tokenized once per tokenizer)."""
 
@@ -51,6 +48,8 @@ class PerplexityEvaluator:
 
 def make_perplexity(cfg, *, batch_size: int = 8, max_blocks: int = 0):
     """Held-out perplexity on the evaluated half of the corpus's held-out split."""
-    if str(cfg.corpus).strip().lower() in SKIP:
+    from wml_framework.corpus import is_none
+
+    if is_none(cfg.corpus):
         return None
     return PerplexityEvaluator(cfg.corpus, cfg.val_fraction, cfg.block_size, batch_size, max_blocks or None)

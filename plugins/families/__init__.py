@@ -2,7 +2,7 @@
 
 Each family object answers ``name``, ``model_type`` (matched against ``config.model_type``),
 ``count_parameters(config)``, ``make_config(...)``, ``shape(config)`` and the pruning
-description (``prunable_axes``, ``head_group``, ``pruned_config`` …); see family_common.
+description (``prunable_axes``, ``head_group``, ``pruned_config`` …); see families.common.
 """
 
 from wml_framework import hookimpl

@@ -19,20 +19,28 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
     """Train a family of peers with weighted mutual learning."""
     from .. import runner
 
+    from .. import config as cfgmod
+    from ..interrupts import Interrupted
+
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress goes to stderr, results to stdout
     target = resume_dir or out or "RUN_DIR"
     try:
         if resume_dir:
-            given = [n for n, v in dict(config=config_path, preset=preset, set=overrides, init=init, updater=updater,
+            given = [n for n, v in dict(config=config_path, preset=preset, init=init, updater=updater,
                                         loss=loss, teacher=teacher, corpus=corpus, out=out).items() if v]
             if given:
-                raise click.UsageError(f"--resume continues a run with its saved config; drop {', '.join('--' + g for g in given)}")
-            run_dir = runner.resume(resume_dir, log=log, host=host())
+                raise click.UsageError(f"--resume continues a run with its saved config; drop {', '.join('--' + g for g in given)} "
+                                       f"(--set may change: {', '.join(runner.RESUME_KEYS)})")
+            run_dir = runner.resume(resume_dir, log=log, host=host(), overrides=cfgmod.parse_overrides(overrides))
         else:
             cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss,
                                  teacher=teacher, corpus=corpus)
             target = out or runner.default_run_dir()
             run_dir = runner.start(cfg, target, log=log, host=host())
+    except Interrupted as exc:
+        where = f" after step {exc.step} (checkpoint written)" if exc.step is not None else ""
+        click.echo(f"\n{exc.name}: stopped{where}; continue with: wml run --resume {target}", err=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; continue from the last checkpoint with: wml run --resume {target}", err=True)
         sys.exit(130)

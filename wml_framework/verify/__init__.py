@@ -85,10 +85,14 @@ class _Recorder:
             self.fail(check, tol, exc)
 
     def run_many(self, group: str, tol: float, fn: Callable[[], dict]) -> None:
-        """Several values computed together, one row each; if the computation raises, one failed row."""
+        """Several values computed together, one row each (a value may come with where its worst
+        case was); if the computation raises, one failed row."""
         try:
-            for check, err in fn().items():
-                self.add(f"{group}: {check}", err, tol)
+            for check, value in fn().items():
+                err, where = value if isinstance(value, tuple) else (value, "")
+                ok = math.isfinite(err) and err <= tol
+                detail = "" if ok else f"error {err:.3g} > tolerance {tol:g}" + (f" ({where})" if where else "")
+                self.add(f"{group}: {check}", err, tol, detail)
         except Exception as exc:  # noqa: BLE001
             self.fail(group, tol, exc)
 
@@ -196,6 +200,15 @@ def _initial_reference(probs: "U.UpdaterProblems", point) -> dict[str, float]:
         expected = point.expected(case.as_problem(cfg, options))
         worst = max(worst, rel(probs.make(cfg, options, M).initial_omega().detach().numpy(), expected["omega"]))
     return {"initial omega": worst}
+
+
+def unverified(results: list[CheckResult], host: PluginHost) -> list[str]:
+    """Notes for the checked losses and updaters that declare no reference point: verify can tell
+    their gradients are consistent, not that they compute the function they were meant to."""
+    checked = {(r.kind, r.name) for r in results if r.kind in ("loss", "updater")}
+    return [f"{kind} {name!r} declares no reference point: verify checked that it is self-consistent, not that "
+            "it computes the intended function (see docs/plugins.md §10)"
+            for kind, name in sorted(checked) if not host.get(kind, name).references]
 
 
 def run_checks(host: Optional[PluginHost] = None, *, seed: int = 0, names: Optional[list[str]] = None) -> list[CheckResult]:

@@ -259,14 +259,16 @@ def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: C
     ``make(config, options)`` creates the loss; ``resolve(options)`` fills in the declared defaults."""
     config_keys, options = split_settings(point)
     options = resolve(options)
-    worst: dict[str, float] = {}
+    worst: dict[str, tuple] = {}
     for variant in LOSS_VARIANTS:
         cfg = make_config(3, **{**variant, **config_keys})
         loss = make(cfg, options)
         for case in loss_cases(seed):
             expected = point.expected(case.as_problem(cfg, options))
             for key, err in reference_values(loss, case, expected).items():
-                worst[key] = max(worst.get(key, 0.0), err)
+                if key not in worst or err > worst[key][0]:
+                    where = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("temperature", "loss_alpha", "kd_temperature", "kd_alpha"))
+                    worst[key] = (err, f"worst at M={len(case.logits)}, {where}")
     return worst
 
 

@@ -29,6 +29,8 @@ def check_simplex(omega, M: int, who: str) -> float:
         raise Failed(f"{who} is not finite: {w.tolist()}")
     if bool((w < 0).any()):
         raise Failed(f"{who} has negative entries: {w.tolist()}")
+    if abs(float(w.sum()) - 1.0) > 1e-6:
+        raise Failed(f"{who} sums to {float(w.sum()):.6g}, not 1 (M={M})")
     return abs(float(w.sum()) - 1.0)
 
 
@@ -103,7 +105,7 @@ def check_reference(probs: UpdaterProblems, point: ReferencePoint, resolve: Call
     """Worst error per compared value (ω, grad, η; info must match) over M = 1 … 6 and OUTER_STEPS."""
     config_keys, options = split_settings(point)
     options = resolve(options)
-    worst: dict[str, float] = {}
+    worst: dict[str, tuple] = {}
     for outer_step in OUTER_STEPS:
         for M, cfg, case in probs.cases(config_keys, outer_step):
             res = probs.make(cfg, options, M).step(case.ctx)
@@ -114,7 +116,9 @@ def check_reference(probs: UpdaterProblems, point: ReferencePoint, resolve: Call
                 if got is None:
                     raise Failed(f"UpdateResult.{key} is None, but the reference point gives a value")
                 value = got.detach().numpy() if isinstance(got, Tensor) else float(got)
-                worst[key] = max(worst.get(key, 0.0), rel(value, expected[key]))
+                err = rel(value, expected[key])
+                if key not in worst or err > worst[key][0]:
+                    worst[key] = (err, f"worst at M={M}, outer_step={outer_step}")
             for key, want in expected.get("info", {}).items():
                 if res.info.get(key) != want:
                     raise Failed(f"info[{key!r}] is {res.info.get(key)!r}, expected {want!r}")

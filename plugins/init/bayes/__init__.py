@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from wml_framework import hookimpl
-from wml_framework.api import InitResult, shape_string, table_row
+from wml_framework.api import InitResult, SizableFamily, shape_string, table_row
 
 from ..common import check_family, check_targets
 from .search import search_shape
@@ -36,6 +36,9 @@ class BayesInitializer:
     def check(self, teacher_config, family, targets, *, calibration=None) -> SizingSpace:
         """Reject impossible requests before any search; returns the search space."""
         check_family(teacher_config, family)
+        if not isinstance(family, SizableFamily):
+            raise ValueError(f"bayes: family {family.name!r} cannot be sized: it lacks count_shapes or head_dim_multiple "
+                             "(see wml_framework.api.SizableFamily)")
         if not targets:
             raise ValueError("bayes: no peer targets (the number of peers M must be at least 1)")
         space = SizingSpace.from_teacher(family, teacher_config)

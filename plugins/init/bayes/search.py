@@ -2,7 +2,7 @@
 
 The objective is −|P − target| / target (method.md §6) minus ``diversity`` for a shape that an
 earlier peer already took, maximised by ``bayes_opt`` over integer indices into a
-:class:`~.sizing_space.SizingSpace`.
+:class:`~.space.SizingSpace`.
 
 Two settings make the seed card's budget (10 random + 100 guided probes) reliable and fast,
 both through bayes_opt's public API:

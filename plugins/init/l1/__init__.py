@@ -10,7 +10,7 @@ standard config that ``AutoModelForCausalLM.from_pretrained`` loads without cust
 from __future__ import annotations
 
 from wml_framework import hookimpl
-from wml_framework.api import InitResult, table_row
+from wml_framework.api import InitResult, PrunableFamily, table_row
 
 from ..common import check_family, check_targets
 from .importance import IMPORTANCE_KINDS, unit_importance
@@ -35,6 +35,9 @@ class L1Initializer:
     def check(self, teacher_config, family, targets, *, calibration=None) -> None:
         """Reject impossible requests before any work."""
         check_family(teacher_config, family)
+        if not isinstance(family, PrunableFamily):
+            raise ValueError(f"l1: family {family.name!r} cannot be pruned: it does not describe its prunable units "
+                             "(see wml_framework.api.PrunableFamily)")
         if not targets:
             raise ValueError("l1: no peer targets (the number of peers M must be at least 1)")
         if self.importance == "taylor" and calibration is None:
