@@ -294,7 +294,7 @@ class SignalAt:
     pytest.param(signal.SIGINT, "teacher", None, marks=pytest.mark.slow),
     pytest.param(signal.SIGTERM, "peers", None, marks=pytest.mark.slow),
     pytest.param(signal.SIGINT, "export", None, marks=pytest.mark.slow),
-    (signal.SIGINT, "evaluation", None),
+    pytest.param(signal.SIGINT, "evaluation", None, marks=pytest.mark.slow),
     pytest.param(signal.SIGUSR1, "report", None, marks=pytest.mark.slow),
 ])
 def test_a_signal_in_any_phase_exits_with_the_resume_command_and_loses_nothing(

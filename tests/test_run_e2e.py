@@ -64,6 +64,7 @@ def test_metrics_log_each_term_separately(finished_run):
     assert moved > 1e-3, f"mirror descent moved ω by only {moved:.2e} (float noise is ~1e-16)"
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_is_bit_identical(tmp_path, corpus, finished_run):
     """Kill a run between checkpoints, resume it, and get exactly the uninterrupted result."""
 

@@ -48,7 +48,8 @@ def loop_logprob(models_and_weights, ids: list[int]) -> float:
 
 
 def bos_ids(tok, texts):
-    return [[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    """The documented presentation: BOS, then the sentence with a leading space (tokenizer.present)."""
+    return [[tok.bos_token_id, *tok(" " + t, add_special_tokens=False)["input_ids"]] for t in texts]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -110,7 +111,7 @@ def test_bos_is_prepended_for_gpt2_style_tokenizers(tok, llama):
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     gpt2_style = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|eos|>", pad_token="<|pad|>")
     text = "Alice sees the garden."
-    plain = gpt2_style(text)["input_ids"]
+    plain = gpt2_style(" " + text)["input_ids"]
     assert plain[0] != gpt2_style.eos_token_id
     got = minimal_pairs.sentence_logprobs(llama, gpt2_style, [text])[0]
     assert got == pytest.approx(loop_logprob([(llama, 1.0)], [gpt2_style.eos_token_id, *plain]), abs=TOL)
@@ -314,3 +315,36 @@ def test_with_bos_makes_a_gpt2_style_tokenizer_babylm_ready(tmp_path, tok, llama
     sentences = ["Alice sees the garden.", "Tom likes some bread."]
     np.testing.assert_allclose(minimal_pairs.sentence_logprobs(llama, reloaded, sentences),
                                minimal_pairs.sentence_logprobs(llama, gpt2_style, sentences), atol=1e-6, rtol=0)
+
+
+def test_the_babylm_2024_pipeline_scores_a_pair_as_wml_eval_does(tmp_path, tok, llama):
+    """The 2024 pipeline (lm-eval's HFLM, BLiMP as multiple choice with an empty context) scores the
+    continuation ' ' + sentence, encoded without special tokens, after the prefix token (BOS, else
+    EOS). Re-implemented here from its description; our log-probabilities must match it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = save_model(llama, tok, tmp_path / "peer_0")
+    t, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    pair = minimal_pairs.MinimalPair("Alice sees the garden.", "Alice see the garden.", "agreement", 1)
+
+    def pipeline_loglikelihood(sentence: str) -> float:
+        prefix = t.bos_token_id if t.bos_token_id is not None else t.eos_token_id
+        continuation = t.encode(" " + sentence, add_special_tokens=False)
+        ids = torch.tensor([[prefix, *continuation]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids[:, :-1]).logits.double(), -1)
+        return float(logp[0, torch.arange(len(continuation)), ids[0, 1:]].sum())
+
+    good, bad = minimal_pairs.pair_logprobs(model, t, [pair])
+    assert good[0] == pytest.approx(pipeline_loglikelihood(pair.good), abs=1e-4)
+    assert bad[0] == pytest.approx(pipeline_loglikelihood(pair.bad), abs=1e-4)
+
+
+def test_babylm_predictions_have_the_submission_format():
+    pairs = [minimal_pairs.MinimalPair("g0", "b0", "transitive", 1, index=0),
+             minimal_pairs.MinimalPair("g1", "b1", "transitive", 2, index=1),
+             minimal_pairs.MinimalPair("g0", "b0", "turn_taking", 1, index=0)]
+    out = minimal_pairs.babylm_predictions(pairs, np.array([-1.0, -5.0, -2.0]), np.array([-2.0, -1.0, -2.0]))
+    assert out == {"blimp": {"transitive": {"predictions": [{"id": "transitive_0", "pred": " g0"},
+                                                              {"id": "transitive_1", "pred": " b1"}]}},
+                   "blimp_supplement": {"turn_taking": {"predictions": [{"id": "turn_taking_0", "pred": " g0"}]}}}

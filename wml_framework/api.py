@@ -332,10 +332,12 @@ def peer_targets(n_teacher: int, num_peers: Optional[int], fractions: Optional[S
 class Evaluator(Protocol):
     """Scores one model (a Hugging Face causal LM or an ensemble that returns logits).
 
-    Returns a JSON-serialisable dict, stored under the evaluator's name in ``eval.json``. Two
-    optional methods: ``summary() -> dict`` (facts shared by every model, stored at the top level
-    of ``eval.json`` under the evaluator's name) and ``warnings() -> list[str]`` (printed once).
-    The factory returns None when the configuration gives it nothing to score.
+    Returns a JSON-serialisable dict, stored under the evaluator's name in ``eval.json``. A call
+    that accepts a ``name`` keyword also receives the model's name (``peer_0``, ``ensemble``,
+    ``teacher``, or a model folder's name). Optional methods: ``summary() -> dict`` (facts shared by
+    every model, stored at the top level of ``eval.json`` under the evaluator's name),
+    ``warnings() -> list[str]`` (printed once), ``columns(result)`` and ``details(results)`` (how it
+    reads in a table). The factory returns None when the configuration gives it nothing to score.
     """
 
     def __call__(self, model: nn.Module, tokenizer, *, device=None, progress: Optional[bool] = None,

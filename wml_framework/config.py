@@ -60,9 +60,11 @@ class WMLConfig:
     peer_fractions: list = _f([], "Explicit peer sizes as fractions of the teacher (overrides num_peers).", group="plugins")
 
     # -- data --------------------------------------------------------------------------
-    corpus: str = _f("default", "Text file, folder of .txt files, or 'default' (the corpus shipped in the package).", group="data")
+    corpus: str = _f("default", "Text file, folder of text files (.txt, .train, .dev, .test), or 'default' (the corpus shipped in the package). A folder with a dev/ folder beside it (the BabyLM layout) takes its held-out text from dev/ (docs/data.md).", group="data")
+    val_corpus: str = _f("", "Held-out text (file or folder); empty: a dev/ folder beside the corpus folder, else every k-th chunk of the corpus.", group="data")
+    clean_text: bool = _f(True, "Drop CHILDES speaker labels (*MOT:) and Wikipedia headers (= = = T = = =), collapse whitespace (docs/data.md).", group="data")
     vocab_size: int = _f(4096, "Vocabulary of the BPE tokenizer trained when no teacher tokenizer is given.", low=260, high=262144, group="data")
-    val_fraction: float = _f(0.05, "Fraction of the corpus held out (every k-th 2048-token chunk; half of it tunes ω, half is only evaluated).", low=0.0, high=0.5, low_open=True, group="data")
+    val_fraction: float = _f(0.05, "Fraction of the corpus held out when there is no held-out text (every k-th 2048-token chunk); half of the held-out text tunes ω, half is only evaluated.", low=0.0, high=0.5, low_open=True, group="data")
     block_size: int = _f(128, "Tokens per training sequence.", low=8, high=8192, group="data")
     batch_size: int = _f(8, "Sequences per micro-batch.", low=1, high=4096, group="data")
     num_batches: int = _f(1, "Micro-batches accumulated per optimizer step.", low=1, high=10000, group="data")

@@ -170,9 +170,10 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
         columns[row["name"]] = {}
         for name, evaluator in active.items():
             start = time.perf_counter()
+            extra = {"name": row["name"]} if _takes(evaluator, "name") else {}
             try:
                 result = evaluator(row["model"], row["tokenizer"], device=dev, progress=progress,
-                                   desc=f"{row['name']} {name}")
+                                   desc=f"{row['name']} {name}", **extra)
             except ValueError as exc:
                 raise EvaluationError(f"evaluator {name!r} on {row['name']}: {exc}") from None
             entry["seconds"][name] = round(time.perf_counter() - start, 3)
@@ -197,6 +198,17 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
             out[name] = evaluator.summary()
     out[DISPLAY] = {"columns": columns, "details": details}
     return out
+
+
+def _takes(fn, keyword: str) -> bool:
+    """Whether a callable accepts ``keyword`` (optional arguments of the Evaluator protocol)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def headline(result: dict, model: str) -> str:

@@ -79,6 +79,7 @@ class MinimalPair:
     file: str  # paradigm name from the file (stem)
     line: int
     uid: str | None = None
+    index: int = 0  # position among the file's examples (its non-blank lines), as the BabyLM pipeline counts them
 
 
 @dataclass
@@ -107,7 +108,7 @@ def minimal_pair_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def _parse_pair(text: str, file: Path, line: int) -> MinimalPair:
+def _parse_pair(text: str, file: Path, line: int, index: int = 0) -> MinimalPair:
     """One line to a pair; ValueError with the reason when it is not one."""
     try:
         obj = json.loads(text)
@@ -122,7 +123,7 @@ def _parse_pair(text: str, file: Path, line: int) -> MinimalPair:
             raise ValueError(f"field {key!r} must be a non-empty string, got {obj[key]!r}")
     uid = obj.get("UID")
     return MinimalPair(obj["sentence_good"], obj["sentence_bad"], file.stem, line,
-                       str(uid) if uid not in (None, "") else None)
+                       str(uid) if uid not in (None, "") else None, index)
 
 
 def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | None = None) -> MinimalPairSet:
@@ -133,15 +134,16 @@ def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | N
     pairs: list[MinimalPair] = []
     malformed: list[dict] = []
     for file in files:
-        taken = 0
+        taken, index = 0, -1
         with file.open(encoding="utf-8", errors="replace") as fh:
             for number, text in enumerate(fh, start=1):
                 if limit is not None and taken >= limit:
                     break
                 if not text.strip():
                     continue
+                index += 1
                 try:
-                    pairs.append(_parse_pair(text, file, number))
+                    pairs.append(_parse_pair(text, file, number, index))
                     taken += 1
                 except ValueError as exc:
                     malformed.append({"file": str(file), "line": number, "reason": str(exc)})
@@ -203,3 +205,22 @@ def score_minimal_pairs(model: nn.Module, tokenizer, source: str | Path | Iterab
         result["logprob_good"] = good.tolist()
         result["logprob_bad"] = bad.tolist()
     return result
+
+
+#: the BLiMP supplement's paradigms: their predictions go in the submission's ``blimp_supplement`` section
+BLIMP_SUPPLEMENT = ("hypernym", "qa_congruence_easy", "qa_congruence_tricky", "subject_aux_inversion", "turn_taking")
+
+
+def babylm_predictions(pairs: Sequence[MinimalPair], good: np.ndarray, bad: np.ndarray) -> dict:
+    """The ``blimp`` and ``blimp_supplement`` sections of a BabyLM 2024 submission's predictions JSON
+    (what the pipeline's ``collect_results.py`` writes): per paradigm file, one ``{"id": "<file>_<index>",
+    "pred": " <chosen sentence>"}`` per example, the sentence with the higher log-probability (a tie
+    picks the first choice, the good sentence, as ``numpy.argmax`` does there) and the leading space
+    of the pipeline's continuation."""
+    out: dict[str, dict] = {"blimp": {}, "blimp_supplement": {}}
+    for pair, g, b in sorted(zip(pairs, good, bad), key=lambda t: (t[0].file, t[0].index)):
+        section = "blimp_supplement" if pair.file in BLIMP_SUPPLEMENT else "blimp"
+        chosen = pair.good if g >= b else pair.bad
+        out[section].setdefault(pair.file, {"predictions": []})["predictions"].append(
+            {"id": f"{pair.file}_{pair.index}", "pred": " " + chosen})
+    return out

@@ -23,7 +23,7 @@ from . import config as cfgmod
 from .api import Batch, Event, Loss, Updater
 from .atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
-from .corpus import corpus_files
+from .corpus import CorpusError, plan_corpus
 from .models import resolve_device
 from .peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
 from .plugins import PluginHost
@@ -34,7 +34,7 @@ from .callbacks import TrainerControl, dispatch
 from .run_lock import locked
 from .run_reader import read_jsonl
 from .tokenizer import with_bos
-from .tokens import TokenData, prepare
+from .tokens import TokenData, prepare_for
 from .trainer import TrainingLoop, truncate_metrics
 
 MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation sentences longer than a block
@@ -91,8 +91,21 @@ def _check_writable(run_dir: Path) -> None:
 
 
 def _save_model(model, tokenizer, path: Path) -> None:
+    """A Hugging Face folder the BabyLM pipeline loads as it is: the tokenizer defines BOS, EOS and PAD
+    (PAD is EOS when it has none), and the model's config carries their ids (sequence classification
+    needs ``pad_token_id`` to batch sentences of different lengths)."""
     from transformers.utils import logging as hf_logging
 
+    from .tokenizer import bos_token_id
+
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.bos_token_id = bos_token_id(tokenizer)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(model.generation_config, key, getattr(model.config, key))
     hf_logging.disable_progress_bar()  # our own progress display is enough
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
@@ -222,8 +235,8 @@ class WMLTrainer:
         if cfg.teacher:
             check_teacher_dir(cfg.teacher)
         try:
-            corpus_files(cfg.corpus)
-        except ValueError as exc:
+            self.corpus = plan_corpus(cfg.corpus, cfg.val_corpus)   # every file checked to be text, before any work
+        except CorpusError as exc:
             raise RunError(str(exc)) from None
         resolve_device(cfg.device)
         plugins = create_plugins(cfg, self.host)
@@ -232,6 +245,7 @@ class WMLTrainer:
         _check_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log(f"{'resuming' if self.resuming else 'run folder:'} {self.run_dir}")
+        self.log(f"data: {len(self.corpus.train)} training file(s); held-out text: {self.corpus.heldout_from}")
         return plugins
 
     def _check_resumable(self) -> None:
@@ -288,16 +302,16 @@ class WMLTrainer:
         self._phase("data")
         if (saved / "config.json").exists():
             teacher, tokenizer = load_teacher(saved)
-            return teacher.to(device).eval(), prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
+            return teacher.to(device).eval(), prepare_for(cfg, tokenizer=tokenizer, log=log)
         if cfg.teacher:
             teacher, tokenizer = self._given_teacher or load_teacher(cfg.teacher)
             self._given_teacher = None
             if tokenizer is None:
                 raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
             tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
-            data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log)
+            data = prepare_for(cfg, tokenizer=tokenizer, log=log)
         else:
-            data = prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, log=log)
+            data = prepare_for(cfg, log=log)
             family = self.host.create("family", cfg.teacher_family)
             hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
             self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains

@@ -1,7 +1,10 @@
-"""Tokenizers: training a byte-level BPE, and the BOS conventions every scorer relies on.
+"""Tokenizers: training a byte-level BPE, and how a text is presented to a model.
 
-Why one module: the trainer, ``wml eval`` and exported folders must agree on how a text starts
-(a BOS token, so its first word is scored; method.md §9), and which token pads.
+Why one module: the trainer, ``wml eval``, exported folders and the BabyLM evaluation pipeline must
+agree on how a text starts. The rule: BOS, then the text with a leading space (" The dog …"), which
+is what the pipeline's causal backend scores (its prefix token, then a space and the sentence), and
+what GPT-2-style tokenizers expect; training documents are presented the same way, so the model is
+scored on what it was trained on. BOS is the tokenizer's ``bos_token``, else its ``eos_token``.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 
 def train_tokenizer(docs, vocab_size: int):
-    """Byte-level BPE trained on ``docs``, wrapped as a PreTrainedTokenizerFast that
-    prepends BOS to every encoding (so a sentence's first word is scored too)."""
+    """Byte-level BPE trained on ``docs`` (any iterable of texts: streamed, never held whole), wrapped
+    as a PreTrainedTokenizerFast that prepends BOS to every encoding (so a sentence's first word is
+    scored too, also by pipelines that rely on the tokenizer for it)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # add_prefix_space: "The" and " The" encode alike, so pipelines that present a sentence with a
+    # leading space (BabyLM 2024) and without one (2025) both score what the model was trained on
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD], min_frequency=2,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tok.train_from_iterator(docs, trainer=trainer)
+    tok.train_from_iterator((present(d) for d in docs), trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
@@ -52,11 +58,47 @@ def bos_token_id(tokenizer) -> int | None:
     return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
 
+def present(text: str) -> str:
+    """A text as a model sees it after BOS: with one leading space (kept if it has one already)."""
+    return text if text[:1].isspace() else " " + text
+
+
 def encode_with_bos(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, starting with BOS whether or not the tokenizer adds it."""
-    ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    """BOS, then the token ids of each presented text: exactly what the BabyLM pipeline scores."""
+    ids = tokenizer([present(t) for t in texts], add_special_tokens=False)["input_ids"]
     bos = bos_token_id(tokenizer)
-    return [seq if seq[:1] == [bos] else [bos, *seq] for seq in ids]
+    return [[bos, *seq] for seq in ids]
+
+
+def document_encoder(tokenizer):
+    """A function from a batch of documents to one flat array of token ids, BOS and EOS around each
+    presented document: the fast path of corpus tokenization (one call into the tokenizers library a
+    batch, BOS and EOS added there by a post-processor)."""
+    import itertools
+
+    import numpy as np
+    from tokenizers import Tokenizer, processors
+
+    bos, eos = bos_token_id(tokenizer), tokenizer.eos_token_id
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:                     # a slow tokenizer: the plain (slower) route
+        def encode_slow(docs):
+            seqs = encode_with_bos(tokenizer, docs)
+            tail = [] if eos is None else [eos]
+            return np.fromiter(itertools.chain.from_iterable(s + tail for s in seqs), dtype=np.int64)
+        return encode_slow
+    fast = Tokenizer.from_str(backend.to_str())
+    bos_t = tokenizer.convert_ids_to_tokens(bos)
+    pieces = [(bos_t, bos)] + ([] if eos is None else [(tokenizer.convert_ids_to_tokens(eos), eos)])
+    template = f"{bos_t} $A" + ("" if eos is None else f" {pieces[1][0]}")
+    fast.post_processor = processors.TemplateProcessing(single=template, special_tokens=list(dict(pieces).items()))
+    batch = getattr(fast, "encode_batch_fast", fast.encode_batch)
+
+    def encode(docs):
+        encodings = batch([present(d) for d in docs], add_special_tokens=True)
+        total = sum(len(e) for e in encodings)
+        return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+    return encode
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

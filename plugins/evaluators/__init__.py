@@ -23,4 +23,6 @@ def wml_register_evaluators(register):
                       Option("max_blocks", 0, "Blocks scored, spread evenly over the stream (0: all).", low=0)])
     register("minimal_pairs", make_minimal_pairs,
              help="Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average), BOS prepended.",
-             options=[Option("batch_size", 64, "Sentences per forward pass.", low=1, high=65536)])
+             options=[Option("batch_size", 64, "Sentences per forward pass.", low=1, high=65536),
+                      Option("predictions_dir", "", "Also write each model's choices in the BabyLM 2024 submission "
+                                                    "format, as DIR/<model>.json ('': do not).")])

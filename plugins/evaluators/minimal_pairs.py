@@ -20,7 +20,8 @@ def blimp_source(spec: str | None) -> Path | None:
 class MinimalPairsEvaluator:
     """The pairs are read once and scored for every model."""
 
-    def __init__(self, source: str | Path = "default", limit: int | None = None, batch_size: int = 64):
+    def __init__(self, source: str | Path = "default", limit: int | None = None, batch_size: int = 64,
+                 predictions_dir: str = ""):
         path = blimp_source(str(source))
         if path is None:
             raise ValueError(f"no minimal-pair source given ({source!r}); use 'default' or a folder of .jsonl files")
@@ -28,20 +29,40 @@ class MinimalPairsEvaluator:
 
         self.source, self.limit, self.batch_size = path, limit, batch_size
         self.pairs = read_minimal_pairs(path, limit)
+        self.predictions_dir = Path(predictions_dir).expanduser() if predictions_dir else None
+        self.written: list[str] = []
 
-    def __call__(self, model, tokenizer, *, device=None, progress=None, desc: str | None = None) -> dict:
+    def __call__(self, model, tokenizer, *, device=None, progress=None, desc: str | None = None,
+                 name: str | None = None) -> dict:
         from wml_framework.minimal_pairs import score_minimal_pairs
 
         result = score_minimal_pairs(model, tokenizer, self.pairs, batch_size=self.batch_size, device=device,
-                                     progress=progress, desc=desc or "minimal pairs")
+                                     progress=progress, desc=desc or "minimal pairs",
+                                     return_logprobs=self.predictions_dir is not None)
+        if self.predictions_dir is not None:
+            self._write_predictions(name or "model", result.pop("logprob_good"), result.pop("logprob_bad"))
         for key in ("malformed", "source"):  # the same for every model: in summary()
             result.pop(key, None)
         result["limit"] = self.limit
         return result
 
+    def _write_predictions(self, name: str, good, bad) -> None:
+        """``<predictions_dir>/<model>.json``: this model's choices in the BabyLM submission format."""
+        import json
+
+        from wml_framework.atomic import atomic_write_text
+        from wml_framework.minimal_pairs import babylm_predictions
+
+        path = self.predictions_dir / f"{name}.json"
+        atomic_write_text(path, json.dumps(babylm_predictions(self.pairs.pairs, good, bad)) + "\n")
+        self.written.append(str(path))
+
     def summary(self) -> dict:
-        return {"source": [str(f) for f in self.pairs.files], "pairs": len(self.pairs.pairs),
-                "malformed": self.pairs.malformed}
+        out = {"source": [str(f) for f in self.pairs.files], "pairs": len(self.pairs.pairs),
+               "malformed": self.pairs.malformed}
+        if self.written:
+            out["babylm_predictions"] = self.written
+        return out
 
     def warnings(self) -> list[str]:
         return [f"{bad['file']}:{bad['line']}: malformed minimal pair skipped ({bad['reason']})"
@@ -67,8 +88,8 @@ class MinimalPairsEvaluator:
                 "  ".join("-" * w for w in widths), *[fmt(r) for r in rows]]
 
 
-def make_minimal_pairs(cfg, *, batch_size: int = 64):
+def make_minimal_pairs(cfg, *, batch_size: int = 64, predictions_dir: str = ""):
     """Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average), BOS prepended."""
     if blimp_source(cfg.blimp) is None:
         return None
-    return MinimalPairsEvaluator(cfg.blimp, cfg.blimp_limit or None, batch_size)
+    return MinimalPairsEvaluator(cfg.blimp, cfg.blimp_limit or None, batch_size, predictions_dir)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+
 class PerplexityEvaluator:
     """Scores every model on the same held-out tokens (tokenized once per tokenizer)."""
 
-    def __init__(self, corpus: str = "default", val_fraction: float = 0.05, block_size: int = 128,
-                 batch_size: int = 8, max_blocks: int | None = None, log=None):
-        self.corpus, self.val_fraction = corpus, val_fraction
-        self.block_size, self.batch_size, self.max_blocks = block_size, batch_size, max_blocks
+    def __init__(self, cfg, batch_size: int = 8, max_blocks: int | None = None, log=None):
+        self.cfg, self.block_size = cfg, cfg.block_size
+        self.batch_size, self.max_blocks = batch_size, max_blocks
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self._streams: dict[str, Any] = {}
 
@@ -23,12 +23,11 @@ class PerplexityEvaluator:
         teacher that share a vocabulary tokenize the corpus once, and a different tokenizer saved
         at the same path never reuses a stale stream."""
         from wml_framework.tokenizer import tokenizer_fingerprint
-        from wml_framework.tokens import prepare
+        from wml_framework.tokens import prepare_for
 
         key = tokenizer_fingerprint(tokenizer)
         if key not in self._streams:
-            data = prepare(self.corpus, len(tokenizer), self.val_fraction, tokenizer=tokenizer, log=self.log)
-            self._streams[key] = data.val_eval
+            self._streams[key] = prepare_for(self.cfg, tokenizer=tokenizer, log=self.log).val_eval
         return self._streams[key]
 
     def __call__(self, model, tokenizer, *, device=None, progress=None, desc: str | None = None) -> dict:
@@ -39,7 +38,7 @@ class PerplexityEvaluator:
         block = min(self.block_size, limit) if limit else self.block_size
         result = perplexity(model, self.held_out(tokenizer), block, self.batch_size, self.max_blocks,
                             device=device, progress=progress, desc=desc or "perplexity")
-        result.update(corpus=self.corpus, val_fraction=self.val_fraction, split="held-out, evaluated half")
+        result.update(corpus=self.cfg.corpus, val_fraction=self.cfg.val_fraction, split="held-out, evaluated half")
         return result
 
     def columns(self, result: dict) -> dict:
@@ -52,4 +51,4 @@ def make_perplexity(cfg, *, batch_size: int = 8, max_blocks: int = 0):
 
     if is_none(cfg.corpus):
         return None
-    return PerplexityEvaluator(cfg.corpus, cfg.val_fraction, cfg.block_size, batch_size, max_blocks or None)
+    return PerplexityEvaluator(cfg, batch_size, max_blocks or None)

@@ -15,14 +15,14 @@ from wml_framework.api import Option, peer_logits
 
 
 class Top1Accuracy:
-    def __init__(self, corpus: str, val_fraction: float, block_size: int, max_blocks: int):
-        self.corpus, self.val_fraction, self.block_size, self.max_blocks = corpus, val_fraction, block_size, max_blocks
+    def __init__(self, cfg, max_blocks: int):
+        self.cfg, self.block_size, self.max_blocks = cfg, cfg.block_size, max_blocks
 
     def __call__(self, model, tokenizer, *, device=None, progress=None, desc=None) -> dict:
         from wml_framework.heldout import block_starts
-        from wml_framework.tokens import prepare
+        from wml_framework.tokens import prepare_for
 
-        stream = prepare(self.corpus, len(tokenizer), self.val_fraction, tokenizer=tokenizer, log=lambda m: None).val_eval
+        stream = prepare_for(self.cfg, tokenizer=tokenizer, log=lambda m: None).val_eval   # the run's held-out text
         starts = block_starts(len(stream), self.block_size, self.max_blocks)
         rows = torch.tensor([[int(t) for t in stream[s:s + self.block_size + 1]] for s in starts])
         model.eval()
@@ -35,14 +35,14 @@ class Top1Accuracy:
         return {"top-1": f"{100 * result['accuracy']:.1f}%"}
 
     def summary(self) -> dict:
-        return {"corpus": self.corpus, "split": "held-out, evaluated half", "max_blocks": self.max_blocks}
+        return {"corpus": self.cfg.corpus, "split": "held-out, evaluated half", "max_blocks": self.max_blocks}
 
 
 def make_top1(cfg, *, max_blocks: int):
     """Next-token top-1 accuracy on held-out text."""
     if cfg.corpus.strip().lower() in ("", "none"):
         return None
-    return Top1Accuracy(cfg.corpus, cfg.val_fraction, cfg.block_size, max_blocks)
+    return Top1Accuracy(cfg, max_blocks)
 
 
 @hookimpl
