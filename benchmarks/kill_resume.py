@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WALL_CLOCK = {"tokens_per_s", "elapsed_s"}
+WALL_CLOCK = {"tokens_per_s", "elapsed_s", "threads"}   # threads: chosen by timing (wml_framework.threads)
 
 
 def _cli() -> list[str]:
@@ -72,16 +72,25 @@ def kill_and_resume(args: list[str], workdir: Path, kills: int, seed: int, env: 
     env = {**os.environ, **(env or {})}
     reference, victim = workdir / "reference", workdir / "victim"
     t0 = time.perf_counter()
-    done = subprocess.run([*_cli(), *args, "--out", str(reference)], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"the uninterrupted run failed:\n{done.stderr[-3000:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([*_cli(), *args, "--out", str(reference)], stdout=subprocess.DEVNULL, stderr=err,
+                                text=True, env=env)
+        started = None          # when the run folder appeared: kills before it test nothing but start-up
+        while proc.poll() is None:
+            if started is None and (reference / "config.toml").exists():
+                started = time.perf_counter() - t0
+            time.sleep(0.05)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"the uninterrupted run failed:\n{err.read()[-3000:]}")
     duration = time.perf_counter() - t0
-    log(f"uninterrupted run: {duration:.1f} s")
+    started = started or 0.0
+    log(f"uninterrupted run: {duration:.1f} s (run folder after {started:.1f} s)")
     rng = random.Random(seed)
     delivered, launches = 0, 0
     while delivered < kills:
         cmd = [*_cli(), "--resume", str(victim)] if (victim / "config.toml").exists() else [*_cli(), *args, "--out", str(victim)]
-        delay = rng.uniform(0.1, 0.6) * duration
+        delay = started + rng.uniform(0.05, 0.7) * (duration - started)
         with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
             launches += 1

@@ -43,3 +43,28 @@ def tiny_config(corpus: Path, host=None, **changes) -> cfgmod.WMLConfig:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_loop(tmp_path: Path, **changes):
+    """A ``TrainingLoop`` of two tiny LLaMA peers on random tokens (no teacher), for tests of one step.
+    Returns (config, token data, loop)."""
+    import numpy as np
+    import torch
+
+    from helpers_models import build, tiny_llama_config
+    from wml_framework.plugins import PluginHost
+    from wml_framework.runner import create_plugins
+    from wml_framework.tokens import TokenData
+    from wml_framework.trainer import TrainingLoop
+
+    cfg = cfgmod.from_dict({"device": "cpu", "batch_size": 4, "block_size": 16, "num_batches": 2, "vocab_size": 300,
+                            "max_steps": 2, "eval_batches": 2, "threads": "1", "num_peers": 2, **changes})
+    rng = np.random.default_rng(0)
+    data = TokenData(rng.integers(3, 128, 5000).astype(np.uint16), rng.integers(3, 128, 2000).astype(np.uint16),
+                     None, 128)
+    peers = [build(tiny_llama_config(hidden=32, n_head=2), seed=i).train() for i in range(cfg.num_peers)]
+    host = PluginHost()
+    plugins = create_plugins(cfg, host)
+    loop = TrainingLoop(cfg, host, peers, data, tmp_path, torch.device("cpu"), loss=plugins.loss,
+                        updater=plugins.updater, log=lambda m: None)
+    return cfg, data, loop

@@ -181,3 +181,19 @@ def test_list_options_bound_every_element():
         with pytest.raises(ConfigError, match=r"list of numbers in \[0.0, 1.0\]"):
             validate_value("p.w", spec, bad)
     assert "[0.0, inf)" in cfgmod.allowed(Option("x", 1.0, low=0.0))
+
+
+@pytest.mark.parametrize("text, expected", [("threads = 1", "1"), ('threads = "auto"', "auto"), ('threads = "3"', "3")])
+def test_threads_is_a_whole_number_or_auto_written_either_way(tmp_path, text, expected):
+    """Would catch: a TOML number refused for a key documented as 'a number, or auto'."""
+    path = tmp_path / "c.toml"
+    path.write_text(text + "\n")
+    assert cfgmod.load(path, check_plugins=False).threads == expected
+
+
+@pytest.mark.parametrize("text", ["threads = 0", 'threads = "two"', "threads = true", "threads = 1.5", 'threads = "-1"'])
+def test_a_bad_thread_count_fails_naming_the_key(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(cfgmod.ConfigError, match="config key 'threads'"):
+        cfgmod.load(path, check_plugins=False)

@@ -183,3 +183,55 @@ def test_float32_models_work():
     first = hypergradient(peers, WMLLoss(), w, train, val, 0.5, method="first_order")
     assert exact.grad.dtype == torch.float64 and torch.isfinite(exact.grad).all()
     assert first.method == "first_order" and torch.equal(first.second, torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("num_batches", [1, 3])
+@pytest.mark.parametrize("loss_name", ["wml", "generic"])
+def test_the_trainers_inner_gradients_give_the_fresh_hypergradient(tmp_path, num_batches, loss_name):
+    """The trainer hands the updater ∇θL_1, z and ∂L_1/∂z of its last micro-batch; the hypergradient
+    built from them equals the one computed from scratch at the same θ, in float64 to 1e-6.
+
+    Would catch: u or G left scaled by 1/num_batches, G summed over every micro-batch instead of the
+    last, G taken after clipping, the logits of another micro-batch, θ' stepped with the wrong sign."""
+    import numpy as np
+
+    from wml_framework.config import from_dict
+    from wml_framework.plugins import PluginHost
+    from wml_framework.tokens import TokenData
+    from wml_framework.trainer import TrainingLoop
+    from wml_plugins.updaters.mirror import MirrorUpdater
+
+    class WithoutClosedForm:
+        needs_teacher = False
+
+        def __init__(self):
+            self.inner = WMLLoss(0.4, 1.5)
+
+        def __call__(self, *a, **k):
+            return self.inner(*a, **k)
+
+    cfg = from_dict({"num_batches": num_batches, "batch_size": 2, "block_size": 12,
+                     "grad_clip": 1e-3})     # a clip that would change G if it came first
+    peers = [build(tiny_llama_config(hidden=16, n_layer=1, n_head=2, ffn=32), seed=s).double() for s in range(3)]
+    rng = np.random.default_rng(0)
+    data = TokenData(rng.integers(0, 128, 4000).astype(np.uint16), rng.integers(0, 128, 800).astype(np.uint16),
+                     None, 128)
+    loss = WMLLoss(0.4, 1.5) if loss_name == "wml" else WithoutClosedForm()
+    loop = TrainingLoop(cfg, PluginHost(), peers, data, tmp_path, torch.device("cpu"), loss=loss,
+                        updater=MirrorUpdater(3), log=lambda m: None)
+    loop.state.omega = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)   # exact in float32 too
+    _, last = loop.accumulate(capture=True)
+    assert last.inner is not None
+    val_x = torch.from_numpy(rng.integers(0, 128, (2, 13)))
+    val = Batch(val_x[:, :-1], val_x[:, 1:])
+    omega = loop.state.omega
+    reused = hypergradient(peers, loss, omega, last.batch, val, 0.3, inner=last.inner)
+    # the fresh computation by the same route for ż (forward mode); the double-VJP route takes its
+    # step 1 through Hugging Face's eager attention, whose softmax is float32 (so 1e-8 apart)
+    fresh = hypergradient(peers, loss, omega, last.batch, val, 0.3, tangents=JVP)
+    # 1e-6, not 1e-15: Hugging Face's attention paths round at float32 precision even on float64
+    # inputs (eager's softmax is float32), so J(u/n)·n and J(u) differ by ~1e-7 relative
+    assert torch.allclose(reused.grad, fresh.grad, rtol=1e-6, atol=1e-10), (reused.grad - fresh.grad)
+    double_vjp = hypergradient(peers, loss, omega, last.batch, val, 0.3)
+    assert torch.allclose(reused.grad, double_vjp.grad, rtol=1e-6, atol=1e-9)
+    assert reused.seconds["inner_grad"] < fresh.seconds["inner_grad"]

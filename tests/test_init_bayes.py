@@ -67,11 +67,16 @@ def test_seed_card_budget_hits_every_target_within_one_percent(config, size):
     n = family.count_parameters(config)
     assert abs(n - size) / size < 0.01
     targets = peer_targets(n, 4)
-    result = bayes().build(meta_teacher(config), family, targets, seed=1337)
+    init = bayes()
+    result = init.build(meta_teacher(config), family, targets, seed=1337)
 
-    space = SizingSpace.from_teacher(family, config)
+    base = init.peer_base(config)
+    efficient, any_shape = SizingSpace.from_teacher(family, base, init.width_multiple), SizingSpace.from_teacher(family, base)
     taken = []
     for row, peer, target in zip(result.rows, result.peers, targets):
+        reachable = efficient.exhaustive_best(target, exclude=taken)[1] <= 0.01
+        assert efficient_shape(family.shape(peer.config), init.width_multiple) == reachable
+        space = efficient if reachable else any_shape
         best, exhaustive = space.exhaustive_best(target, exclude=taken)   # same space, same exclusions
         print(f"  {row['shape']:<18} {row['parameters']:>11,} target {target:>11,} "
               f"BO {row['rel_error']:.4%}  exhaustive {exhaustive:.4%}")
@@ -81,8 +86,65 @@ def test_seed_card_budget_hits_every_target_within_one_percent(config, size):
         assert row["shape"] == family.shape_string(peer.config)
         taken.append(family.shape(peer.config))
     assert len({r["shape"] for r in result.rows}) == 4
-    assert len(result.trace) == 4 * (10 + 100)
+    assert len(result.trace) >= 4 * (10 + 100)
     assert all({"peer", "parameters", "error", "n_layer", "n_head", "head_dim", "ffn"} <= set(p) for p in result.trace)
+
+
+def efficient_shape(shape: dict, multiple: int) -> bool:
+    return shape["hidden"] % multiple == 0 and shape["head_dim"] >= 16 and shape["hidden"] >= 16 * shape["n_layer"]
+
+
+def default_teacher():
+    from wml_framework.teacher import teacher_config
+
+    cfg = cfgmod.from_dict({})
+
+    class Vocab:
+        bos_token_id, eos_token_id, pad_token_id = 0, 1, 2
+
+        def __len__(self):
+            return cfg.vocab_size
+
+    family = get_host().create("family", cfg.teacher_family)
+    return family, teacher_config(family, cfg, Vocab(), max_positions=256)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multiple", [32, 64])
+def test_default_peers_get_shapes_that_compute_well(multiple):
+    """Would catch: a search that ignores the efficient space (widths like 48 or 72, heads of 8 or
+    12, four layers of width 32), or one that gives up the 1% or the diversity for it."""
+    family, config = default_teacher()
+    init = get_host().create("initializer", "bayes", SEED_CARD.replace(bayesian_n_iter=40),
+                             options={"width_multiple": multiple})
+    targets = peer_targets(family.count_parameters(config), 4)
+    result = init.build(meta_teacher(config), family, targets, seed=0)
+    shapes = [family.shape(p.config) for p in result.peers]
+    assert all(efficient_shape(s, multiple) for s in shapes), [r["shape"] for r in result.rows]
+    assert all(r["rel_error"] < 0.01 for r in result.rows)
+    assert len({r["shape"] for r in result.rows}) == 4
+    assert all(p.config.tie_word_embeddings for p in result.peers)
+    assert not config.tie_word_embeddings                   # the teacher's own config is left alone
+
+
+@pytest.mark.slow
+def test_a_teacher_too_narrow_for_efficient_widths_gets_any_shape_within_one_percent():
+    config = tiny_llama_config(vocab_size=256, hidden=24, n_head=3, ffn=96)    # width 24 < 32, heads of 8
+    family = family_of(config)
+    result = bayes(SEED_CARD.replace(bayesian_n_iter=40)).build(meta_teacher(config), family,
+                                                                peer_targets(family.count_parameters(config), 2), seed=0)
+    assert all(r["rel_error"] < 0.01 for r in result.rows)
+    assert {p["space"] for p in result.trace} == {"any"}
+
+
+def test_width_multiple_one_and_untied_is_the_seed_cards_space():
+    config = tiny_llama_config(vocab_size=256, hidden=64, ffn=192)
+    family = family_of(config)
+    init = get_host().create("initializer", "bayes", SEED_CARD, options={"width_multiple": 1, "tie_embeddings": False})
+    assert init.peer_base(config) is config
+    assert SizingSpace.from_teacher(family, config, init.width_multiple).kind == "any"
+    tied = get_host().create("initializer", "bayes", SEED_CARD).peer_base(config)
+    assert tied.tie_word_embeddings and family.count_parameters(tied) == family.count_parameters(config) - 256 * 64
 
 
 @pytest.mark.slow

@@ -73,9 +73,16 @@ class Recorder:
                 self.inner = WMLLoss.from_config(cfg)
 
             def __call__(self, logits, labels, omega, teacher_logits=None):
-                if logits[0].grad_fn is not None:     # the inner step (the hypergradient passes leaves)
+                if logits[0].requires_grad:     # the inner step (the hypergradient calls logit_grads)
                     rec.loss_omegas.append(omega.detach().double().cpu().tolist())
+                    rec.last_inner_logits = logits[0].detach().clone()
                 return self.inner(logits, labels, omega)
+
+            def logit_grads(self, *args, **kwargs):
+                return self.inner.logit_grads(*args, **kwargs)
+
+            def mixed_omega_grad(self, *args, **kwargs):
+                return self.inner.mixed_omega_grad(*args, **kwargs)
 
         register("recording", RecordingLoss)
 
@@ -87,9 +94,19 @@ class Recorder:
 
         class RecordingMirror(MirrorUpdater):
             def step(self, ctx):
+                from wml_plugins.updaters.hypergrad import hypergradient
+
+                with torch.no_grad():
+                    now = ctx.forward(ctx.peers[0].eval(), ctx.train.for_peer(0))
+                    ctx.peers[0].train()
+                fresh = hypergradient(ctx.peers, ctx.loss, ctx.omega, ctx.train, ctx.val, ctx.inner_lr)
                 rec.outer.append({"inner_lr": ctx.inner_lr, "val": ctx.val.inputs.cpu().clone(),
-                                  "train": ctx.train.inputs.cpu().clone()})
-                return super().step(ctx)
+                                  "train": ctx.train.inputs.cpu().clone(), "inner": ctx.inner is not None,
+                                  "same_weights": torch.allclose(now, rec.last_inner_logits, rtol=0, atol=1e-5),
+                                  "fresh": fresh.grad.clone()})
+                result = super().step(ctx)
+                rec.outer[-1]["reused"] = result.grad.clone()
+                return result
 
         register("recording", lambda cfg, m: RecordingMirror.from_config(cfg, m))
 
@@ -111,6 +128,16 @@ def test_gamma_handed_to_the_updater_is_the_learning_rate_of_the_step_it_describ
     outer_steps = [r["step"] for r in records if r["kind"] == "outer"]
     assert [o["inner_lr"] for o in rec.outer] == [lr[s] for s in outer_steps]
     assert len(set(lr.values())) > 2 and all(o["inner_lr"] > 0 for o in rec.outer)
+
+
+def test_the_outer_step_sees_the_weights_its_inner_step_started_from(recorded):
+    """Would catch: the outer step run after the optimizer step (it then describes neither the step
+    taken nor the next), and reused inner gradients that are not the ones a fresh computation gives."""
+    rec, _, _ = recorded
+    assert rec.outer and all(o["same_weights"] for o in rec.outer)
+    assert all(o["inner"] for o in rec.outer)        # llama peers have no dropout: the gradients are offered
+    for o in rec.outer:
+        assert torch.allclose(o["reused"], o["fresh"], rtol=1e-4, atol=1e-6), (o["reused"], o["fresh"])
 
 
 def _windows(stream: np.ndarray, width: int) -> set:
@@ -165,13 +192,16 @@ class NaNLoss:
 
     def __call__(self, logits, labels, omega, teacher_logits=None):
         out = self.inner(logits, labels, omega)
-        if logits[0].grad_fn is None:       # only the inner step's calls count
+        if not logits[0].requires_grad or omega.requires_grad:   # only the inner step's calls count
             return out
         self.calls += 1
         if self.steps is None or self.calls in self.steps:
             bad = out.per_peer * torch.tensor([1.0, float("nan")], device=out.per_peer.device)
             return LossResult(bad.sum(), bad, out.ce, out.kl)
         return out
+
+    def logit_grads(self, *args, **kwargs):       # the hypergradient's u, so that it never calls the loss
+        return self.inner.logit_grads(*args, **kwargs)
 
 
 def _nan_host(steps):

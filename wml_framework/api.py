@@ -132,6 +132,13 @@ class OuterContext:
     rate of that inner step. ``outer_step``: outer updates so far, from 0 (drives schedules).
     ``teacher_logits``: the teacher's logits on ``train`` when the loss needs them, else None.
     ``forward(peer, inputs) -> logits``: how to call a peer (use ``batch.for_peer(i)``).
+    ``inner``: what the inner step already computed on ``train`` at the peers' current weights
+    (see :class:`InnerGradients`), or None. The trainer runs the outer step after the inner
+    step's backward and before its optimizer step, so ``peers`` hold the weights that step
+    started from. ``reduce_mean(tensors)``: averages tensors in place over the processes of a
+    data-parallel run (each holds a share of ``train`` and ``val``; the identity in one process):
+    apply it to every gradient and loss computed from a batch, so that all processes take the
+    same ω step.
     """
 
     peers: Sequence[nn.Module]
@@ -143,6 +150,30 @@ class OuterContext:
     outer_step: int
     teacher_logits: Optional[Tensor] = None
     forward: Callable[[nn.Module, Any], Tensor] = peer_logits
+    inner: Optional["InnerGradients"] = None
+    reduce_mean: Callable[[Sequence[Optional[Tensor]]], None] = lambda tensors: None
+
+
+@dataclass
+class InnerGradients:
+    """The inner step's own results on ``OuterContext.train``, so an updater need not recompute them.
+
+    Offered only to an updater whose ``uses_inner_gradients`` is True, and only when the peers'
+    forward is deterministic (no dropout), so these are exactly what a fresh computation in eval
+    mode would give (up to the autocast precision of the inner step). All detached:
+
+    ``grads[i]``: ∇_θ of the loss total for peer i on that micro-batch, one tensor (or None) per
+    parameter of ``[p for p in peer.parameters() if p.requires_grad]``, before clipping.
+    ``logits[i]``: peer i's logits. ``logit_grads[i]``: ∂total/∂logits[i].
+    ``tangents(v)``: ż_i = J_i v_i for every peer, where ``v`` lists one tensor per trainable
+    parameter of all peers in order (None where a parameter has no gradient): a backward
+    through this step's own backward, cheaper than forward mode. Usable once.
+    """
+
+    grads: list
+    logits: list
+    logit_grads: list
+    tangents: Optional[Callable[[list], list]] = None
 
 
 @dataclass

@@ -102,6 +102,7 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .distributed import DistributedError
         from .evaluation import EvaluationError
         from .plugins import PluginError, PluginSettingsError
         from .run_lock import RunLockedError
@@ -116,7 +117,7 @@ def one_line_errors(fn):
         except (cfgmod.ConfigError, RunError, TeacherError, EvaluationError, RunLockedError, PluginSettingsError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
-        except (PluginError, TrainingError) as exc:
+        except (PluginError, TrainingError, DistributedError) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
         except OSError as exc:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PLURAL = {"family": "families", "loss": "losses"}
 #: old names still accepted on input (the seed card's), mapped to the documented ones
 ALIASES = {"num_epochs": "max_steps"}
+#: keys whose text value may also be written as a TOML number (``threads = 1``)
+NUMBER_AS_TEXT = {"threads"}
 
 
 def _f(default: Any, help: str, *, low=None, high=None, low_open=False, high_open=False,  # noqa: A002
@@ -99,8 +101,8 @@ class WMLConfig:
     omega_lr: float = _f(1.0, "Peak mirror-descent step η.", low=0.0, high=1e3, group="omega")
     omega_min_lr: float = _f(0.01, "Final mirror-descent step η after cosine decay.", low=0.0, high=1e3, group="omega")
     omega_warmup_iters: int = _f(2, "Outer steps of linear η warm-up.", low=0, high=10_000_000, group="omega")
-    omega_decay_iters: int = _f(200, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
-    outer_every: int = _f(3, "Run one outer (ω) update every this many optimizer steps.", low=1, high=10_000_000, group="omega")
+    omega_decay_iters: int = _f(60, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
+    outer_every: int = _f(10, "Run one outer (ω) update every this many optimizer steps (each costs about 2.5 inner steps).", low=1, high=10_000_000, group="omega")
     hypergradient: str = _f("exact", "'exact' (one-step-unrolled, Theorem 1) or 'first_order' (L_2 at θ).", choices=["exact", "first_order"], group="omega")
     fixed_omega: list = _f([], "Peer weights for an updater that holds ω fixed (normalised to sum 1).", group="omega")
 
@@ -122,6 +124,8 @@ class WMLConfig:
     seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
+    dtype: str = _f("float32", "Precision of the teacher's and peers' weights and of training ('float64': slow, for checking runs against each other, e.g. one process against several).", choices=["float32", "float64"], group="run")
+    threads: str = _f("auto", "CPU threads for torch: a number, or 'auto' (times the run's own steps on 1 thread and on every core, keeps the faster, and looks again every 100 steps).", group="run")
 
     # -- plugin options ----------------------------------------------------------------------
     plugins: dict = _f({}, "Plugin options: {name: {option: value}} (`--set name.option=value`, or a [plugins.name] table).", group="plugins")
@@ -175,6 +179,8 @@ def _check_relations(cfg: WMLConfig) -> None:
     if cfg.teacher_n_embd % cfg.teacher_n_head:
         raise ConfigError(f"config key 'teacher_n_embd': value {cfg.teacher_n_embd!r} is not allowed; "
                           f"expected a multiple of teacher_n_head ({cfg.teacher_n_head})")
+    if str(cfg.threads) != "auto" and not (str(cfg.threads).isdigit() and int(cfg.threads) >= 1):
+        raise ConfigError(f"config key 'threads': value {cfg.threads!r} is not allowed; expected 'auto' or a whole number ≥ 1")
     for frac in cfg.peer_fractions:
         if not 0.0 < frac < 1.0:
             raise ConfigError(f"config key 'peer_fractions': value {cfg.peer_fractions!r} is not allowed; "
@@ -227,6 +233,8 @@ def _split_plugin_keys(values: Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"config key {key!r} is not of the form PLUGIN.OPTION")
             plugins.setdefault(name, {})[option] = value
         else:
+            if key in NUMBER_AS_TEXT and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
             out[ALIASES.get(key, key)] = value
             if key in ALIASES and ALIASES[key] in values and values[ALIASES[key]] != value:
                 raise ConfigError(f"config keys {key!r} and {ALIASES[key]!r} name the same setting "

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .api import InitResult, LossResult, UpdateResult
+from .distributed import is_peer_failure
 from .plugins import Entry, PluginError
 
 SIMPLEX_TOL = 1e-6  # |Σω − 1| accepted from an updater (then renormalised exactly)
@@ -81,6 +82,8 @@ class GuardedLoss:
         except PluginError:
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
+            if is_peer_failure(exc):     # another rank of the run went away: not this plugin's fault
+                raise
             raise _fail(self._entry, "at run time", f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(out, LossResult):
             raise _fail(self._entry, "at run time", f"returned {type(out).__name__}, expected a LossResult")
@@ -156,6 +159,8 @@ class GuardedUpdater:
         except PluginError:
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
+            if is_peer_failure(exc):     # another rank of the run went away: not this plugin's fault
+                raise
             raise _fail(self._entry, f"{method}()", f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -191,6 +196,8 @@ class GuardedInitializer:
         except (PluginError, ValueError):
             raise
         except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
+            if is_peer_failure(exc):     # another rank of the run went away: not this plugin's fault
+                raise
             raise _fail(self._entry, f"{method}()", f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -36,11 +36,15 @@ def block_starts(n_tokens: int, block_size: int, max_blocks: Optional[int] = Non
 
 def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_size: int = 8,
                    max_blocks: Optional[int] = None, *, omega=None, device=None, progress: Optional[bool] = False,
-                   desc: str = "held-out loss", autocast: Optional[Callable[[], ContextManager]] = None) -> dict:
+                   desc: str = "held-out loss", autocast: Optional[Callable[[], ContextManager]] = None,
+                   shard: tuple[int, int] = (0, 1),
+                   reduce_sum: Optional[Callable[[list], list]] = None) -> dict:
     """Mean next-token loss of each model (and of their ω-ensemble when ``omega`` is given).
 
     Returns ``{"losses": [per model], "ensemble": float | None, "tokens", "blocks", "block_size"}``;
-    sums are kept in float64. ``autocast`` (a context-manager factory) wraps the forwards."""
+    sums are kept in float64. ``autocast`` (a context-manager factory) wraps the forwards.
+    ``shard=(k, n)`` scores every n-th block from the k-th, and ``reduce_sum`` adds the sums of
+    the n shards (processes of a data-parallel run), so every process returns the full result."""
     if block_size < 1 or batch_size < 1:
         raise ValueError(f"block_size and batch_size must be ≥ 1, got {block_size} and {batch_size}")
     for m in models:
@@ -48,7 +52,8 @@ def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_s
         if limit is not None and block_size > limit:
             raise ValueError(f"block_size {block_size} exceeds the model's {limit} positions")
     stream = tokens
-    starts = block_starts(len(stream), block_size, max_blocks)
+    all_starts = block_starts(len(stream), block_size, max_blocks)
+    starts = all_starts[shard[0]::shard[1]]
     weights = normalised_weights(omega, len(models)) if omega is not None else None
     dev = model_device(models[0]) if device is None else resolve_device(device)
     sums, ens_sum, count = [0.0] * len(models), 0.0, 0
@@ -65,8 +70,10 @@ def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_s
                 ens_sum += _nll_sum(mix_logits(zs, weights.to(dev)), y)
             count += y.numel()
             bar.update(len(rows))
+    if reduce_sum is not None:
+        *sums, ens_sum, count = reduce_sum([*sums, ens_sum, float(count)])
     return {"losses": [s / count for s in sums], "ensemble": ens_sum / count if weights is not None else None,
-            "tokens": count, "blocks": int(len(starts)), "block_size": block_size}
+            "tokens": int(count), "blocks": int(len(all_starts)), "block_size": block_size}
 
 
 def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -77,9 +84,13 @@ def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
 def perplexity(model: nn.Module, tokens: Sequence[int] | np.ndarray, block_size: int, batch_size: int = 8,
                max_blocks: int | None = None, *, device=None, progress: bool | None = False,
                desc: str = "perplexity") -> dict:
-    """One model's held-out loss and ppl = exp(loss) over non-overlapping blocks of ``tokens``."""
+    """One model's held-out loss and ppl = exp(loss) over non-overlapping blocks of ``tokens``
+    (in a data-parallel run each process scores its share of the blocks; all get the total)."""
+    from .distributed import current
+
+    dist = current()
     out = heldout_losses([model], np.asarray(tokens), block_size, batch_size, max_blocks, device=device,
-                         progress=progress, desc=desc)
+                         progress=progress, desc=desc, shard=(dist.rank, dist.world), reduce_sum=dist.sum_floats)
     loss = out["losses"][0]
     return {"loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf"), "tokens": out["tokens"],
             "blocks": out["blocks"], "block_size": block_size}

@@ -83,6 +83,12 @@ def pending() -> Optional[int]:
     return _state.pending
 
 
+def agree(signum: Optional[int]) -> None:
+    """Take a signal another process of the run received as this one's (data-parallel ranks)."""
+    if signum is not None and _state.pending is None:
+        _state.pending = signum
+
+
 def raise_pending(step: Optional[int] = None) -> None:
     """Raise :class:`Interrupted` for a pending signal (after the caller saved its checkpoint)."""
     if _state.pending is not None:

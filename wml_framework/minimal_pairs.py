@@ -151,10 +151,21 @@ def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | N
 
 
 def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[MinimalPair], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """log P(good) and log P(bad) of each pair (both sides batched together)."""
-    sentences = [p.good for p in pairs] + [p.bad for p in pairs]
-    scores = sentence_logprobs(model, tokenizer, sentences, **kwargs)
-    return scores[:len(pairs)], scores[len(pairs):]
+    """log P(good) and log P(bad) of each pair (both sides batched together). In a data-parallel
+    run each process scores every n-th pair and all of them get every score, in order."""
+    from .distributed import current
+
+    dist = current()
+    mine = list(pairs)[dist.rank::dist.world]
+    sentences = [p.good for p in mine] + [p.bad for p in mine]
+    scores = sentence_logprobs(model, tokenizer, sentences, **kwargs) if sentences else np.zeros(0)
+    if not dist.active:
+        return scores[:len(mine)], scores[len(mine):]
+    good, bad = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for rank, part in enumerate(dist.gather(np.asarray(scores, dtype=np.float64))):
+        n = len(part) // 2
+        good[rank::dist.world], bad[rank::dist.world] = part[:n], part[n:]
+    return good, bad
 
 
 def _accuracy_table(keys: Sequence[str], correct: np.ndarray) -> dict[str, dict]:

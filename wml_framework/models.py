@@ -17,6 +17,15 @@ from torch import Tensor, nn
 from .api import peer_logits
 
 
+#: the ``dtype`` config key's values
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def train_dtype(cfg) -> torch.dtype:
+    """The weights' dtype of a run (config key ``dtype``)."""
+    return DTYPES[cfg.dtype]
+
+
 class EnsembleLM(nn.Module):
     """The ω-weighted logit ensemble z_ens = Σ_i ω_i z_i of models sharing one vocabulary.
 

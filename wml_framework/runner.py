@@ -8,6 +8,7 @@ created, and checked, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -18,13 +19,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import checkpoint, interrupts
+from . import checkpoint, distributed, interrupts
 from . import config as cfgmod
 from .api import Batch, Event, Loss, Updater
 from .atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
 from .corpus import CorpusError, plan_corpus
-from .models import resolve_device
+from .models import resolve_device, train_dtype
 from .peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
 from .plugins import PluginHost
 from .run_layout import RunLayout, peer_name
@@ -41,7 +42,7 @@ MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation se
 #: keys a resumed run may change (``wml run --resume DIR --set KEY=VALUE``): none changes a model's
 #: shape, the data, the tokenizer or a plugin, so the checkpoint stays valid
 RESUME_KEYS = ("max_steps", "lr_decay_iters", "eval_interval", "checkpoint_interval", "enable_early_stopping",
-               "early_stopping_patience", "nonfinite_patience", "blimp", "blimp_limit", "device", "bf16")
+               "early_stopping_patience", "nonfinite_patience", "blimp", "blimp_limit", "device", "bf16", "threads")
 
 
 class RunError(ValueError):
@@ -122,7 +123,7 @@ class WMLTrainer:
                  log=print, resuming: bool = False):
         self.cfg, self.layout = cfg, RunLayout(run_dir)
         self.host = host or PluginHost()
-        self.callbacks, self.log, self.resuming = list(callbacks), log, resuming
+        self.callbacks, self.log, self.resuming = list(callbacks), distributed.main_only(log), resuming
         self.loop: Optional[TrainingLoop] = None
         self.summary: Optional[dict] = None
         self.config_changed = not resuming       # config.toml is written when this is true
@@ -174,19 +175,24 @@ class WMLTrainer:
 
         Holds the run folder's lock throughout. SIGINT, SIGTERM or SIGUSR1 stop it cleanly (a
         training step finishes and is checkpointed first) by raising ``interrupts.Interrupted``."""
+        dist = distributed.init_from_env(self.cfg.device)
+        dist.check_batch(self.cfg.batch_size)
         plugins = self._prepare()
-        with locked(self.run_dir), interrupts.handling():
-            self._check_resumable()
-            if self.config_changed:
-                cfgmod.save(self.cfg, self.layout.config)
-            device = resolve_device(self.cfg.device)
+        with (locked(self.run_dir) if dist.is_main else contextlib.nullcontext()), interrupts.handling():
+            if dist.is_main:
+                self._check_resumable()
+                if self.config_changed:
+                    cfgmod.save(self.cfg, self.layout.config)
+            dist.barrier()                        # the other ranks start once the folder is checked and locked
+            device = _rank_device(resolve_device(self.cfg.device), dist)
             torch.manual_seed(self.cfg.seed)
             t_start = time.time()
             teacher, data = self._prepare_teacher(device, plugins)
-            if checkpoint.exists(self.run_dir):
+            if dist.broadcast(checkpoint.exists(self.run_dir)):
                 loop = self._resume_loop(teacher, data, device, plugins)
             else:
-                self.layout.metrics.unlink(missing_ok=True)
+                if dist.is_main:
+                    self.layout.metrics.unlink(missing_ok=True)
                 self._phase("peers")
                 peers = self._build_peers(teacher, data, plugins)
                 torch.manual_seed(self.cfg.seed + 5)   # training's RNG starts the same however we got here
@@ -196,6 +202,7 @@ class WMLTrainer:
             loop.train()
             self._phase("export")
             self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start)
+            dist.barrier()                        # every rank returns once the peers are on disk
         print_summary(self.summary, self.log)
         return self.summary
 
@@ -203,18 +210,21 @@ class WMLTrainer:
         """Score every peer, the ensemble and the teacher (``wml eval``); writes ``eval.json``."""
         from .evaluation import evaluate, write_eval_json
 
-        cfg = self.cfg
-        with locked(self.run_dir), interrupts.handling():
+        cfg, dist = self.cfg, distributed.current()
+        with (locked(self.run_dir) if dist.is_main else contextlib.nullcontext()), interrupts.handling():
             self._phase("evaluation")
             result = evaluate(self.run_dir, blimp=cfg.blimp, limit=cfg.blimp_limit or None,
                               device=cfg.device, progress=False, log=self.log, host=self.host, **options)
-            write_eval_json(self.layout.eval_json, result)
+            if dist.is_main:
+                write_eval_json(self.layout.eval_json, result)
         return result
 
     def report(self):
         """Plots and ``report.md`` of the run (``wml report``)."""
         from .report import write_report
 
+        if not distributed.current().is_main:
+            return None
         with locked(self.run_dir), interrupts.handling():
             self._phase("report")
             return write_report(self.run_dir)
@@ -222,7 +232,8 @@ class WMLTrainer:
     def _phase(self, name: str) -> None:
         """Announce a stage of the run to observers (``phase`` events) and callbacks (``on_phase``)."""
         payload = {"phase": name}
-        self.host.emit(Event.PHASE, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps})
+        if distributed.current().is_main:
+            self.host.emit(Event.PHASE, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps})
         dispatch(self.callbacks, Event.PHASE, payload, None, TrainerControl())
 
     # -- stages ------------------------------------------------------------------------------
@@ -230,7 +241,7 @@ class WMLTrainer:
         """Every check that needs no work: a new run's folder, corpus, teacher folder, device and
         plugins; only then is the folder created and the config saved."""
         cfg = self.cfg
-        if not self.resuming and self.layout.config.exists():
+        if not self.resuming and self.layout.config.exists() and distributed.launch_rank() == 0:
             raise RunError(f"{str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir}")
         if cfg.teacher:
             check_teacher_dir(cfg.teacher)
@@ -281,7 +292,7 @@ class WMLTrainer:
         if len(tokenizer) > hf_config.vocab_size:
             raise RunError(f"teacher {cfg.teacher!r}: its tokenizer has {len(tokenizer):,} tokens but its embedding only "
                            f"{hf_config.vocab_size:,} rows; token ids past {hf_config.vocab_size - 1} would index nothing")
-        self._given_teacher = load_teacher(cfg.teacher)   # weights that do not fit the config fail here, before work
+        self._given_teacher = load_teacher(cfg.teacher, dtype=train_dtype(cfg))   # weights that do not fit the config fail here, before work
         self._plan(plugins, hf_config)
 
     def _plan(self, plugins: RunPlugins, hf_config, calibration: Optional[Batch] = None) -> PeerPlan:
@@ -298,13 +309,32 @@ class WMLTrainer:
 
     def _prepare_teacher(self, device, plugins: RunPlugins):
         """The teacher model and the token data, training a teacher when none was given."""
-        cfg, log, saved = self.cfg, self.log, self.layout.teacher
+        cfg, log, saved, dist = self.cfg, self.log, self.layout.teacher, distributed.current()
         self._phase("data")
+        if dist.is_main:
+            source = "saved" if (saved / "config.json").exists() else "given" if cfg.teacher else "trained"
+            dist.broadcast(source)
+            teacher, data = self._main_teacher(device, plugins)
+            dist.barrier()
+            return teacher, data
+        source = dist.broadcast(None)             # rank 0 prepares the data (cache) and the teacher first
+        self._given_teacher = None
+        dist.barrier()
+        teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
+        if source == "given":                     # the tokenizer rank 0 tokenized with: the same cache entry
+            from .tokenizer import load_tokenizer
+
+            tokenizer = with_bos(load_tokenizer(cfg.teacher))
+        return teacher.to(device).eval(), prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer,
+                                                      log=log)
+
+    def _main_teacher(self, device, plugins: RunPlugins):
+        cfg, log, saved = self.cfg, self.log, self.layout.teacher
         if (saved / "config.json").exists():
-            teacher, tokenizer = load_teacher(saved)
+            teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
             return teacher.to(device).eval(), prepare_for(cfg, tokenizer=tokenizer, log=log)
         if cfg.teacher:
-            teacher, tokenizer = self._given_teacher or load_teacher(cfg.teacher)
+            teacher, tokenizer = self._given_teacher or load_teacher(cfg.teacher, dtype=train_dtype(cfg))
             self._given_teacher = None
             if tokenizer is None:
                 raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
@@ -316,7 +346,7 @@ class WMLTrainer:
             hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
             self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains
             self._phase("teacher")
-            teacher = new_teacher(hf_config, cfg.seed)
+            teacher = new_teacher(hf_config, cfg.seed).to(train_dtype(cfg))
             n = sum(p.numel() for p in teacher.parameters())
             log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
             teacher = train_teacher(teacher, data, cfg, device, log=log, run_dir=self.run_dir)
@@ -325,6 +355,21 @@ class WMLTrainer:
         return teacher.to(device).eval(), data
 
     def _build_peers(self, teacher, data: TokenData, plugins: RunPlugins) -> list:
+        """Rank 0 sizes or prunes the peers and writes the init files; every rank gets its peers."""
+        dist = distributed.current()
+        peers = ([p.to(train_dtype(self.cfg)) for p in self._initialize_peers(teacher, data, plugins)]
+                 if dist.is_main else None)
+        if not dist.active:
+            return peers
+        built = dist.broadcast(None if peers is None else [(p.config.to_dict(), {k: v.cpu() for k, v in
+                                                                                p.state_dict().items()}) for p in peers])
+        if peers is None:
+            peers = [p.to(train_dtype(self.cfg)) for p in peers_from_configs([c for c, _ in built])]
+            for peer, (_, state) in zip(peers, built):
+                peer.load_state_dict(state)
+        return peers
+
+    def _initialize_peers(self, teacher, data: TokenData, plugins: RunPlugins) -> list:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed + 3)
         x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
@@ -349,9 +394,12 @@ class WMLTrainer:
             state = checkpoint.load(self.run_dir, warn=self.log)
         except checkpoint.CheckpointError as exc:
             raise RunError(str(exc)) from None
-        loop = self._loop(peers_from_configs(state["peer_configs"]), teacher, data, device, plugins)
+        peers = [p.to(train_dtype(self.cfg)) for p in peers_from_configs(state["peer_configs"])]
+        loop = self._loop(peers, teacher, data, device, plugins)
         loop.load_state_dict(state)
-        if loop.state.step == 0:
+        if not distributed.current().is_main:
+            pass
+        elif loop.state.step == 0:
             self.layout.metrics.unlink(missing_ok=True)  # the step-0 evaluation is logged again
         else:
             truncate_metrics(self.run_dir, loop.state.step)
@@ -362,17 +410,20 @@ class WMLTrainer:
 def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -> dict:
     """Every peer and the champion as standard HF folders, and ``summary.json``."""
     layout = RunLayout(run_dir)
-    final = loop.evaluate()
+    final = loop.evaluate()                      # every rank: the held-out blocks are shared out
+    main = distributed.current().is_main
     omega = loop.state.omega.tolist()
     peers = []
     for i, peer in enumerate(loop.peers):
-        _save_model(peer.cpu(), data.tokenizer, layout.peer(i))
+        if main:
+            _save_model(peer.cpu(), data.tokenizer, layout.peer(i))
         peers.append({"name": peer_name(i), "parameters": sum(p.numel() for p in peer.parameters()),
                       "shape": shape_of(loop.host, peer.config), "val_loss": final["val_loss"][i], "omega": omega[i]})
     best = min(range(len(peers)), key=lambda i: peers[i]["val_loss"])
-    with atomic_directory(layout.champion) as tmp:
-        for f in layout.peer(best).iterdir():
-            shutil.copy2(f, tmp / f.name)
+    if main:
+        with atomic_directory(layout.champion) as tmp:
+            for f in layout.peer(best).iterdir():
+                shutil.copy2(f, tmp / f.name)
     teacher = loop.teacher
     cfg = loop.cfg.to_dict()
     summary = {
@@ -384,8 +435,16 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
             "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
             "shape": shape_of(loop.host, teacher.config)},
     }
-    atomic_write_json(layout.summary, summary)
+    if main:
+        atomic_write_json(layout.summary, summary)
     return summary
+
+
+def _rank_device(device: torch.device, dist: "distributed.Context") -> torch.device:
+    """Each rank's own GPU (``cuda:LOCAL_RANK``); CPU ranks share the CPU."""
+    if device.type == "cuda" and dist.active:
+        return torch.device("cuda", dist.local_rank)
+    return device
 
 
 def print_summary(summary: dict, log) -> None:
@@ -437,5 +496,7 @@ def _finish(trainer: WMLTrainer) -> Path:
                               f"is fixed, run: wml eval {trainer.run_dir} && wml report {trainer.run_dir}") from None
     for name in result["models"]:
         trainer.log(f"  {name:<10} {headline(result, name)}")
-    trainer.log(f"report: {trainer.report().path}")
+    report = trainer.report()
+    if report is not None:
+        trainer.log(f"report: {report.path}")
     return trainer.run_dir

@@ -119,10 +119,14 @@ def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, 
     resumes from the newest whole one, bit for bit; a signal finishes the step, writes a checkpoint
     and stops (see :mod:`wml_framework.interrupts`)."""
     from . import checkpoint, interrupts
+    from .threads import ThreadGovernor
+    from .trainer import _restoring_threads, autocast_for
 
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.teacher_learning_rate, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, fused=True)
+    autocast, threads = autocast_for(device, cfg.bf16), ThreadGovernor(cfg.threads, device.type)
+    threads_before = torch.get_num_threads()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     steps, start = cfg.teacher_steps, 0
     if run_dir is not None and checkpoint.exists(run_dir, checkpoint.TEACHER):
@@ -144,20 +148,24 @@ def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, 
     warmup = min(cfg.warmup_iters, steps // 10)
     t0, report_every = time.time(), max(1, steps // 10)
     saved = start
-    with interrupts.handling():
+    with interrupts.handling(), _restoring_threads(threads_before):
         for step in range(start, steps):
             with interrupts.deferred():
+                threads.before_step()
+                started = time.perf_counter()
                 lr = warmup_cosine(step, cfg.teacher_learning_rate, cfg.teacher_learning_rate / 10, warmup, steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
-                loss = torch.nn.functional.cross_entropy(
-                    model(input_ids=x.to(device)).logits.flatten(0, 1).float(), y.to(device).flatten())
+                with autocast():
+                    logits = model(input_ids=x.to(device)).logits
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
+                threads.after_step(time.perf_counter() - started)
                 if (step + 1) % report_every == 0 or step + 1 == steps:
                     log(f"teacher: step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
                 if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < steps:

@@ -40,7 +40,11 @@ class MinimalPairsEvaluator:
                                      progress=progress, desc=desc or "minimal pairs",
                                      return_logprobs=self.predictions_dir is not None)
         if self.predictions_dir is not None:
-            self._write_predictions(name or "model", result.pop("logprob_good"), result.pop("logprob_bad"))
+            good, bad = result.pop("logprob_good"), result.pop("logprob_bad")
+            from wml_framework.distributed import current
+
+            if current().is_main:         # one writer in a data-parallel run
+                self._write_predictions(name or "model", good, bad)
         for key in ("malformed", "source"):  # the same for every model: in summary()
             result.pop(key, None)
         result["limit"] = self.limit

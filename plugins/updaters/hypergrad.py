@@ -21,7 +21,10 @@ The computation, for all peers at once:
    exact for any loss plugin differentiable in ω, linear in ω or not.
 
 So the cost is about one inner forward+backward for step 1, one for step 2 and two thirds of one
-for step 3, independent of M per peer. The real parameters are never touched (θ' enters through
+for step 3, independent of M per peer. When the trainer hands over the inner step's own G, u and
+z on the same batch at the same θ (``inner``: an :class:`~wml_framework.api.InnerGradients`),
+step 1 is skipped, and ż comes from ``inner.tangents`` (a backward through the trainer's own
+step, which kept its graph) or, without it, by forward mode. The real parameters are never touched (θ' enters through
 ``torch.func.functional_call``); peers run in eval mode; Hugging Face peers switch to eager
 attention only where a derivative of a derivative is taken (SDPA's kernels have none).
 """
@@ -104,21 +107,37 @@ class _InnerStep:
 
 
 def _inner_step(calls, theta, train: Batch, loss: Loss, omega: Tensor, inner_lr: float,
-                teacher_logits, keep_graph: bool) -> _InnerStep:
-    """G = ∇_θ L_1(θ, ω) = Σ_i J_iᵀ u_i with u_i = ∂L_1/∂z_i (one backward for all peers)."""
+                teacher_logits, keep_graph: bool, reduce_mean=None) -> _InnerStep:
+    """G = ∇_θ L_1(θ, ω) = Σ_i J_iᵀ u_i with u_i = ∂L_1/∂z_i (one backward for all peers); θ' takes
+    the G of the whole batch (``reduce_mean`` averages it over data-parallel processes)."""
     z_train = [functional_call(c, theta[i], (train.for_peer(i),)) for i, c in enumerate(calls)]
     u = logit_grads(loss, [z.detach() for z in z_train], train.labels, omega.detach(), teacher_logits)
     if keep_graph:                       # G stays differentiable in u: ż = ∂⟨G(u), v⟩/∂u later
         u = [g.requires_grad_(True) for g in u]
     flat_theta = [t for p in theta for t in p.values()]
     grads = torch.autograd.grad(z_train, flat_theta, grad_outputs=u, allow_unused=True, create_graph=keep_graph)
-    theta_1 = _split([(t - inner_lr * g.detach()).requires_grad_(True) if g is not None else t.detach().requires_grad_(True)
-                      for t, g in zip(flat_theta, grads)], theta)
+    step_grads = [None if g is None else (g.detach().clone() if reduce_mean else g.detach()) for g in grads]
+    if reduce_mean:
+        reduce_mean(step_grads)
+    theta_1 = _split([(t - inner_lr * g).requires_grad_(True) if g is not None else t.detach().requires_grad_(True)
+                      for t, g in zip(flat_theta, step_grads)], theta)
     step = _InnerStep(theta_1, [z.detach() for z in z_train], u=u)
     if keep_graph:
         step.graph_out = [g for g in grads if g is not None]
         step.graph_params = [k for k, g in enumerate(grads) if g is not None]
     return step
+
+
+def _reused_inner_step(theta, inner, inner_lr: float) -> _InnerStep:
+    """Step 1 from the inner step's results: θ' = θ − γG with G, u and z as the trainer computed them."""
+    theta_1 = []
+    for params, grads in zip(theta, inner.grads):
+        if len(grads) != len(params):
+            raise ValueError(f"hypergradient: inner.grads has {len(grads)} tensors for a peer with {len(params)} "
+                             "trainable parameters")
+        theta_1.append({k: (t.detach() if g is None else t.detach() - inner_lr * g.detach().to(t.dtype)).requires_grad_(True)
+                        for (k, t), g in zip(params.items(), grads)})
+    return _InnerStep(theta_1, [z.detach() for z in inner.logits], u=[u.detach() for u in inner.logit_grads])
 
 
 def _val_step(calls, theta_1, val: Batch, omega: Tensor) -> tuple[Tensor, list, float]:
@@ -154,14 +173,23 @@ def _tangents_double_vjp(step: _InnerStep, v_flat: list) -> list[Tensor]:
 def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: Batch, val: Batch,
                   inner_lr: float, *, forward: Callable[[nn.Module, Any], Tensor] = peer_logits,
                   teacher_logits: Optional[Tensor] = None, method: str = EXACT,
-                  tangents: str = DOUBLE_VJP) -> Hypergradient:
+                  tangents: str = DOUBLE_VJP, inner=None,
+                  reduce_mean: Optional[Callable[[Sequence[Optional[Tensor]]], None]] = None) -> Hypergradient:
     """∇_ω F(ω) at the given ω, exactly (``method="exact"``) or with L_2 at θ (``"first_order"``).
 
     ``tangents`` picks how ż = J v is computed: ``"double_vjp"`` (default: reuses the train
     forward of step 1, fastest) or ``"jvp"`` (forward mode: recomputes it, keeps less memory).
-    Peers run in eval mode, and Hugging Face peers with eager attention wherever a derivative of
-    a derivative is taken (both restored afterwards). ``teacher_logits`` go to the loss.
+    ``inner`` (an ``InnerGradients`` of ``train`` at the peers' current weights) replaces step 1;
+    ż then comes from ``inner.tangents`` when given, else by ``"jvp"``. Peers run in eval mode, and Hugging Face peers with eager attention
+    wherever a derivative of a derivative is taken (both restored afterwards). ``teacher_logits``
+    go to the loss. ``reduce_mean`` (``OuterContext.reduce_mean``) averages, in place, what each
+    data-parallel process computes from its share of the batches: G, ∂L_2/∂ω, ∇_θL_2(θ'), L_2 and
+    the second term; every process then returns the hypergradient of the whole batches.
     """
+    def reduced(*tensors):
+        if reduce_mean is not None:
+            reduce_mean(list(tensors))
+        return tensors
     if method not in (EXACT, FIRST_ORDER):
         raise ValueError(f"hypergradient: method must be {EXACT!r} or {FIRST_ORDER!r}, got {method!r}")
     if tangents not in (JVP, DOUBLE_VJP):
@@ -173,27 +201,39 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
             with torch.no_grad():
                 z_val = [forward(p, val.for_peer(i)) for i, p in enumerate(peers)]
             val_loss, direct, _ = ensemble_loss_parts(z_val, val.labels, omega)
+            direct, val_loss = _reduced_val(reduced, direct, val_loss)
             seconds["val_grad"] = time.perf_counter() - t0
             return Hypergradient(direct, direct, torch.zeros_like(direct), val_loss, FIRST_ORDER, seconds)
 
         calls = [_PeerCall(p, forward) for p in peers]
         theta = [_trainable(p) for p in peers]
-        double_vjp = tangents == DOUBLE_VJP
+        double_vjp = tangents == DOUBLE_VJP and inner is None
         t0 = time.perf_counter()
-        with eager_attention(peers if double_vjp else []):
-            step = _inner_step(calls, theta, train, loss, omega, inner_lr, teacher_logits, keep_graph=double_vjp)
+        if inner is not None:
+            step = _reused_inner_step(theta, inner, inner_lr)
+        else:
+            with eager_attention(peers if double_vjp else []):
+                step = _inner_step(calls, theta, train, loss, omega, inner_lr, teacher_logits, keep_graph=double_vjp,
+                                   reduce_mean=reduce_mean)
         seconds["inner_grad"] = time.perf_counter() - t0
 
         if getattr(loss, "mixed_from_logit_grads", False):
             step.logits = None           # not needed by step 4: holding (M, n, V) less speeds up steps 2-3
         t0 = time.perf_counter()
         direct, v_flat, val_loss = _val_step(calls, step.theta_1, val, omega)
+        reduced(*v_flat)
+        direct, val_loss = _reduced_val(reduced, direct, val_loss)
         step.theta_1 = []
         seconds["val_grad"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         with eager_attention(peers):
-            z_dot = _tangents_double_vjp(step, v_flat) if double_vjp else _tangents_jvp(calls, theta, train, v_flat)
+            if inner is not None and getattr(inner, "tangents", None) is not None:
+                z_dot = inner.tangents(v_flat)           # a backward through the trainer's own step
+            elif double_vjp:
+                z_dot = _tangents_double_vjp(step, v_flat)
+            else:
+                z_dot = _tangents_jvp(calls, theta, train, v_flat)
         del v_flat, step.graph_out
         seconds["tangents"] = time.perf_counter() - t0
 
@@ -201,8 +241,16 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
         second = mixed_omega_grad(loss, step.logits, train.labels, omega, z_dot, teacher_logits,
                                   logit_grads=[u.detach() for u in step.u])
         seconds["mixed_grad"] = time.perf_counter() - t0
-    second = second.detach().to(direct)
+    second = reduced(second.detach().to(direct).clone())[0]
     return Hypergradient(direct - inner_lr * second, direct, second, val_loss, EXACT, seconds)
+
+
+def _reduced_val(reduced, direct: Tensor, val_loss: float) -> tuple[Tensor, float]:
+    """∂L_2/∂ω and L_2 averaged over processes (one all-reduce)."""
+    both = torch.cat([direct.detach().reshape(-1), torch.tensor([float(val_loss)], dtype=direct.dtype,
+                                                                device=direct.device)])
+    reduced(both)
+    return both[:-1].clone(), float(both[-1])
 
 
 def logit_grads(loss: Loss, logits: Sequence[Tensor], labels: Tensor, omega: Tensor,

@@ -51,6 +51,8 @@ class MirrorUpdater:
         self.omega_warmup_iters, self.omega_decay_iters = int(omega_warmup_iters), int(omega_decay_iters)
         self.method = hypergradient
         self.tangents = tangents
+        # the trainer's G, u, z and graph on ctx.train replace step 1 and the tangents (exact method only)
+        self.uses_inner_gradients = hypergradient == EXACT and tangents == DOUBLE_VJP
         self.last_seconds: dict = {}   # time per phase of the last hypergradient (benchmarks read it)
 
     @classmethod
@@ -70,7 +72,8 @@ class MirrorUpdater:
         omega = ctx.omega.detach().to(torch.float64)
         hg = hypergradient(ctx.peers, ctx.loss, omega, ctx.train, ctx.val, ctx.inner_lr,
                            forward=ctx.forward, teacher_logits=ctx.teacher_logits, method=self.method,
-                           tangents=self.tangents)
+                           tangents=self.tangents, inner=getattr(ctx, "inner", None),
+                           reduce_mean=getattr(ctx, "reduce_mean", None))
         eta = self.eta(ctx.outer_step)
         grad = hg.grad.detach().to(omega.device)
         new = mirror_step(omega, grad, eta)

@@ -1,7 +1,8 @@
 """Bayesian optimization of one peer's architecture so that its parameter count hits a target.
 
 The objective is −|P − target| / target (method.md §6) minus ``diversity`` for a shape that an
-earlier peer already took, maximised by ``bayes_opt`` over integer indices into a
+earlier peer already took (and, in the efficient space, minus 1 for a shape deeper than its
+width allows), maximised by ``bayes_opt`` over integer indices into a
 :class:`~.space.SizingSpace`.
 
 Two settings make the seed card's budget (10 random + 100 guided probes) reliable and fast,
@@ -36,6 +37,7 @@ from .space import VARIABLES, SizingSpace, shape_key
 from ..common import rel_error
 
 ACQ_RANDOM_POINTS = 2000
+DISPROPORTION = 1.0   # objective penalty of a shape deeper than width / 16 (efficient space only)
 KAPPA, KAPPA_DECAY, KAPPA_DECAY_DELAY = 2.576, 0.98, 10
 
 
@@ -68,9 +70,11 @@ def search_shape(space: SizingSpace, target: int, *, init_points: int, n_iter: i
         count = space.count(shape)
         err = rel_error(count, target)
         duplicate = shape_key(shape) in taken
-        score = -err - (diversity if duplicate else 0.0)
+        proportioned = space.well_proportioned(shape)
+        score = -err - (diversity if duplicate else 0.0) - (0.0 if proportioned else DISPROPORTION)
         trace.append(dict(peer=peer, probe=len(trace), **shape, parameters=count, target=int(target),
-                          error=err, duplicate=duplicate, objective=score))
+                          error=err, duplicate=duplicate, proportioned=proportioned, space=space.kind,
+                          objective=score))
         return score
 
     ranges = np.array([max(hi - lo, 1) for lo, hi, _ in space.pbounds().values()], dtype=float)
@@ -86,9 +90,10 @@ def search_shape(space: SizingSpace, target: int, *, init_points: int, n_iter: i
                                 n_restarts_optimizer=0)
         optimizer.maximize(init_points=init_points, n_iter=n_iter)
 
-    free = [p for p in trace if not p["duplicate"]]
+    free = [p for p in trace if not p["duplicate"] and p["proportioned"]]
     if not free:
-        raise ValueError(f"peer {peer}: every probe of the search hit a shape another peer already has")
+        raise ValueError(f"peer {peer}: every probe of the search hit a shape another peer already has "
+                         "(or one deeper than its width allows)")
     best = min(free, key=lambda p: (p["error"], p["probe"]))
     shape = {k: best[k] for k in (*VARIABLES, "hidden")}
     return SearchResult(shape=shape, parameters=best["parameters"], error=best["error"], trace=trace)
