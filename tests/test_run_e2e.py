@@ -234,3 +234,14 @@ def test_progress_lines_without_a_terminal(finished_run, capsys):
     err = capsys.readouterr().err
     assert f"step {TINY['max_steps']}/{TINY['max_steps']}" in err and "step 1/" in err
     assert "phase: training" in err and f"eval @ {TINY['max_steps']}" in err
+
+
+def test_a_run_too_short_for_an_outer_step_says_so_before_any_work(tmp_path, corpus):
+    """Would catch: a mirror run whose ω silently never moves (max_steps below outer_every)."""
+    from wml_framework.runner import WMLTrainer
+
+    for steps, warned in ((3, True), (5, False)):
+        lines = []
+        cfg = tiny_config(corpus, max_steps=steps, lr_decay_iters=steps, outer_every=5)
+        WMLTrainer.from_config(cfg, tmp_path / f"run{steps}", log=lines.append)._prepare()
+        assert any("will not move ω" in line for line in lines) == warned

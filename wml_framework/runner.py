@@ -257,6 +257,9 @@ class WMLTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log(f"{'resuming' if self.resuming else 'run folder:'} {self.run_dir}")
         self.log(f"data: {len(self.corpus.train)} training file(s); held-out text: {self.corpus.heldout_from}")
+        if plugins.updater.needs_validation and cfg.max_steps < cfg.outer_every:
+            self.log(f"warning: updater {cfg.updater!r} will not move ω: max_steps ({cfg.max_steps}) is below "
+                     f"outer_every ({cfg.outer_every}), so no outer step comes; lower outer_every")
         return plugins
 
     def _check_resumable(self) -> None:
@@ -319,6 +322,9 @@ class WMLTrainer:
             return teacher, data
         source = dist.broadcast(None)             # rank 0 prepares the data (cache) and the teacher first
         self._given_teacher = None
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()         # one voice per run: rank 0's
         dist.barrier()
         teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
         if source == "given":                     # the tokenizer rank 0 tokenized with: the same cache entry
