@@ -447,6 +447,52 @@ def test_hypergradient_second_term_is_not_zero():
     assert_grad_close(exact, fd)
 
 
+@FAST
+@given(linear_problems(), st.integers(0, 2**32 - 1))
+def test_adam_aware_hypergradient_vs_differences(p, seed):
+    """With a diagonal preconditioner D (exact_adam): θ' = θ − γ D ⊙ ∇L_1; the hypergradient matches
+    differences of F. Catches a D applied to θ' but not to ∇_θ L_2 (or the other way round)."""
+    rng = np.random.default_rng(seed)
+    D = [rng.uniform(0.2, 5.0, w.shape) for w in p.W]
+    args = (p.Xt, p.yt, p.Xv, p.yv, p.W)
+    hg = R.hypergradient(*args, p.w, p.alpha, p.T, p.gamma, precond=D)
+    fd = fd_grad(lambda x: R.unrolled_objective(*args, x, p.alpha, p.T, p.gamma, precond=D, check_simplex=False), p.w)
+    assert_grad_close(hg, fd)
+    W1 = R.virtual_step(p.Xt, p.yt, p.W, p.w, p.alpha, p.T, p.gamma, precond=D)
+    G = R.linear_inner_grad(p.Xt, p.yt, p.W, p.w, p.alpha, p.T)
+    for w1, w0, d, g in zip(W1, p.W, D, G):
+        close(w1, w0 - p.gamma * d * g, rtol=1e-14)
+
+
+@FAST
+@given(linear_problems())
+def test_a_preconditioner_of_ones_is_the_sgd_step(p):
+    args = (p.Xt, p.yt, p.Xv, p.yv, p.W)
+    ones = [np.ones_like(w) for w in p.W]
+    close(R.hypergradient(*args, p.w, p.alpha, p.T, p.gamma, precond=ones),
+          R.hypergradient(*args, p.w, p.alpha, p.T, p.gamma), rtol=1e-14)
+
+
+def test_a_preconditioner_changes_the_second_term_and_is_checked():
+    rng = np.random.default_rng(5)
+    d, V, n = [3, 2], 4, 6
+    Xt = [rng.standard_normal((n, k)) for k in d]
+    Xv = [rng.standard_normal((n, k)) for k in d]
+    W = [rng.standard_normal((k, V)) for k in d]
+    yt, yv = rng.integers(0, V, n), rng.integers(0, V, n)
+    w = np.array([0.3, 0.7])
+    D = [np.full_like(x, 3.0) for x in W]
+    plain = R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3)
+    adam = R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3, precond=D)
+    assert np.max(np.abs(adam - plain)) > 1e-3
+    # a constant D = c is the SGD step with γ·c
+    close(adam, R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.9), rtol=1e-12)
+    with pytest.raises(ValueError, match="precond\\[1\\] has shape"):
+        R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3, precond=[D[0], D[0]])
+    with pytest.raises(ValueError, match="must be positive"):
+        R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3, precond=[-D[0], D[1]])
+
+
 # ============================================================ mirror descent
 
 @FAST

@@ -3,6 +3,7 @@ deliberately broken third-party plugins fail the check that describes their defe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,6 +58,8 @@ def test_every_builtin_passes(full_run):
     mirror = {c["check"]: c for c in refs["mirror"]}
     assert any("exact hypergradient" in k and k.endswith(": grad") and v["max_rel_error"] <= 1e-8 for k, v in mirror.items())
     assert any(k.endswith(": eta") for k in mirror)
+    assert any("exact_adam" in k and k.endswith(": grad") and v["max_rel_error"] <= 1e-8 and v["tolerance"] == 1e-8
+               for k, v in mirror.items())
     assert any("finite differences" in k and v["tolerance"] == 1e-6 for k, v in mirror.items())
     assert refs["uniform"] and refs["fixed"]
     assert all(c["passed"] for c in checks)
@@ -307,3 +310,52 @@ def test_mutations_that_passed_the_first_verify_now_fail_it():
     assert not v[("constant-eta", "reference: = wml_reference: eta")].passed
     assert not v[("constant-eta", "reference: = wml_reference: omega")].passed
     assert v[("constant-eta", "reference: = wml_reference: grad")].passed   # the gradient itself is right
+
+
+def _adam_variant(broken: str):
+    """``exact_adam`` with one plausible defect: ``sgd`` takes the SGD virtual step (the preconditioner
+    ignored), ``sqrt`` uses √D (a preconditioner built from √v instead of v)."""
+    def make(cfg, num_peers):
+        from wml_framework.api import AdamPreconditioner
+        from wml_plugins.updaters.mirror import MirrorUpdater
+
+        upd = MirrorUpdater(num_peers, omega_lr=cfg.omega_lr, omega_min_lr=cfg.omega_min_lr,
+                            omega_warmup_iters=cfg.omega_warmup_iters, omega_decay_iters=cfg.omega_decay_iters,
+                            hypergradient="exact" if broken == "sgd" else "exact_adam")
+        real = upd.step
+
+        def step(ctx):
+            if broken == "sqrt":
+                ctx = dataclasses.replace(ctx, preconditioner=AdamPreconditioner(
+                    [[d.sqrt() for d in diag] for diag in ctx.preconditioner.diag]))
+            result = real(ctx)
+            result.info["hypergradient"] = "exact_adam"
+            return result
+
+        upd.step = step
+        return upd
+    return make
+
+
+class BrokenAdam:
+    @hookimpl
+    def wml_register_updaters(self, register):
+        from wml_plugins.updaters import references as upd_refs
+        from wml_framework.api import ReferencePoint
+
+        for name in ("sgd", "sqrt"):
+            register(f"adam-{name}", _adam_variant(name), references=[
+                ReferencePoint("= wml_reference", upd_refs.mirror_exact_adam, {"loss": "wml"}),
+                ReferencePoint("= differences", upd_refs.mirror_exact_adam_finite_differences, {"loss": "wml"},
+                               tolerance=1e-6)])
+
+
+def test_broken_adam_aware_hypergradients_fail_verify():
+    """The exact_adam reference points catch an SGD virtual step and a wrongly built preconditioner."""
+    host = PluginHost()
+    host.register(BrokenAdam(), "broken_adam")
+    v = _verdicts(run_checks(host, names=["adam-sgd", "adam-sqrt"]))
+    for name in ("adam-sgd", "adam-sqrt"):
+        assert not v[(name, "reference: = wml_reference: grad")].passed
+        assert not v[(name, "reference: = differences: grad")].passed
+        assert v[(name, "reference: = wml_reference: eta")].passed

@@ -138,7 +138,9 @@ class OuterContext:
     started from. ``reduce_mean(tensors)``: averages tensors in place over the processes of a
     data-parallel run (each holds a share of ``train`` and ``val``; the identity in one process):
     apply it to every gradient and loss computed from a batch, so that all processes take the
-    same ω step.
+    same ω step. ``preconditioner``: how the optimizer will move each parameter along this step's
+    gradient (see :class:`AdamPreconditioner`), offered to an updater whose
+    ``uses_preconditioner`` is True, else None.
     """
 
     peers: Sequence[nn.Module]
@@ -152,6 +154,21 @@ class OuterContext:
     forward: Callable[[nn.Module, Any], Tensor] = peer_logits
     inner: Optional["InnerGradients"] = None
     reduce_mean: Callable[[Sequence[Optional[Tensor]]], None] = lambda tensors: None
+    preconditioner: Optional["AdamPreconditioner"] = None
+
+
+@dataclass
+class AdamPreconditioner:
+    """The diagonal preconditioner of the optimizer step about to be taken (method.md §4, Adam-aware).
+
+    AdamW moves a parameter by ``inner_lr · diag ⊙ g`` in its current gradient g, plus terms that do
+    not depend on g (momentum, weight decay): ``diag = c (1−β1)/(1−β1^t) / (√v̂_t + ε)``, with v̂_t
+    the bias-corrected second moment including this step's gradient and c the gradient-clipping
+    factor of this step, all held constant. ``diag[i]`` lists one tensor per trainable parameter of
+    peer i, in ``parameters()`` order (None where a parameter has no gradient this step).
+    """
+
+    diag: list
 
 
 @dataclass
@@ -449,7 +466,9 @@ class OuterProblem:
 
     ``x_train``/``x_val``: M arrays (n, d_i); ``y_train``/``y_val``: (n,); ``weights``: M arrays
     (d_i, V) (the peers' parameters); ``omega``: (M,); ``inner_lr``: γ; ``outer_step``;
-    ``config`` (its ``loss_alpha``/``temperature`` are those of the run's loss); ``options``.
+    ``config`` (its ``loss_alpha``/``temperature`` are those of the run's loss); ``options``;
+    ``preconditioner``: M positive arrays shaped like ``weights``, the ``diag`` of the context's
+    :class:`AdamPreconditioner` (in the NumPy layout of ``weights``).
     """
 
     x_train: list
@@ -462,6 +481,7 @@ class OuterProblem:
     outer_step: int
     config: Any
     options: dict
+    preconditioner: Optional[list] = None
 
 
 @dataclass(frozen=True)

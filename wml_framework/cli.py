@@ -17,6 +17,7 @@ COMMANDS = {
     "init-peers": "init_peers_cmd",
     "eval": "eval_cmd",
     "report": "report_cmd",
+    "compare": "compare_cmd",
 }
 
 

@@ -103,7 +103,7 @@ class WMLConfig:
     omega_warmup_iters: int = _f(2, "Outer steps of linear η warm-up.", low=0, high=10_000_000, group="omega")
     omega_decay_iters: int = _f(60, "Outer step at which η reaches omega_min_lr.", low=1, high=10_000_000, group="omega")
     outer_every: int = _f(10, "Run one outer (ω) update every this many optimizer steps (each costs about 2.5 inner steps).", low=1, high=10_000_000, group="omega")
-    hypergradient: str = _f("exact", "'exact' (one-step-unrolled, Theorem 1) or 'first_order' (L_2 at θ).", choices=["exact", "first_order"], group="omega")
+    hypergradient: str = _f("exact", "'exact' (one-step-unrolled SGD step, Theorem 1), 'exact_adam' (the virtual step of AdamW's preconditioner, method.md §4) or 'first_order' (L_2 at θ).", choices=["exact", "exact_adam", "first_order"], group="omega")
     fixed_omega: list = _f([], "Peer weights for an updater that holds ω fixed (normalised to sum 1).", group="omega")
 
     # -- peer sizing / pruning -----------------------------------------------------------

@@ -69,7 +69,7 @@ def _base_config(run_dir: Path | None, log: Callable[[str], None]) -> cfgmod.WML
     return cfgmod.from_dict({}, check_plugins=False)
 
 
-def _scorers(path: Path, device, log) -> tuple[list[dict], dict]:
+def _scorers(path: Path, device, log, teacher: bool = True) -> tuple[list[dict], dict]:
     """(name, role, model, tokenizer, path, ω) of everything to score, and facts about the run."""
     from .models import load_model
     from .run_reader import load_run
@@ -84,7 +84,7 @@ def _scorers(path: Path, device, log) -> tuple[list[dict], dict]:
 
     if is_run_dir(path):
         log(f"loading run {path}")
-        run = load_run(path, device)
+        run = load_run(path, device, load_teacher=teacher)
         rows = [dict(name=n, role="peer", model=m, tokenizer=run.tokenizer, path=str(d), omega=float(w))
                 for n, m, d, w in zip(run.peer_names, run.peers, run.peer_dirs, run.omega)]
         rows.append(dict(name="ensemble", role="ensemble", model=run.ensemble(), tokenizer=run.tokenizer,
@@ -126,14 +126,16 @@ def make_evaluators(cfg: cfgmod.WMLConfig, names: Sequence[str], host: PluginHos
 def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None = None, limit: int | None = None,
              block_size: int | None = None, settings: Optional[dict] = None, device: str = "auto",
              evaluators: Optional[Sequence[str]] = None, progress: bool | None = None,
-             log: Callable[[str], None] = _echo_err, host: Optional[PluginHost] = None) -> dict:
+             log: Callable[[str], None] = _echo_err, host: Optional[PluginHost] = None,
+             teacher: bool = True) -> dict:
     """Score a model folder or every peer, the ensemble and the teacher of a run folder.
 
     ``blimp``/``corpus`` default to the run's config (or the shipped sample and corpus); 'none'
     skips what needs them. ``settings`` are further config keys or plugin options
     (``{"perplexity.max_blocks": 4}``). Returns the ``eval.json`` dictionary (plus a ``display``
     part for printing, which :func:`write_eval_json` leaves out). ``evaluators``: names of
-    evaluator plugins to run; default: every registered one."""
+    evaluator plugins to run; default: every registered one. ``teacher=False`` leaves a run's
+    teacher out (``wml compare`` scores its one teacher once)."""
     from .models import count_parameters, resolve_device
 
     host = host or get_host()
@@ -154,7 +156,7 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
 
     active = make_evaluators(cfg, list(evaluators) if evaluators else host.names("evaluator"), host, log)
     dev = resolve_device(device)
-    rows, facts = _scorers(path, dev, log)
+    rows, facts = _scorers(path, dev, log, teacher)
     for name, evaluator in active.items():
         for warning in (evaluator.warnings() if callable(getattr(evaluator, "warnings", None)) else []):
             log(f"warning: {warning}")

@@ -206,6 +206,19 @@ class WMLTrainer:
         print_summary(self.summary, self.log)
         return self.summary
 
+    def train_teacher_only(self) -> Path:
+        """Only the data and the teacher stages of :meth:`train` (trained, or loaded when the folder
+        has one); returns the teacher's folder. ``wml compare`` gives one teacher to all its runs."""
+        dist = distributed.init_from_env(self.cfg.device)
+        plugins = self._prepare()
+        with locked(self.run_dir), interrupts.handling():
+            self._check_resumable()
+            if self.config_changed:
+                cfgmod.save(self.cfg, self.layout.config)
+            torch.manual_seed(self.cfg.seed)
+            self._prepare_teacher(_rank_device(resolve_device(self.cfg.device), dist), plugins)
+        return self.layout.teacher
+
     def evaluate(self, **options) -> dict:
         """Score every peer, the ensemble and the teacher (``wml eval``); writes ``eval.json``."""
         from .evaluation import evaluate, write_eval_json
@@ -388,6 +401,7 @@ class WMLTrainer:
             raise RunError(str(exc)) from None
         finally:
             teacher.to(device)  # .cpu() moved it in place; training and evaluation need it back
+        trace = {**trace, "initial_weights_sha256": [weights_fingerprint(p) for p in result.peers]}
         write_init_files(self.run_dir, result, trace)
         return result.peers
 
@@ -444,6 +458,19 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
     if main:
         atomic_write_json(layout.summary, summary)
     return summary
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of a model's tensors (names, dtypes, shapes, bytes): runs that start from the same
+    weights say so (``init_trace.json``), which ``wml compare`` checks across its methods."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _rank_device(device: torch.device, dist: "distributed.Context") -> torch.device:

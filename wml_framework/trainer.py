@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import checkpoint, distributed, interrupts
+from .adam_precond import adam_preconditioner
 from .api import Batch, Event, InnerGradients, OuterContext, peer_logits
 from .attention import eager_attention
 from .atomic import append_jsonl, atomic_write_text, fsync_file
@@ -120,6 +121,7 @@ class TrainingLoop:
         self.dtype = torch.float64 if next(peers[0].parameters()).dtype == torch.float64 else torch.float32
         # the updater may reuse the inner step's gradients only if they are the ones it would compute
         self._offer_inner = bool(getattr(updater, "uses_inner_gradients", False)) and deterministic_forward(peers)
+        self._offer_preconditioner = bool(getattr(updater, "uses_preconditioner", False))
         self.teacher_val = self._heldout([teacher])["losses"][0] if teacher is not None else None
 
     @property
@@ -259,6 +261,8 @@ class TrainingLoop:
                            val=Batch(vx.to(self.device), vy.to(self.device)), inner_lr=self.lr(st.step),
                            outer_step=st.step // c.outer_every, teacher_logits=last.teacher_logits,
                            inner=last.inner, reduce_mean=self.dist.mean_)
+        if self._offer_preconditioner:     # from the step's whole (all-reduced) gradient, before it is set aside
+            ctx.preconditioner = adam_preconditioner(self.optimizers, self.peers, c.grad_clip)
         kept = [[p.grad for p in peer.parameters()] for peer in self.peers]
         for peer in self.peers:
             peer.zero_grad(set_to_none=True)

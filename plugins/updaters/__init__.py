@@ -18,10 +18,15 @@ WML = {"loss": "wml"}  # the hypergradient of wml_reference is that of the WML l
 @hookimpl
 def wml_register_updaters(register):
     register("mirror", make_mirror,
-             help="Mirror descent on ω along the exact one-step hypergradient (or first-order); η warm-up + cosine.",
+             help="Mirror descent on ω along the exact one-step hypergradient (SGD or Adam-aware step, or first-order); η warm-up + cosine.",
              references=[
                  ReferencePoint("exact hypergradient, η schedule, mirror step = wml_reference", ref.mirror_exact, WML),
                  ReferencePoint("hypergradient = finite differences of F(ω)", ref.mirror_finite_differences, WML,
+                                tolerance=1e-6),
+                 ReferencePoint("Adam-aware hypergradient (exact_adam) = wml_reference with its preconditioner",
+                                ref.mirror_exact_adam, {**WML, "hypergradient": "exact_adam"}),
+                 ReferencePoint("exact_adam hypergradient = finite differences of the preconditioned F(ω)",
+                                ref.mirror_exact_adam_finite_differences, {**WML, "hypergradient": "exact_adam"},
                                 tolerance=1e-6),
                  ReferencePoint("first-order hypergradient = wml_reference", ref.mirror_first_order,
                                 {**WML, "hypergradient": "first_order"}),

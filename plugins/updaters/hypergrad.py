@@ -45,7 +45,7 @@ from wml_framework.api import Batch, Loss, peer_logits
 from .hypergrad_modes import eager_attention, eval_mode
 from ..losses.ensemble import ensemble_loss_parts
 
-EXACT, FIRST_ORDER = "exact", "first_order"
+EXACT, EXACT_ADAM, FIRST_ORDER = "exact", "exact_adam", "first_order"
 JVP, DOUBLE_VJP = "jvp", "double_vjp"
 
 
@@ -106,8 +106,29 @@ class _InnerStep:
     u: list = field(default_factory=list)
 
 
+def _scaled(step_grads: Sequence[Optional[Tensor]], inner_lr: float, precond) -> list:
+    """γ G, or γ D ⊙ G with the diagonal preconditioner D (flat, one entry per parameter)."""
+    if precond is None:
+        return [None if g is None else inner_lr * g for g in step_grads]
+    return [None if g is None else inner_lr * (g if d is None else d.to(g) * g) for g, d in zip(step_grads, precond)]
+
+
+def _flat_precond(precond, theta) -> Optional[list]:
+    """The preconditioner's ``diag`` as one flat list in the order of ``theta``'s parameters."""
+    if precond is None:
+        return None
+    diag = precond.diag if hasattr(precond, "diag") else precond
+    if len(diag) != len(theta):
+        raise ValueError(f"hypergradient: the preconditioner has {len(diag)} peers, there are {len(theta)}")
+    for i, (d, p) in enumerate(zip(diag, theta)):
+        if len(d) != len(p):
+            raise ValueError(f"hypergradient: the preconditioner of peer {i} has {len(d)} tensors for "
+                             f"{len(p)} trainable parameters")
+    return [t for d in diag for t in d]
+
+
 def _inner_step(calls, theta, train: Batch, loss: Loss, omega: Tensor, inner_lr: float,
-                teacher_logits, keep_graph: bool, reduce_mean=None) -> _InnerStep:
+                teacher_logits, keep_graph: bool, reduce_mean=None, precond=None) -> _InnerStep:
     """G = ∇_θ L_1(θ, ω) = Σ_i J_iᵀ u_i with u_i = ∂L_1/∂z_i (one backward for all peers); θ' takes
     the G of the whole batch (``reduce_mean`` averages it over data-parallel processes)."""
     z_train = [functional_call(c, theta[i], (train.for_peer(i),)) for i, c in enumerate(calls)]
@@ -119,8 +140,8 @@ def _inner_step(calls, theta, train: Batch, loss: Loss, omega: Tensor, inner_lr:
     step_grads = [None if g is None else (g.detach().clone() if reduce_mean else g.detach()) for g in grads]
     if reduce_mean:
         reduce_mean(step_grads)
-    theta_1 = _split([(t - inner_lr * g).requires_grad_(True) if g is not None else t.detach().requires_grad_(True)
-                      for t, g in zip(flat_theta, step_grads)], theta)
+    theta_1 = _split([(t - s).requires_grad_(True) if s is not None else t.detach().requires_grad_(True)
+                      for t, s in zip(flat_theta, _scaled(step_grads, inner_lr, precond))], theta)
     step = _InnerStep(theta_1, [z.detach() for z in z_train], u=u)
     if keep_graph:
         step.graph_out = [g for g in grads if g is not None]
@@ -128,15 +149,18 @@ def _inner_step(calls, theta, train: Batch, loss: Loss, omega: Tensor, inner_lr:
     return step
 
 
-def _reused_inner_step(theta, inner, inner_lr: float) -> _InnerStep:
-    """Step 1 from the inner step's results: θ' = θ − γG with G, u and z as the trainer computed them."""
-    theta_1 = []
+def _reused_inner_step(theta, inner, inner_lr: float, precond=None) -> _InnerStep:
+    """Step 1 from the inner step's results: θ' = θ − γG (or θ − γ D ⊙ G) with G, u and z as the
+    trainer computed them."""
     for params, grads in zip(theta, inner.grads):
         if len(grads) != len(params):
             raise ValueError(f"hypergradient: inner.grads has {len(grads)} tensors for a peer with {len(params)} "
                              "trainable parameters")
-        theta_1.append({k: (t.detach() if g is None else t.detach() - inner_lr * g.detach().to(t.dtype)).requires_grad_(True)
-                        for (k, t), g in zip(params.items(), grads)})
+    flat_theta = [t for p in theta for t in p.values()]
+    flat_grads = [None if g is None else g.detach().to(t.dtype)
+                  for t, g in zip(flat_theta, (g for grads in inner.grads for g in grads))]
+    theta_1 = _split([(t.detach() if s is None else t.detach() - s).requires_grad_(True)
+                      for t, s in zip(flat_theta, _scaled(flat_grads, inner_lr, precond))], theta)
     return _InnerStep(theta_1, [z.detach() for z in inner.logits], u=[u.detach() for u in inner.logit_grads])
 
 
@@ -174,8 +198,14 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
                   inner_lr: float, *, forward: Callable[[nn.Module, Any], Tensor] = peer_logits,
                   teacher_logits: Optional[Tensor] = None, method: str = EXACT,
                   tangents: str = DOUBLE_VJP, inner=None,
-                  reduce_mean: Optional[Callable[[Sequence[Optional[Tensor]]], None]] = None) -> Hypergradient:
+                  reduce_mean: Optional[Callable[[Sequence[Optional[Tensor]]], None]] = None,
+                  preconditioner=None) -> Hypergradient:
     """∇_ω F(ω) at the given ω, exactly (``method="exact"``) or with L_2 at θ (``"first_order"``).
+
+    ``method="exact_adam"`` takes the virtual step of the optimizer instead of SGD's,
+    θ' = θ − γ D ⊙ ∇_θ L_1, with D the ``diag`` of ``preconditioner`` (an
+    :class:`~wml_framework.api.AdamPreconditioner`, required), so that
+    g_j = ∂L_2/∂ω_j(θ') − γ ⟨D ⊙ ∇_θ L_2(θ'), ∇_θ B_j⟩.
 
     ``tangents`` picks how ż = J v is computed: ``"double_vjp"`` (default: reuses the train
     forward of step 1, fastest) or ``"jvp"`` (forward mode: recomputes it, keeps less memory).
@@ -190,8 +220,11 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
         if reduce_mean is not None:
             reduce_mean(list(tensors))
         return tensors
-    if method not in (EXACT, FIRST_ORDER):
-        raise ValueError(f"hypergradient: method must be {EXACT!r} or {FIRST_ORDER!r}, got {method!r}")
+    if method not in (EXACT, EXACT_ADAM, FIRST_ORDER):
+        raise ValueError(f"hypergradient: method must be {EXACT!r}, {EXACT_ADAM!r} or {FIRST_ORDER!r}, got {method!r}")
+    if method == EXACT_ADAM and preconditioner is None:
+        raise ValueError("hypergradient 'exact_adam' needs the optimizer's preconditioner "
+                         "(OuterContext.preconditioner), and none was given")
     if tangents not in (JVP, DOUBLE_VJP):
         raise ValueError(f"hypergradient: tangents must be {JVP!r} or {DOUBLE_VJP!r}, got {tangents!r}")
     seconds: dict[str, float] = {}
@@ -207,14 +240,15 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
 
         calls = [_PeerCall(p, forward) for p in peers]
         theta = [_trainable(p) for p in peers]
+        precond = _flat_precond(preconditioner, theta) if method == EXACT_ADAM else None
         double_vjp = tangents == DOUBLE_VJP and inner is None
         t0 = time.perf_counter()
         if inner is not None:
-            step = _reused_inner_step(theta, inner, inner_lr)
+            step = _reused_inner_step(theta, inner, inner_lr, precond)
         else:
             with eager_attention(peers if double_vjp else []):
                 step = _inner_step(calls, theta, train, loss, omega, inner_lr, teacher_logits, keep_graph=double_vjp,
-                                   reduce_mean=reduce_mean)
+                                   reduce_mean=reduce_mean, precond=precond)
         seconds["inner_grad"] = time.perf_counter() - t0
 
         if getattr(loss, "mixed_from_logit_grads", False):
@@ -222,6 +256,8 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
         t0 = time.perf_counter()
         direct, v_flat, val_loss = _val_step(calls, step.theta_1, val, omega)
         reduced(*v_flat)
+        if precond is not None:          # ⟨D ⊙ ∇L_2, ∇B_j⟩: the tangents are taken along D ⊙ v
+            v_flat = [v if d is None else v * d.to(v) for v, d in zip(v_flat, precond)]
         direct, val_loss = _reduced_val(reduced, direct, val_loss)
         step.theta_1 = []
         seconds["val_grad"] = time.perf_counter() - t0
@@ -242,7 +278,7 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
                                   logit_grads=[u.detach() for u in step.u])
         seconds["mixed_grad"] = time.perf_counter() - t0
     second = reduced(second.detach().to(direct).clone())[0]
-    return Hypergradient(direct - inner_lr * second, direct, second, val_loss, EXACT, seconds)
+    return Hypergradient(direct - inner_lr * second, direct, second, val_loss, method, seconds)
 
 
 def _reduced_val(reduced, direct: Tensor, val_loss: float) -> tuple[Tensor, float]:

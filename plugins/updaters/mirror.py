@@ -11,7 +11,7 @@ from torch import Tensor
 from wml_framework.api import OuterContext, UpdateResult, uniform_omega
 from wml_framework.schedules import warmup_cosine
 
-from .hypergrad import DOUBLE_VJP, EXACT, FIRST_ORDER, hypergradient
+from .hypergrad import DOUBLE_VJP, EXACT, EXACT_ADAM, FIRST_ORDER, hypergradient
 
 
 def mirror_step(omega: Tensor, grad: Tensor, eta: float) -> Tensor:
@@ -34,7 +34,8 @@ class MirrorUpdater:
 
     η follows ``warmup_cosine(ctx.outer_step, omega_lr, omega_min_lr, omega_warmup_iters,
     omega_decay_iters)``. ``hypergradient="exact"`` is Theorem 1 (L_2 at θ' = θ − γ∇L_1);
-    ``"first_order"`` evaluates L_2 at θ and says so in ``UpdateResult.info["hypergradient"]``.
+    ``"exact_adam"`` takes AdamW's virtual step θ' = θ − γ D ⊙ ∇L_1 (D from ``ctx.preconditioner``);
+    ``"first_order"`` evaluates L_2 at θ. ``UpdateResult.info["hypergradient"]`` names the variant.
     ``ctx.outer_step`` counts outer updates from 0 and drives the schedule (so resuming needs no state).
     """
 
@@ -44,15 +45,16 @@ class MirrorUpdater:
                  omega_warmup_iters: int = 2, omega_decay_iters: int = 50, hypergradient: str = EXACT,
                  tangents: str = DOUBLE_VJP):
         self.num_peers = check_peers("mirror", num_peers)
-        if hypergradient not in (EXACT, FIRST_ORDER):
-            raise ValueError(f"updater 'mirror': hypergradient must be {EXACT!r} or {FIRST_ORDER!r}, "
-                             f"got {hypergradient!r}")
+        if hypergradient not in (EXACT, EXACT_ADAM, FIRST_ORDER):
+            raise ValueError(f"updater 'mirror': hypergradient must be {EXACT!r}, {EXACT_ADAM!r} or "
+                             f"{FIRST_ORDER!r}, got {hypergradient!r}")
         self.omega_lr, self.omega_min_lr = float(omega_lr), float(omega_min_lr)
         self.omega_warmup_iters, self.omega_decay_iters = int(omega_warmup_iters), int(omega_decay_iters)
         self.method = hypergradient
         self.tangents = tangents
         # the trainer's G, u, z and graph on ctx.train replace step 1 and the tangents (exact method only)
-        self.uses_inner_gradients = hypergradient == EXACT and tangents == DOUBLE_VJP
+        self.uses_inner_gradients = hypergradient in (EXACT, EXACT_ADAM) and tangents == DOUBLE_VJP
+        self.uses_preconditioner = hypergradient == EXACT_ADAM   # the trainer then fills ctx.preconditioner
         self.last_seconds: dict = {}   # time per phase of the last hypergradient (benchmarks read it)
 
     @classmethod
@@ -73,7 +75,8 @@ class MirrorUpdater:
         hg = hypergradient(ctx.peers, ctx.loss, omega, ctx.train, ctx.val, ctx.inner_lr,
                            forward=ctx.forward, teacher_logits=ctx.teacher_logits, method=self.method,
                            tangents=self.tangents, inner=getattr(ctx, "inner", None),
-                           reduce_mean=getattr(ctx, "reduce_mean", None))
+                           reduce_mean=getattr(ctx, "reduce_mean", None),
+                           preconditioner=getattr(ctx, "preconditioner", None))
         eta = self.eta(ctx.outer_step)
         grad = hg.grad.detach().to(omega.device)
         new = mirror_step(omega, grad, eta)
@@ -90,5 +93,5 @@ class MirrorUpdater:
 
 
 def make_mirror(cfg, num_peers: int) -> MirrorUpdater:
-    """Mirror descent along the exact (or, if configured, first-order) hypergradient; η warm-up + cosine."""
+    """Mirror descent along the exact (Adam-aware or first-order, if configured) hypergradient; η warm-up + cosine."""
     return MirrorUpdater.from_config(cfg, num_peers)

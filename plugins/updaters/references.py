@@ -29,15 +29,32 @@ def mirror_exact(p) -> dict:
     return {"grad": g, "eta": eta(p), "omega": R.mirror_step(p.omega, g, eta(p)), "info": {"hypergradient": "exact"}}
 
 
+def mirror_exact_adam(p) -> dict:
+    """The Adam-aware hypergradient: the virtual step preconditioned by the context's D."""
+    c = p.config
+    g = R.hypergradient(*_args(p), p.omega, c.loss_alpha, c.temperature, p.inner_lr, precond=p.preconditioner)
+    return {"grad": g, "eta": eta(p), "omega": R.mirror_step(p.omega, g, eta(p)),
+            "info": {"hypergradient": "exact_adam"}}
+
+
+def mirror_exact_adam_finite_differences(p) -> dict:
+    """Central differences of the preconditioned unrolled objective F(ω)."""
+    c = p.config
+    return {"grad": _central(lambda w: R.unrolled_objective(*_args(p), w, c.loss_alpha, c.temperature, p.inner_lr,
+                                                             precond=p.preconditioner, check_simplex=False), p.omega)}
+
+
+def _central(F, omega) -> np.ndarray:
+    eye = np.eye(len(omega))
+    return np.array([(F(omega + FD_STEP * e) - F(omega - FD_STEP * e)) / (2 * FD_STEP) for e in eye])
+
+
 def mirror_finite_differences(p) -> dict:
     """The gradient of the unrolled objective F(ω) by central differences, coordinate by coordinate."""
     c = p.config
 
-    def F(w):
-        return R.unrolled_objective(*_args(p), w, c.loss_alpha, c.temperature, p.inner_lr, check_simplex=False)
-
-    eye = np.eye(len(p.omega))
-    return {"grad": np.array([(F(p.omega + FD_STEP * e) - F(p.omega - FD_STEP * e)) / (2 * FD_STEP) for e in eye])}
+    return {"grad": _central(lambda w: R.unrolled_objective(*_args(p), w, c.loss_alpha, c.temperature, p.inner_lr,
+                                                             check_simplex=False), p.omega)}
 
 
 def mirror_first_order(p) -> dict:

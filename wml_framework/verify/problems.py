@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..api import IGNORE_INDEX, Batch, LossProblem, OuterContext, OuterProblem
+from ..api import IGNORE_INDEX, AdamPreconditioner, Batch, LossProblem, OuterContext, OuterProblem
 
 PEER_COUNTS = (1, 2, 3, 4, 5, 6)
 #: the settings verify tries every loss reference point at: T = 1 (the default) and two others
@@ -97,7 +97,8 @@ class OuterCase:
         c = self.ctx
         return OuterProblem([x.numpy() for x in self.x_train], c.train.labels.numpy(), [x.numpy() for x in self.x_val],
                             c.val.labels.numpy(), [p.weight.detach().numpy().T.copy() for p in c.peers],
-                            c.omega.detach().numpy(), c.inner_lr, c.outer_step, cfg, dict(options))
+                            c.omega.detach().numpy(), c.inner_lr, c.outer_step, cfg, dict(options),
+                            preconditioner=[d[0].detach().numpy().T.copy() for d in c.preconditioner.diag])
 
 
 def outer_case(M: int, loss, g: torch.Generator, outer_step: int = 3) -> OuterCase:
@@ -107,8 +108,11 @@ def outer_case(M: int, loss, g: torch.Generator, outer_step: int = 3) -> OuterCa
     peers = linear_peers(widths, V, 0.8, g)
     x_train = [torch.randn(n_train, d, generator=g, dtype=torch.float64) for d in widths]
     x_val = [torch.randn(n_val, d, generator=g, dtype=torch.float64) for d in widths]
+    # a preconditioner spread over two orders of magnitude, as Adam's is
+    diag = [[torch.exp(torch.empty_like(p.weight).uniform_(-2.3, 2.3, generator=g))] for p in peers]
     ctx = OuterContext(peers=peers, loss=loss, omega=simplex(M, g), train=Batch(x_train, labels((n_train,), V, g)),
-                       val=Batch(x_val, labels((n_val,), V, g)), inner_lr=0.6, outer_step=outer_step)
+                       val=Batch(x_val, labels((n_val,), V, g)), inner_lr=0.6, outer_step=outer_step,
+                       preconditioner=AdamPreconditioner(diag))
     return OuterCase(ctx, x_train, x_val)
 
 

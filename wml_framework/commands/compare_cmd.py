@@ -1,0 +1,50 @@
+"""``wml compare``: every method on the same peers, teacher, data and budget, over several seeds."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from ..cli_support import config_options, host, one_line_errors, resolve_config
+
+
+@click.command("compare", epilog="Methods: wml, wml_adam, wml_first_order, dml, kd, ce (default: all), or "
+                                     "LABEL=LOSS/UPDATER[/HYPERGRADIENT] for any installed plugins. docs/compare.md.")
+@config_options
+@click.option("--methods", default=None, metavar="M1,M2,…", help="Methods to compare (default: all six built-in ones).")
+@click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds per method: seed, seed+1, … (the config key `seed` is the first).")
+@click.option("--baseline", default=None, help="Method the paired differences are taken against (default: wml).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Comparison folder; the same command again continues it.")
+@one_line_errors
+def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, methods, num_seeds, baseline,
+            out) -> None:
+    """Answer "does peer sharing beat teacher-guided distillation?" on your data: train every method on
+    the same peers, teacher, data order and token budget for several seeds, and compare them."""
+    from .. import config as cfgmod
+    from ..compare import make_plan, parse_methods, run_compare
+    from ..interrupts import Interrupted
+    from ..plugins import PluginHost
+
+    if loss or updater:
+        raise click.UsageError("--loss and --updater are chosen by each method; name methods with --methods "
+                               "(LABEL=LOSS/UPDATER for your own)")
+    cfg = resolve_config(config_path, preset, overrides, init=init, teacher=teacher, corpus=corpus)
+    try:
+        chosen = parse_methods(methods, host=host())
+        plan = make_plan(cfg, chosen, num_seeds, out, baseline=baseline, host=host())
+    except cfgmod.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    say = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress to stderr, the result's path to stdout
+    try:
+        run_compare(plan, make_host=PluginHost, say=say, command="wml " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    except Interrupted as exc:
+        say(f"\n{exc.name}: stopped (the member's checkpoint is written); the same command continues the comparison")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        say("\ninterrupted; the same command continues the comparison")
+        sys.exit(130)
+    click.echo(str(plan.out / "comparison.md"))

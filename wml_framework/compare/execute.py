@@ -1,0 +1,172 @@
+"""Running a comparison: the one teacher, then every member in turn, then the results.
+
+Each member is an ordinary run folder, so a stopped comparison continues where it was: a finished
+member (``summary.json`` and ``eval.json`` present) is skipped, an interrupted one resumes from its
+checkpoint, a trained but unevaluated one is only evaluated. Each member's own log goes to
+``wml.log`` in its folder; the terminal gets one line per member and an overall ETA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import hookimpl
+from ..atomic import atomic_write_json
+from ..plugins import PluginHost
+from ..run_layout import RunLayout, is_model_dir
+from .plan import ComparePlan, Member, check_or_save
+from .results import collect, write_outputs
+
+MEMBER_FILE = "compare_member.json"
+
+
+class _StepBar:
+    """A run observer: one tqdm bar per member on a terminal, silence otherwise."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    @hookimpl
+    def wml_run_event(self, event, payload):
+        if not sys.stderr.isatty():
+            return
+        if event == "run_start":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=int(payload.get("total_steps", 0)), initial=int(payload.get("step", 0)),
+                            desc=self.desc, unit="step", leave=False, dynamic_ncols=True)
+        elif event == "train" and self.bar is not None:
+            self.bar.update(1)
+        elif event == "run_end" and self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _file_log(path: Path) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"{message}\n")
+    return log
+
+
+def _member_host(make_host: Callable[[], PluginHost], desc: str) -> PluginHost:
+    host = make_host()
+    names = {name for name, _ in host.pm.list_name_plugin()}
+    if "run_log" in names:
+        host.unregister("run_log")                 # its per-step lines would drown the comparison's
+    host.register(_StepBar(desc), f"compare_progress_{id(desc)}")
+    return host
+
+
+def member_done(member: Member) -> bool:
+    layout = RunLayout(member.run_dir)
+    return layout.summary.is_file() and layout.eval_json.is_file()
+
+
+def _add_wall(member: Member, seconds: float, finished: bool) -> None:
+    path = member.run_dir / MEMBER_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
+    data["wall_s"] = round(data["wall_s"] + seconds, 1)
+    data["sessions"] += 1
+    data["finished"] = finished
+    atomic_write_json(path, data)
+
+
+def _teacher(plan: ComparePlan, make_host, say) -> Path:
+    """The teacher every member shares: the one given, or one trained once in ``teacher_run/``."""
+    from ..runner import WMLTrainer
+
+    if plan.teacher_given or is_model_dir(plan.teacher_dir):
+        return plan.teacher_dir
+    host = _member_host(make_host, "teacher")
+    log = _file_log(plan.out / "teacher_run.log")
+    cfg = plan.teacher_config(host=host)
+    t0 = time.time()
+    say(f"teacher: training a teacher for every member (log: {plan.out / 'teacher_run.log'})")
+    if RunLayout(plan.teacher_run).config.is_file():
+        trainer = WMLTrainer.from_run_dir(plan.teacher_run, host=host, log=log)
+    else:
+        trainer = WMLTrainer.from_config(cfg, plan.teacher_run, host=host, log=log)
+    folder = trainer.train_teacher_only()
+    say(f"teacher: ready in {time.time() - t0:.0f} s ({folder})")
+    return folder
+
+
+def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> None:
+    from ..runner import WMLTrainer
+
+    layout = RunLayout(member.run_dir)
+    host = _member_host(make_host, member.name)
+    member.run_dir.mkdir(parents=True, exist_ok=True)
+    log = _file_log(member.run_dir / "wml.log")
+    t0 = time.time()
+    finished = False
+    try:
+        if layout.config.is_file():
+            trainer = WMLTrainer.from_run_dir(member.run_dir, host=host, log=log)
+            if not layout.summary.is_file():
+                say(f"  {member.name}: resuming the interrupted run")
+                trainer.train()
+        else:
+            trainer = WMLTrainer.from_config(plan.member_config(member, host=host), member.run_dir, host=host, log=log)
+            trainer.train()
+        # the shared teacher is scored once, with the first member; evaluators' own lines go to the log too
+        with (member.run_dir / "wml.log").open("a", encoding="utf-8") as fh, contextlib.redirect_stderr(fh):
+            trainer.evaluate(teacher=first)
+        trainer.report()
+        finished = True
+    finally:
+        _add_wall(member, time.time() - t0, finished)
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = PluginHost,
+                say: Callable[[str], None] = print, command: Optional[str] = None) -> dict:
+    """Train and evaluate every member of ``plan`` (continuing an earlier start), then write
+    ``comparison.json``, ``comparison.md`` and the plots. Returns the comparison's dictionary."""
+    continuing = check_or_save(plan)
+    total = len(plan.members)
+    say(f"compare: {len(plan.methods)} method(s) × {len(plan.seeds)} seed(s) = {total} runs in {plan.out}"
+        + (" (continuing)" if continuing else ""))
+    _teacher(plan, make_host, say)
+    times: list[float] = []
+    t_all = time.time()
+    for k, member in enumerate(plan.members, start=1):
+        if member_done(member):
+            say(f"[{k}/{total}] {member.name}: done earlier, skipped")
+            continue
+        say(f"[{k}/{total}] {member.name}: {member.method.title} (log: {member.run_dir / 'wml.log'})")
+        t0 = time.time()
+        _run_member(plan, member, first=(k == 1), make_host=make_host, say=say)
+        times.append(time.time() - t0)
+        left = sum(1 for m in plan.members[k:] if not member_done(m))
+        line = _member_line(member)
+        eta = f"; ETA {_eta(left * sum(times) / len(times))} for {left} more" if left else ""
+        say(f"[{k}/{total}] {member.name}: finished in {_eta(times[-1])} — {line}{eta}")
+    result = collect(plan, command=command)
+    paths = write_outputs(plan.out, result)
+    say(f"compare: all {total} runs done in {_eta(time.time() - t_all)} this session; "
+        + ", ".join(str(p) for p in paths))
+    return result
+
+
+def _member_line(member: Member) -> str:
+    layout = RunLayout(member.run_dir)
+    try:
+        summary = json.loads(layout.summary.read_text())
+        evaluation = json.loads(layout.eval_json.read_text())
+    except (OSError, ValueError):
+        return "results unreadable"
+    ens = evaluation.get("models", {}).get("ensemble", {})
+    pairs = (ens.get("minimal_pairs") or {}).get("macro_accuracy")
+    return (f"ensemble held-out loss {summary['ensemble_val_loss']:.4f}"
+            + (f", min. pairs {100 * pairs:.1f}%" if pairs is not None else ""))

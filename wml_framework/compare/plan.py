@@ -1,0 +1,126 @@
+"""The members of a comparison (method × seed) and their configurations, all checked before any work.
+
+``compare.json`` in the output folder records the plan; starting again with the same options
+continues it, and starting with others is refused (a comparison's members must stay comparable).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .. import config as cfgmod
+from ..atomic import atomic_write_json
+from .methods import Method
+
+PLAN_FILE = "compare.json"
+#: keys a method sets itself; everything else is shared by every member
+METHOD_KEYS = ("loss", "updater")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of the comparison: ``method`` trained with ``seed`` in ``run_dir``."""
+
+    method: Method
+    seed: int
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.label}-seed{self.seed}"
+
+
+@dataclass
+class ComparePlan:
+    """What a comparison trains. ``base`` holds the shared config values (``teacher`` is filled in
+    once the teacher exists); ``teacher_given`` is a teacher folder the user named, if any."""
+
+    out: Path
+    methods: list
+    seeds: list
+    base: dict
+    baseline: str
+    teacher_given: Optional[str] = None
+    members: list = field(default_factory=list)
+
+    @property
+    def teacher_run(self) -> Path:
+        return self.out / "teacher_run"
+
+    @property
+    def teacher_dir(self) -> Path:
+        return Path(self.teacher_given) if self.teacher_given else self.teacher_run / "teacher"
+
+    def member_config(self, member: Member, host=None) -> cfgmod.WMLConfig:
+        values = {**self.base, **member.method.config_values(), "seed": member.seed, "teacher": str(self.teacher_dir)}
+        return cfgmod.from_dict(values, host=host)
+
+    def teacher_config(self, host=None) -> cfgmod.WMLConfig:
+        """The first method's config at the base seed: it trains (and sizes the peers for) the one teacher."""
+        return cfgmod.from_dict({**self.base, **self.methods[0].config_values(), "teacher": ""}, host=host)
+
+    def to_dict(self) -> dict:
+        return {"methods": [m.to_dict() for m in self.methods], "seeds": list(self.seeds), "baseline": self.baseline,
+                "teacher_given": self.teacher_given, "base_config": self.base}
+
+
+def make_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], num_seeds: int, out, *, baseline: Optional[str] = None,
+              host=None) -> ComparePlan:
+    """Members for seeds ``base.seed … base.seed + num_seeds − 1``; every member's configuration is
+    validated here, so a bad value fails before the teacher trains."""
+    if num_seeds < 1:
+        raise cfgmod.ConfigError(f"--seeds: value {num_seeds} is not allowed; expected at least 1")
+    labels = [m.label for m in methods]
+    baseline = baseline or ("wml" if "wml" in labels else labels[0])
+    if baseline not in labels:
+        raise cfgmod.ConfigError(f"--baseline: {baseline!r} is not one of the methods ({', '.join(labels)})")
+    values = base.to_dict()
+    teacher_given = values.pop("teacher", "") or None
+    for key in METHOD_KEYS:
+        values.pop(key, None)
+    out = Path(out)
+    plan = ComparePlan(out, list(methods), [base.seed + k for k in range(num_seeds)], values, baseline, teacher_given)
+    plan.members = [Member(m, s, out / "members" / f"{m.label}-seed{s}") for s in plan.seeds for m in methods]
+    for member in plan.members:
+        try:
+            cfg = plan.member_config(member, host=host)
+        except cfgmod.ConfigError as exc:
+            raise cfgmod.ConfigError(f"method {member.method.label!r}: {exc}") from None
+        if cfg.max_steps < cfg.outer_every and member.method.updater == "mirror":
+            raise cfgmod.ConfigError(f"method {member.method.label!r}: max_steps ({cfg.max_steps}) is below outer_every "
+                                     f"({cfg.outer_every}), so its ω would never move; lower outer_every")
+    return plan
+
+
+def check_or_save(plan: ComparePlan) -> bool:
+    """Write ``compare.json``, or check that the one there describes the same comparison.
+    Returns True when continuing an earlier start."""
+    path = plan.out / PLAN_FILE
+    mine = json.loads(json.dumps(plan.to_dict()))
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise cfgmod.ConfigError(f"{path} is unreadable ({exc}); move it away to start this comparison over") from None
+        if saved != mine:
+            diff = _first_difference(saved, mine)
+            raise cfgmod.ConfigError(f"{plan.out} holds a comparison with other settings ({diff}); use another --out, "
+                                     "or the same options to continue it")
+        return True
+    plan.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, mine)
+    return False
+
+
+def _first_difference(saved: dict, mine: dict, prefix: str = "") -> str:
+    for key in sorted(set(saved) | set(mine)):
+        a, b = saved.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            if a != b:
+                return _first_difference(a, b, f"{prefix}{key}.")
+        elif a != b:
+            return f"{prefix}{key}: {a!r} then, {b!r} now"
+    return "unknown difference"

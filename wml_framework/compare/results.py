@@ -1,0 +1,186 @@
+"""Reading a comparison's members back and summarising them: per method and model, mean ± std over
+seeds of the held-out loss and the minimal-pair macro accuracy, and the paired difference against
+the baseline method (same seed, same peer architecture) with its 95% confidence interval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..run_layout import RunLayout
+from .plan import ComparePlan, Member
+from .stats import mean_std, paired_difference
+
+#: the two quality measures, how they are read from eval.json, and which direction is better
+MEASURES = {
+    "heldout_loss": {"title": "held-out loss", "evaluator": "perplexity", "key": "loss", "better": "lower"},
+    "min_pairs": {"title": "min. pairs (macro)", "evaluator": "minimal_pairs", "key": "macro_accuracy",
+                  "better": "higher"},
+}
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def member_result(member: Member) -> Optional[dict]:
+    """What one finished member measured, or None when it is not finished."""
+    layout = RunLayout(member.run_dir)
+    summary, evaluation = _read(layout.summary), _read(layout.eval_json)
+    if summary is None or evaluation is None:
+        return None
+    trace = _read(layout.init_trace) or {}
+    wall = _read(member.run_dir / "compare_member.json") or {}
+    models = {}
+    for name, entry in evaluation.get("models", {}).items():
+        row = {"role": entry.get("role"), "parameters": entry.get("parameters"), "omega": entry.get("omega")}
+        for measure, spec in MEASURES.items():
+            row[measure] = (entry.get(spec["evaluator"]) or {}).get(spec["key"])
+        models[name] = row
+    return {"method": member.method.label, "seed": member.seed, "run_dir": str(member.run_dir),
+            "tokens": summary.get("tokens"), "steps": summary.get("steps"), "omega": summary.get("omega"),
+            "train_s": summary.get("elapsed_s"), "wall_s": wall.get("wall_s"), "sessions": wall.get("sessions"),
+            "initial_weights_sha256": trace.get("initial_weights_sha256"), "models": models}
+
+
+def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
+    """``comparison.json``'s content from the members on disk (unfinished ones are listed as missing)."""
+    results = {m.name: member_result(m) for m in plan.members}
+    done = {k: v for k, v in results.items() if v is not None}
+    teacher = next((r["models"]["teacher"] for r in done.values() if "teacher" in r["models"]), None)
+    models = _model_names(done)
+    methods = []
+    for method in plan.methods:
+        per_seed = {s: results.get(f"{method.label}-seed{s}") for s in plan.seeds}
+        base_seed = {s: results.get(f"{plan.baseline}-seed{s}") for s in plan.seeds}
+        rows = {}
+        for model in models:
+            row = {}
+            for measure in MEASURES:
+                values = [_value(per_seed[s], model, measure) for s in plan.seeds]
+                base = [_value(base_seed[s], model, measure) for s in plan.seeds]
+                row[measure] = {"per_seed": values, **mean_std(values)}
+                if method.label != plan.baseline:
+                    row[measure]["vs_baseline"] = paired_difference(values, base)
+            present = [per_seed[s]["models"][model] for s in plan.seeds if per_seed[s] and model in per_seed[s]["models"]]
+            row["parameters"] = present[0]["parameters"] if present else None
+            row["omega"] = mean_std([p["omega"] for p in present if p.get("omega") is not None])["mean"]
+            rows[model] = row
+        finished = [r for r in per_seed.values() if r]
+        methods.append({**method.to_dict(), "models": rows,
+                        "tokens": mean_std([r["tokens"] for r in finished])["mean"],
+                        "wall_s": mean_std([r["wall_s"] for r in finished]),
+                        "seeds_finished": len(finished)})
+    return {"command": command, "seeds": plan.seeds, "baseline": plan.baseline, "models": models,
+            "teacher": teacher, "teacher_dir": str(plan.teacher_dir), "methods": methods,
+            "checks": _checks(plan, results), "members": results,
+            "missing": sorted(k for k, v in results.items() if v is None),
+            "config": {k: plan.base.get(k) for k in ("corpus", "blimp", "max_steps", "batch_size", "block_size",
+                                                      "num_batches", "num_peers", "init", "learning_rate")}}
+
+
+def _model_names(done: dict) -> list[str]:
+    names: list[str] = []
+    for r in done.values():
+        for name, row in r["models"].items():
+            if row.get("role") in ("peer", "ensemble") and name not in names:
+                names.append(name)
+    peers = sorted((n for n in names if n != "ensemble"), key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 1 << 30)
+    return peers + (["ensemble"] if "ensemble" in names else [])
+
+
+def _value(result: Optional[dict], model: str, measure: str):
+    if result is None or model not in result["models"]:
+        return None
+    return result["models"][model].get(measure)
+
+
+def _checks(plan: ComparePlan, results: dict) -> dict:
+    """Whether the members of each seed really started alike: the same initial peer weights and tokens."""
+    same_init, same_tokens = {}, {}
+    for s in plan.seeds:
+        rows = [results.get(f"{m.label}-seed{s}") for m in plan.methods]
+        rows = [r for r in rows if r]
+        same_init[str(s)] = len({json.dumps(r["initial_weights_sha256"]) for r in rows}) <= 1 and all(
+            r["initial_weights_sha256"] for r in rows)
+        same_tokens[str(s)] = len({r["tokens"] for r in rows}) <= 1
+    return {"same_initial_weights": same_init, "same_tokens": same_tokens}
+
+
+# ------------------------------------------------------------------------------------ output
+
+def _pm(stat: dict, scale: float = 1.0, digits: int = 4) -> str:
+    if stat.get("mean") is None:
+        return "—"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    return text + (f" ± {scale * stat['std']:.{digits}f}" if stat.get("std") is not None else "")
+
+
+def _delta(d: Optional[dict], scale: float = 1.0, digits: int = 4) -> str:
+    if d is None:
+        return "(baseline)"
+    if d.get("mean") is None:
+        return "—"
+    text = f"{scale * d['mean']:+.{digits}f}"
+    if d.get("low") is None:
+        return text + " (one seed: no interval)"
+    interval = f"[{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
+    return f"{text} {interval}" + (" ≈ noise" if d["within_noise"] else "")
+
+
+def markdown(result: dict) -> str:
+    """``comparison.md``: the table, per-method costs and the plots."""
+    base = result["baseline"]
+    lines = ["# wml compare", ""]
+    if result.get("command"):
+        lines += ["Command:", "", "```", result["command"], "```", ""]
+    lines += [f"Seeds: {', '.join(map(str, result['seeds']))}. Baseline of the differences: `{base}` "
+              "(paired by seed and peer; 95% confidence interval of the mean difference over seeds, "
+              "Student's t; \"≈ noise\" when it contains 0). Held-out loss: lower is better; minimal "
+              "pairs: macro accuracy in %, higher is better.", ""]
+    if result["missing"]:
+        lines += [f"**Unfinished members** (not in the statistics): {', '.join(result['missing'])}", ""]
+    t = result.get("teacher")
+    if t:
+        pairs = "—" if t.get("min_pairs") is None else f"{100 * t['min_pairs']:.1f}%"
+        loss = "—" if t.get("heldout_loss") is None else f"{t['heldout_loss']:.4f}"
+        lines += [f"Teacher ({t.get('parameters'):,} parameters): held-out loss {loss}, minimal pairs {pairs}.", ""]
+    lines += ["| method | model | params | ω | held-out loss | Δ vs " + base + " | min. pairs % | Δ vs " + base + " |",
+              "|---|---|---:|---:|---|---|---|---|"]
+    for m in result["methods"]:
+        for model, row in m["models"].items():
+            omega = "—" if row.get("omega") is None else f"{row['omega']:.3f}"
+            if model == "ensemble":
+                omega = m["ensemble"]
+            params = "" if row.get("parameters") is None else f"{row['parameters']:,}"
+            lines.append(f"| {m['label']} | {model} | {params} | {omega} | {_pm(row['heldout_loss'])} | "
+                         f"{_delta(row['heldout_loss'].get('vs_baseline'))} | {_pm(row['min_pairs'], 100, 1)} | "
+                         f"{_delta(row['min_pairs'].get('vs_baseline'), 100, 1)} |")
+    lines += ["", "| method | what | tokens per run | wall time per run (s) | seeds finished |", "|---|---|---:|---|---:|"]
+    for m in result["methods"]:
+        tokens = "—" if m["tokens"] is None else f"{m['tokens']:,.0f}"
+        lines.append(f"| {m['label']} | {m['title']} (loss `{m['loss']}`, updater `{m['updater']}`"
+                     + "".join(f", {k} `{v}`" for k, v in m["settings"].items())
+                     + f") | {tokens} | {_pm(m['wall_s'], 1, 0)} | {m['seeds_finished']} |")
+    checks = result["checks"]
+    lines += ["", "Same initial peer weights across methods, per seed: "
+              + ", ".join(f"seed {s}: {'yes' if v else 'NO'}" for s, v in checks["same_initial_weights"].items())
+              + ". Same token count: " + ", ".join(f"seed {s}: {'yes' if v else 'NO'}"
+                                                    for s, v in checks["same_tokens"].items()) + ".", ""]
+    for name in ("heldout_loss", "min_pairs"):
+        lines += [f"![{MEASURES[name]['title']}](plots/{name}.png)", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, result: dict) -> list[Path]:
+    from .plots import write_plots
+
+    out = Path(out)
+    atomic_write_json(out / "comparison.json", result)
+    atomic_write_text(out / "comparison.md", markdown(result) + "\n")
+    return [out / "comparison.json", out / "comparison.md", *write_plots(out / "plots", result)]
