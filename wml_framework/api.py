@@ -55,17 +55,32 @@ def is_hf_model(model: nn.Module) -> bool:
 
 def peer_logits(model: nn.Module, inputs: Any, attention_mask: Optional[Tensor] = None) -> Tensor:
     """Logits of a Hugging Face causal LM (``.logits`` of its output), of a plain module, or of any
-    module that returns a tensor (an ensemble). The one way the core calls a model."""
+    module that returns a tensor (an ensemble). The one way the core calls a model.
+
+    A model on another device than its inputs (``peer_placement = "spread"``) gets them moved to
+    its own device, and its logits come back on the inputs' device (differentiably)."""
     if isinstance(inputs, (list, tuple)):
         raise TypeError("peer_logits() got a list of per-peer inputs; take one peer's inputs with "
                         "batch.for_peer(i)")
+    origin = inputs.device if isinstance(inputs, Tensor) else None
+    home = _device_of(model)
+    if origin is not None and home is not None and home != origin:
+        inputs = inputs.to(home)
+        attention_mask = None if attention_mask is None else attention_mask.to(home)
     if is_hf_model(model):
         out = model(input_ids=inputs, attention_mask=attention_mask, use_cache=False)
     elif attention_mask is not None:
         out = model(inputs, attention_mask=attention_mask)
     else:
         out = model(inputs)
-    return out if isinstance(out, Tensor) else out.logits
+    logits = out if isinstance(out, Tensor) else out.logits
+    return logits if origin is None or logits.device == origin else logits.to(origin)
+
+
+def _device_of(model: nn.Module):
+    for t in model.parameters():
+        return t.device
+    return None
 
 
 # ----------------------------------------------------------------------------- losses

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,8 @@ class WMLConfig:
     nonfinite_patience: int = _f(3, "Consecutive steps a peer may skip for a NaN or infinite loss or gradient before the run stops.", low=1, high=1_000_000, group="run")
     seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
+    peer_placement: str = _f("replicate", "'replicate': every peer on this process's device; 'spread': peers on different devices of this process (largest first onto the least-loaded), for peers that do not fit on one device together (docs/distributed.md).", choices=["replicate", "spread"], group="run")
+    peer_devices: str = _f("", "Devices for peer_placement = 'spread', separated by commas, e.g. 'cuda:0,cuda:1' (empty: this process's share of the visible GPUs).", group="run")
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
     dtype: str = _f("float32", "Precision of the teacher's and peers' weights and of training ('float64': slow, for checking runs against each other, e.g. one process against several).", choices=["float32", "float64"], group="run")
     threads: str = _f("auto", "CPU threads for torch: a number, or 'auto' (times the run's own steps on 1 thread and on every core, keeps the faster, and looks again every 100 steps).", group="run")
@@ -181,6 +184,10 @@ def _check_relations(cfg: WMLConfig) -> None:
                           f"expected a multiple of teacher_n_head ({cfg.teacher_n_head})")
     if str(cfg.threads) != "auto" and not (str(cfg.threads).isdigit() and int(cfg.threads) >= 1):
         raise ConfigError(f"config key 'threads': value {cfg.threads!r} is not allowed; expected 'auto' or a whole number ≥ 1")
+    for name in (d.strip() for d in cfg.peer_devices.split(",") if d.strip()):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+            raise ConfigError(f"config key 'peer_devices': value {cfg.peer_devices!r} is not allowed; expected "
+                              f"devices separated by commas, each 'cpu', 'cuda' or 'cuda:N' (not {name!r})")
     for frac in cfg.peer_fractions:
         if not 0.0 < frac < 1.0:
             raise ConfigError(f"config key 'peer_fractions': value {cfg.peer_fractions!r} is not allowed; "

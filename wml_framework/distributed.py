@@ -40,6 +40,7 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1          # processes on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def active(self) -> bool:
@@ -176,7 +177,8 @@ def init_from_env(device_kind: str) -> Context:
     if not dist.is_initialized():
         minutes = float(os.environ.get(TIMEOUT_ENV, 24 * 60))
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=minutes))
-    _current = Context(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
+    _current = Context(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
+                       local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return _current
 
 

@@ -26,6 +26,7 @@ from .atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
 from .corpus import CorpusError, plan_corpus
 from .models import resolve_device, train_dtype
+from .placement import SPREAD, check_devices, rank_devices
 from .peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
 from .plugins import PluginHost
 from .run_layout import RunLayout, peer_name
@@ -184,7 +185,7 @@ class WMLTrainer:
                 if self.config_changed:
                     cfgmod.save(self.cfg, self.layout.config)
             dist.barrier()                        # the other ranks start once the folder is checked and locked
-            device = _rank_device(resolve_device(self.cfg.device), dist)
+            device = _rank_device(resolve_device(self.cfg.device), dist, self.cfg)
             torch.manual_seed(self.cfg.seed)
             t_start = time.time()
             teacher, data = self._prepare_teacher(device, plugins)
@@ -216,7 +217,7 @@ class WMLTrainer:
             if self.config_changed:
                 cfgmod.save(self.cfg, self.layout.config)
             torch.manual_seed(self.cfg.seed)
-            self._prepare_teacher(_rank_device(resolve_device(self.cfg.device), dist), plugins)
+            self._prepare_teacher(_rank_device(resolve_device(self.cfg.device), dist, self.cfg), plugins)
         return self.layout.teacher
 
     def evaluate(self, **options) -> dict:
@@ -263,6 +264,10 @@ class WMLTrainer:
         except CorpusError as exc:
             raise RunError(str(exc)) from None
         resolve_device(cfg.device)
+        try:
+            check_devices([d.strip() for d in cfg.peer_devices.split(",") if d.strip()])
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
         plugins = create_plugins(cfg, self.host)
         if cfg.teacher and not self.layout.teacher.exists():
             self._check_given_teacher(plugins)
@@ -473,8 +478,13 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def _rank_device(device: torch.device, dist: "distributed.Context") -> torch.device:
-    """Each rank's own GPU (``cuda:LOCAL_RANK``); CPU ranks share the CPU."""
+def _rank_device(device: torch.device, dist: "distributed.Context", cfg: Optional[WMLConfig] = None) -> torch.device:
+    """Each rank's own GPU (``cuda:LOCAL_RANK``; with ``peer_placement = "spread"``, the first GPU of
+    its share); CPU ranks share the CPU."""
+    if device.type == "cuda" and cfg is not None and cfg.peer_placement == SPREAD and not cfg.peer_devices.strip():
+        main = rank_devices([], torch.device("cuda", dist.local_rank), dist.local_rank, dist.local_world)[0]
+        torch.cuda.set_device(main)
+        return main
     if device.type == "cuda" and dist.active:
         return torch.device("cuda", dist.local_rank)
     return device

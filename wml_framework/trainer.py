@@ -23,6 +23,7 @@ import torch
 
 from . import checkpoint, distributed, interrupts
 from .adam_precond import adam_preconditioner
+from .placement import peer_placement
 from .api import Batch, Event, InnerGradients, OuterContext, peer_logits
 from .attention import eager_attention
 from .atomic import append_jsonl, atomic_write_text, fsync_file
@@ -96,6 +97,10 @@ def autocast_for(device: torch.device, bf16: bool):
     return contextlib.nullcontext
 
 
+def _device_names(text: str) -> list[str]:
+    return [d.strip() for d in str(text or "").split(",") if d.strip()]
+
+
 class TrainingLoop:
     """Owns the peers, their optimizers, the loss and the updater for one run."""
 
@@ -106,8 +111,11 @@ class TrainingLoop:
         self.loss, self.updater, self.callbacks = loss, updater, list(callbacks)
         if getattr(self.loss, "needs_teacher", False) and teacher is None:
             raise ValueError(f"loss {cfg.loss!r} needs a teacher, and none is loaded")
-        for p in self.peers:
-            p.to(device).train()
+        self.dist = distributed.current()          # one process, or this rank of a data-parallel run
+        self.peer_devices = peer_placement(peers, cfg.peer_placement, _device_names(cfg.peer_devices), device,
+                                           self.dist.local_rank, self.dist.local_world)
+        for p, d in zip(self.peers, self.peer_devices):
+            p.to(d).train()
         self.optimizers = [self._adamw(p) for p in self.peers]
         self.state = TrainState(omega=self.updater.initial_omega().to(torch.float64), nonfinite=[0] * len(peers))
         self.control = TrainerControl()
@@ -116,7 +124,6 @@ class TrainingLoop:
         self.gen_outer = torch.Generator().manual_seed(cfg.seed + 12)
         self.autocast = autocast_for(device, cfg.bf16)
         self.threads = ThreadGovernor(cfg.threads, device.type)
-        self.dist = distributed.current()          # one process, or this rank of a data-parallel run
         self.dist.check_batch(cfg.batch_size)
         self.dtype = torch.float64 if next(peers[0].parameters()).dtype == torch.float64 else torch.float32
         # the updater may reuse the inner step's gradients only if they are the ones it would compute
@@ -227,7 +234,7 @@ class TrainingLoop:
         for peer in self.peers:
             grads = [p.grad for p in peer.parameters() if p.grad is not None]
             norms.append(torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device))
-        norm_values = torch.stack([n.float() for n in norms]).tolist()   # one host sync for all peers
+        norm_values = torch.stack([n.float().to(self.device) for n in norms]).tolist()   # one host sync for all peers
         skipped = []
         for i, (peer, opt) in enumerate(zip(self.peers, self.optimizers)):
             if not (math.isfinite(float(losses[i])) and math.isfinite(norm_values[i])):
