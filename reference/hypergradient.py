@@ -12,8 +12,8 @@ By the chain rule, with G = (s_1(z_ens') − onehot(y_val))/n_val on the validat
     g_j = ∂L_2/∂ω_j(θ', ω) − γ Σ_i ⟨∇_{W'_i} L_2(θ', ω), ∇_{W_i} B_j(θ)⟩.
 
 Adam-aware variant (``precond``, method.md §4 "Adam-aware virtual step"): AdamW moves a parameter
-by γ_eff · D ⊙ g for the current gradient g, with D = 1/(√v̂ + ε) its diagonal preconditioner (held
-constant). With ``precond = [D_1 … D_M]`` (positive, shapes of W) the virtual step is
+by γ · D ⊙ g in its current gradient g, with γ its learning rate and D = c(1−β1)/(1−β1^t)/(√v̂ + ε)
+a diagonal held constant (c: the clipping factor). With ``precond = [D_1 … D_M]`` (positive, shapes of W) the virtual step is
 θ' = θ − γ D ⊙ ∇_θ L_1 and, since D is symmetric, g_j = ∂L_2/∂ω_j(θ') − γ ⟨D ⊙ ∇_θ L_2(θ'), ∇_θ B_j⟩.
 ``precond=None`` is D = 1 (plain SGD, Theorem 1).
 

@@ -188,3 +188,21 @@ def test_a_killed_compare_skips_finished_members_and_resumes_the_interrupted_one
     assert data["missing"] == [] and data["checks"]["same_initial_weights"] == {"1337": True}
     member = json.loads((second / "compare_member.json").read_text())
     assert member["sessions"] == 1 and member["finished"] is True   # the killed session could not count itself
+
+
+def test_member_folders_of_other_settings_are_refused(tmp_path):
+    """Would catch: a reused member folder (say, after compare.json was moved away) whose run had other
+    settings, silently mixed into the statistics."""
+    from wml_framework.compare.execute import check_saved_config
+
+    host = PluginHost()
+    base = cfgmod.from_dict(TINY)
+    plan = make_plan(base, parse_methods("wml,kd"), 1, tmp_path / "cmp", host=host)
+    member = plan.members[0]
+    member.run_dir.mkdir(parents=True)
+    cfgmod.save(plan.member_config(member, host=host), member.run_dir / "config.toml")
+    check_saved_config(member.run_dir, plan.member_config(member, host=host), host, "member")   # the same: fine
+    other = make_plan(cfgmod.from_dict({**TINY, "learning_rate": 1e-3}), parse_methods("wml,kd"), 1,
+                      tmp_path / "cmp", host=host)
+    with pytest.raises(cfgmod.ConfigError, match="learning_rate = 0.003, but this comparison has 0.001"):
+        check_saved_config(member.run_dir, other.member_config(other.members[0], host=host), host, "member")

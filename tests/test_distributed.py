@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow          # real torchrun launches: the full suite 
 
 SETTINGS = {**TINY, "dtype": "float64", "batch_size": 4, "num_batches": 2, "max_steps": 4, "lr_decay_iters": 4,
             "outer_every": 2, "eval_interval": 2, "checkpoint_interval": 2, "teacher_steps": 8, "blimp_limit": 4,
-            "threads": "1"}
+            "threads": "1", "hypergradient": "exact_adam"}
+# exact_adam: the reductions of the exact route plus AdamW's diagonal, which must be the same on every rank
 
 
 def _config(tmp_path: Path, corpus: Path, **changes) -> Path:

@@ -1,6 +1,6 @@
 """``peer_placement = "spread"``: which device each peer goes to, and that a spread run is the same
-run as a replicated one (here on CPU devices: the placement, the per-peer optimizers and the
-cross-device forward path, which is the identity between two CPU "devices")."""
+run as a replicated one (on "cpu,cpu" everywhere, which checks the wiring; across the CPU and a GPU
+where one is present, which checks the transfers)."""
 
 from __future__ import annotations
 
@@ -47,19 +47,38 @@ def test_logits_come_back_to_the_inputs_device():
     assert torch.equal(peer_logits(lin, x), lin(x))
 
 
-def test_a_spread_run_is_the_replicated_run(tmp_path):
-    """Same losses, ω and weights, step by step (float64). Would catch: a peer left behind on the
-    main device while its optimizer holds another, gradients clipped with a norm from another peer."""
+def _spread_equals_replicate(tmp_path, devices: str):
     runs = {}
     for placement in ("replicate", "spread"):
-        cfg, data, loop = tiny_loop(tmp_path / placement, peer_placement=placement, peer_devices="cpu,cpu",
-                                    dtype="float64", max_steps=4, outer_every=2, num_peers=3)
+        cfg, data, loop = tiny_loop(tmp_path / placement, peer_placement=placement, peer_devices=devices,
+                                    dtype="float64", max_steps=4, outer_every=2, num_peers=3,
+                                    hypergradient="exact_adam")
+        if placement == "spread":
+            assert [str(d) for d in loop.peer_devices] == [str(next(p.parameters()).device) for p in loop.peers]
         loop.train()
         runs[placement] = (read_metrics(tmp_path / placement), [p.state_dict() for p in loop.peers])
     (m1, w1), (m2, w2) = runs["replicate"], runs["spread"]
-    train1 = [(r["loss"], r["omega"]) for r in m1 if r["kind"] == "train"]
-    train2 = [(r["loss"], r["omega"]) for r in m2 if r["kind"] == "train"]
-    assert train1 == train2 and len(train1) == 4
-    assert [r["omega"] for r in m1 if r["kind"] == "outer"] == [r["omega"] for r in m2 if r["kind"] == "outer"]
+    train1 = [r["loss"] + r["omega"] for r in m1 if r["kind"] == "train"]
+    train2 = [r["loss"] + r["omega"] for r in m2 if r["kind"] == "train"]
+    assert len(train1) == len(train2) == 4
+    assert all(abs(a - b) <= 1e-6 for x, y in zip(train1, train2) for a, b in zip(x, y))
+    outer1 = [r["omega"] for r in m1 if r["kind"] == "outer"]
+    outer2 = [r["omega"] for r in m2 if r["kind"] == "outer"]
+    assert len(outer1) == len(outer2) == 2
+    assert all(abs(a - b) <= 1e-6 for x, y in zip(outer1, outer2) for a, b in zip(x, y))
     for a, b in zip(w1, w2):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert all(torch.allclose(a[k].cpu(), b[k].cpu(), rtol=1e-5, atol=1e-7) for k in a)
+
+
+def test_a_spread_run_is_the_replicated_run(tmp_path):
+    """Same losses, ω and weights, step by step, with "devices" that are both the CPU: this checks the
+    wiring (placement, per-peer optimizers, clipping, the Adam-aware outer step), not real transfers.
+    Would catch: placement that ignores peer_devices, a crash in the spread code path."""
+    _spread_equals_replicate(tmp_path, "cpu,cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: moves peers between the CPU and cuda:0")
+def test_a_spread_run_across_cpu_and_gpu_is_the_replicated_run(tmp_path):
+    """Real transfers: one peer on the GPU, two on the CPU (the main device). Would catch: anything
+    left assuming one device (logits, clipping norms, optimizer state, the hypergradient's tangents)."""
+    _spread_equals_replicate(tmp_path, "cpu,cuda:0")

@@ -430,15 +430,18 @@ def test_first_order_is_the_small_gamma_limit(p):
     assert np.max(np.abs(s1 - s2)) <= 1e-2 * (1 + np.max(np.abs(s2)))
 
 
-def test_hypergradient_second_term_is_not_zero():
-    """Guards defect §10: the γ-term must contribute (and with the sign of Theorem 1)."""
-    rng = np.random.default_rng(3)
+def _two_peer_problem(seed: int):
+    rng = np.random.default_rng(seed)
     d, V, n = [3, 2], 4, 6
     Xt = [rng.standard_normal((n, k)) for k in d]
     Xv = [rng.standard_normal((n, k)) for k in d]
     W = [rng.standard_normal((k, V)) for k in d]
-    yt, yv = rng.integers(0, V, n), rng.integers(0, V, n)
-    w = np.array([0.3, 0.7])
+    return Xt, rng.integers(0, V, n), Xv, rng.integers(0, V, n), W, np.array([0.3, 0.7])
+
+
+def test_hypergradient_second_term_is_not_zero():
+    """Guards defect §10: the γ-term must contribute (and with the sign of Theorem 1)."""
+    Xt, yt, Xv, yv, W, w = _two_peer_problem(3)
     exact = R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 1.0)
     W1 = R.virtual_step(Xt, yt, W, w, 0.5, 1.0, 1.0)
     direct = R.ensemble_loss_grad_omega(R.linear_logits(Xv, W1), yv, w)
@@ -474,13 +477,7 @@ def test_a_preconditioner_of_ones_is_the_sgd_step(p):
 
 
 def test_a_preconditioner_changes_the_second_term_and_is_checked():
-    rng = np.random.default_rng(5)
-    d, V, n = [3, 2], 4, 6
-    Xt = [rng.standard_normal((n, k)) for k in d]
-    Xv = [rng.standard_normal((n, k)) for k in d]
-    W = [rng.standard_normal((k, V)) for k in d]
-    yt, yv = rng.integers(0, V, n), rng.integers(0, V, n)
-    w = np.array([0.3, 0.7])
+    Xt, yt, Xv, yv, W, w = _two_peer_problem(5)
     D = [np.full_like(x, 3.0) for x in W]
     plain = R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3)
     adam = R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3, precond=D)

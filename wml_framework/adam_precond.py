@@ -8,6 +8,7 @@ that diagonal, read here from the optimizer's state without changing it.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -21,7 +22,7 @@ def clip_factor(grads: Sequence[Tensor], max_norm: float) -> float:
     if max_norm <= 0 or not grads:
         return 1.0
     norm = float(torch.nn.utils.get_total_norm(grads))
-    return min(1.0, max_norm / (norm + 1e-6))
+    return min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(norm) else 0.0
 
 
 def peer_diagonal(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], max_norm: float) -> list[Optional[Tensor]]:
@@ -42,7 +43,9 @@ def peer_diagonal(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], ma
         g = p.grad.detach().to(torch.float64) * c
         v_prev = state["exp_avg_sq"].detach().to(torch.float64) if "exp_avg_sq" in state else torch.zeros_like(g)
         v_hat = (beta2 * v_prev + (1 - beta2) * g * g) / (1 - beta2 ** t)
-        out.append((c * (1 - beta1) / (1 - beta1 ** t) / (v_hat.sqrt() + group["eps"])).to(p.dtype))
+        diag = c * (1 - beta1) / (1 - beta1 ** t) / (v_hat.sqrt() + group["eps"])
+        # a non-finite gradient makes the trainer skip this peer's step: AdamW will not move it (D = 0)
+        out.append(torch.nan_to_num(diag, nan=0.0, posinf=0.0, neginf=0.0).to(p.dtype))
     return out
 
 

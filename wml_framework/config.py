@@ -125,7 +125,7 @@ class WMLConfig:
     seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
     peer_placement: str = _f("replicate", "'replicate': every peer on this process's device; 'spread': peers on different devices of this process (largest first onto the least-loaded), for peers that do not fit on one device together (docs/distributed.md).", choices=["replicate", "spread"], group="run")
-    peer_devices: str = _f("", "Devices for peer_placement = 'spread', separated by commas, e.g. 'cuda:0,cuda:1' (empty: this process's share of the visible GPUs).", group="run")
+    peer_devices: str = _f("", "Devices for peer_placement = 'spread', separated by commas, e.g. 'cuda:0,cuda:1' (empty: every visible GPU). Not combined with --nproc on GPUs yet.", group="run")
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
     dtype: str = _f("float32", "Precision of the teacher's and peers' weights and of training ('float64': slow, for checking runs against each other, e.g. one process against several).", choices=["float32", "float64"], group="run")
     threads: str = _f("auto", "CPU threads for torch: a number, or 'auto' (times the run's own steps on 1 thread and on every core, keeps the faster, and looks again every 100 steps).", group="run")

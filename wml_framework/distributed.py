@@ -198,6 +198,11 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+def launch_world() -> int:
+    """How many processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def main_only(log):
     """``log`` on rank 0; nothing on the others (one voice per run, not one per process)."""
     def logged(message: str) -> None:

@@ -263,11 +263,15 @@ class WMLTrainer:
             self.corpus = plan_corpus(cfg.corpus, cfg.val_corpus)   # every file checked to be text, before any work
         except CorpusError as exc:
             raise RunError(str(exc)) from None
-        resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
         try:
             check_devices([d.strip() for d in cfg.peer_devices.split(",") if d.strip()])
         except ValueError as exc:
             raise RunError(str(exc)) from None
+        if cfg.peer_placement == SPREAD and device.type == "cuda" and distributed.launch_world() > 1:
+            raise RunError("config key 'peer_placement': value 'spread' is not supported with several processes on "
+                           "GPUs yet (each process would need its own set of GPUs before NCCL starts); use one process "
+                           "(no --nproc) or peer_placement = 'replicate'")
         plugins = create_plugins(cfg, self.host)
         if cfg.teacher and not self.layout.teacher.exists():
             self._check_given_teacher(plugins)
@@ -479,12 +483,10 @@ def weights_fingerprint(model) -> str:
 
 
 def _rank_device(device: torch.device, dist: "distributed.Context", cfg: Optional[WMLConfig] = None) -> torch.device:
-    """Each rank's own GPU (``cuda:LOCAL_RANK``; with ``peer_placement = "spread"``, the first GPU of
-    its share); CPU ranks share the CPU."""
+    """Each rank's own GPU (``cuda:LOCAL_RANK``; with ``peer_placement = "spread"``, the first of the
+    GPUs it spreads over); CPU ranks share the CPU."""
     if device.type == "cuda" and cfg is not None and cfg.peer_placement == SPREAD and not cfg.peer_devices.strip():
-        main = rank_devices([], torch.device("cuda", dist.local_rank), dist.local_rank, dist.local_world)[0]
-        torch.cuda.set_device(main)
-        return main
+        return rank_devices([], torch.device("cuda", 0))[0]      # one process (several are refused in _prepare)
     if device.type == "cuda" and dist.active:
         return torch.device("cuda", dist.local_rank)
     return device

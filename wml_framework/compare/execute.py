@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .. import config as cfgmod
 from .. import hookimpl
 from ..atomic import atomic_write_json
 from ..plugins import PluginHost
@@ -23,6 +24,8 @@ from .plan import ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
 
 MEMBER_FILE = "compare_member.json"
+#: keys that may differ between a member's saved config and the plan (they change speed, not results)
+FREE_KEYS = ("threads",)
 
 
 class _StepBar:
@@ -68,13 +71,45 @@ def member_done(member: Member) -> bool:
     return layout.summary.is_file() and layout.eval_json.is_file()
 
 
-def _add_wall(member: Member, seconds: float, finished: bool) -> None:
+def _add_wall(member: Member, seconds: float, finished: bool, failure: Optional[str] = None) -> None:
     path = member.run_dir / MEMBER_FILE
     data = json.loads(path.read_text()) if path.is_file() else {"wall_s": 0.0, "sessions": 0}
     data["wall_s"] = round(data["wall_s"] + seconds, 1)
     data["sessions"] += 1
     data["finished"] = finished
+    data["failed"] = failure
     atomic_write_json(path, data)
+
+
+def _same_path(a, b) -> bool:
+    return bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_saved_config(run_dir: Path, expected: cfgmod.WMLConfig, host: PluginHost, what: str) -> None:
+    """A run folder this comparison continues must have been started with the plan's configuration:
+    otherwise its results would be mixed with another comparison's."""
+    try:
+        saved = cfgmod.load(RunLayout(run_dir).config, host=host).to_dict()
+    except cfgmod.ConfigError as exc:
+        raise cfgmod.ConfigError(f"{what} in {run_dir} cannot be read ({exc}); move it away or use another --out") from None
+    want = expected.to_dict()
+    for key in sorted(set(saved) | set(want)):
+        if key in FREE_KEYS or saved.get(key) == want.get(key):
+            continue
+        if key == "teacher" and _same_path(saved.get(key), want.get(key)):
+            continue
+        raise cfgmod.ConfigError(f"{what} in {run_dir} was started with {key} = {saved.get(key)!r}, but this "
+                                 f"comparison has {want.get(key)!r}; use another --out, or the options it was started with")
+
+
+def _teacher_scored(plan: ComparePlan) -> bool:
+    for m in plan.members:
+        try:
+            if "teacher" in json.loads(RunLayout(m.run_dir).eval_json.read_text()).get("models", {}):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _teacher(plan: ComparePlan, make_host, say) -> Path:
@@ -89,6 +124,7 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     t0 = time.time()
     say(f"teacher: training a teacher for every member (log: {plan.out / 'teacher_run.log'})")
     if RunLayout(plan.teacher_run).config.is_file():
+        check_saved_config(plan.teacher_run, cfg, host, "the teacher's run")
         trainer = WMLTrainer.from_run_dir(plan.teacher_run, host=host, log=log)
     else:
         trainer = WMLTrainer.from_config(cfg, plan.teacher_run, host=host, log=log)
@@ -97,15 +133,20 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     return folder
 
 
-def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> None:
-    from ..runner import WMLTrainer
+def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> Optional[str]:
+    """Train (or resume), evaluate and report one member; returns why it failed, or None."""
+    from ..evaluation import EvaluationError
+    from ..plugins import PluginError
+    from ..runner import RunError, WMLTrainer
+    from ..trainer import TrainingError
 
     layout = RunLayout(member.run_dir)
     host = _member_host(make_host, member.name)
+    expected = plan.member_config(member, host=host)
     member.run_dir.mkdir(parents=True, exist_ok=True)
     log = _file_log(member.run_dir / "wml.log")
     t0 = time.time()
-    finished = False
+    finished, failure = False, None
     try:
         if layout.config.is_file():
             trainer = WMLTrainer.from_run_dir(member.run_dir, host=host, log=log)
@@ -113,15 +154,19 @@ def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) 
                 say(f"  {member.name}: resuming the interrupted run")
                 trainer.train()
         else:
-            trainer = WMLTrainer.from_config(plan.member_config(member, host=host), member.run_dir, host=host, log=log)
+            trainer = WMLTrainer.from_config(expected, member.run_dir, host=host, log=log)
             trainer.train()
-        # the shared teacher is scored once, with the first member; evaluators' own lines go to the log too
+        # the shared teacher is scored once, with the first member to finish; evaluators' lines go to the log
         with (member.run_dir / "wml.log").open("a", encoding="utf-8") as fh, contextlib.redirect_stderr(fh):
             trainer.evaluate(teacher=first)
         trainer.report()
         finished = True
+    except (TrainingError, RunError, EvaluationError, PluginError) as exc:
+        failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log(f"Error: {exc}")
     finally:
-        _add_wall(member, time.time() - t0, finished)
+        _add_wall(member, time.time() - t0, finished, failure)
+    return failure
 
 
 def _eta(seconds: float) -> str:
@@ -134,6 +179,10 @@ def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = Plug
     """Train and evaluate every member of ``plan`` (continuing an earlier start), then write
     ``comparison.json``, ``comparison.md`` and the plots. Returns the comparison's dictionary."""
     continuing = check_or_save(plan)
+    host = make_host()
+    for member in plan.members:     # every folder this comparison would reuse belongs to it
+        if RunLayout(member.run_dir).config.is_file():
+            check_saved_config(member.run_dir, plan.member_config(member, host=host), host, f"member {member.name}")
     total = len(plan.members)
     say(f"compare: {len(plan.methods)} method(s) × {len(plan.seeds)} seed(s) = {total} runs in {plan.out}"
         + (" (continuing)" if continuing else ""))
@@ -146,8 +195,12 @@ def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = Plug
             continue
         say(f"[{k}/{total}] {member.name}: {member.method.title} (log: {member.run_dir / 'wml.log'})")
         t0 = time.time()
-        _run_member(plan, member, first=(k == 1), make_host=make_host, say=say)
+        failure = _run_member(plan, member, first=not _teacher_scored(plan), make_host=make_host, say=say)
         times.append(time.time() - t0)
+        if failure:
+            say(f"[{k}/{total}] {member.name}: FAILED ({failure}); the comparison goes on without it, and the same "
+                f"command tries it again (its log: {member.run_dir / 'wml.log'})")
+            continue
         left = sum(1 for m in plan.members[k:] if not member_done(m))
         line = _member_line(member)
         eta = f"; ETA {_eta(left * sum(times) / len(times))} for {left} more" if left else ""
@@ -168,5 +221,6 @@ def _member_line(member: Member) -> str:
         return "results unreadable"
     ens = evaluation.get("models", {}).get("ensemble", {})
     pairs = (ens.get("minimal_pairs") or {}).get("macro_accuracy")
-    return (f"ensemble held-out loss {summary['ensemble_val_loss']:.4f}"
+    loss = summary.get("ensemble_val_loss")
+    return (f"ensemble held-out loss {'—' if loss is None else format(loss, '.4f')}"
             + (f", min. pairs {100 * pairs:.1f}%" if pairs is not None else ""))

@@ -79,9 +79,11 @@ def make_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], num_seeds: int,
         raise cfgmod.ConfigError(f"--baseline: {baseline!r} is not one of the methods ({', '.join(labels)})")
     values = base.to_dict()
     teacher_given = values.pop("teacher", "") or None
+    if teacher_given:
+        teacher_given = str(Path(teacher_given).expanduser().resolve())   # the same folder from any directory
     for key in METHOD_KEYS:
         values.pop(key, None)
-    out = Path(out)
+    out = Path(out).expanduser().resolve()
     plan = ComparePlan(out, list(methods), [base.seed + k for k in range(num_seeds)], values, baseline, teacher_given)
     plan.members = [Member(m, s, out / "members" / f"{m.label}-seed{s}") for s in plan.seeds for m in methods]
     for member in plan.members:

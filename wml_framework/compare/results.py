@@ -80,8 +80,13 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
             "teacher": teacher, "teacher_dir": str(plan.teacher_dir), "methods": methods,
             "checks": _checks(plan, results), "members": results,
             "missing": sorted(k for k, v in results.items() if v is None),
+            "failed": {m.name: f for m in plan.members if (f := _failure(m)) and results.get(m.name) is None},
             "config": {k: plan.base.get(k) for k in ("corpus", "blimp", "max_steps", "batch_size", "block_size",
                                                       "num_batches", "num_peers", "init", "learning_rate")}}
+
+
+def _failure(member: Member) -> Optional[str]:
+    return (_read(member.run_dir / "compare_member.json") or {}).get("failed")
 
 
 def _model_names(done: dict) -> list[str]:
@@ -145,6 +150,10 @@ def markdown(result: dict) -> str:
               "pairs: macro accuracy in %, higher is better.", ""]
     if result["missing"]:
         lines += [f"**Unfinished members** (not in the statistics): {', '.join(result['missing'])}", ""]
+    for name, why in result.get("failed", {}).items():
+        lines += [f"- {name} failed: {why}"]
+    if result.get("failed"):
+        lines += [""]
     t = result.get("teacher")
     if t:
         pairs = "—" if t.get("min_pairs") is None else f"{100 * t['min_pairs']:.1f}%"
