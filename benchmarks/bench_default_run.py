@@ -37,7 +37,7 @@ VARIANTS = {
 }
 QUICK = ["--set", "teacher_steps=20", "--set", "max_steps=6", "--set", "lr_decay_iters=6", "--set", "warmup_iters=1",
          "--set", "eval_interval=3", "--set", "blimp_limit=3", "--set", "teacher_n_embd=32", "--set", "teacher_n_layer=2",
-         "--set", "vocab_size=512", "--set", "bayesian_n_iter=5", "--set", "bayesian_init_points=3", "--set", "outer_every=2"]
+         "--set", "vocab_size=512", "--set", "bayesian_n_iter=5", "--set", "bayesian_init_points=3", "--set", "outer_every=2", "--set", "perplexity.max_blocks=8"]
 
 
 def run_variant(args: list[str], out: Path, extra: list[str], checkout: Path | None = None) -> dict:
