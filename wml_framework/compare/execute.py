@@ -20,7 +20,7 @@ from .. import hookimpl
 from ..atomic import atomic_write_json
 from ..plugins import PluginHost
 from ..run_layout import RunLayout, is_model_dir
-from .plan import ComparePlan, Member, check_or_save
+from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
 
 MEMBER_FILE = "compare_member.json"
@@ -96,7 +96,7 @@ def check_saved_config(run_dir: Path, expected: cfgmod.WMLConfig, host: PluginHo
     for key in sorted(set(saved) | set(want)):
         if key in FREE_KEYS or saved.get(key) == want.get(key):
             continue
-        if key == "teacher" and _same_path(saved.get(key), want.get(key)):
+        if key in PATH_KEYS and _same_path(saved.get(key), want.get(key)):
             continue
         raise cfgmod.ConfigError(f"{what} in {run_dir} was started with {key} = {saved.get(key)!r}, but this "
                                  f"comparison has {want.get(key)!r}; use another --out, or the options it was started with")

@@ -18,6 +18,15 @@ from .methods import Method
 PLAN_FILE = "compare.json"
 #: keys a method sets itself; everything else is shared by every member
 METHOD_KEYS = ("loss", "updater")
+#: keys naming files or folders: compared as the folders they name, from whatever directory
+PATH_KEYS = ("corpus", "val_corpus", "blimp", "teacher")
+
+
+def resolved_path(value):
+    """An existing file or folder as an absolute path; anything else ('default', 'none', '') as given."""
+    if isinstance(value, str) and value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ def make_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], num_seeds: int,
         teacher_given = str(Path(teacher_given).expanduser().resolve())   # the same folder from any directory
     for key in METHOD_KEYS:
         values.pop(key, None)
+    for key in PATH_KEYS:
+        if key in values:
+            values[key] = resolved_path(values[key])
     out = Path(out).expanduser().resolve()
     plan = ComparePlan(out, list(methods), [base.seed + k for k in range(num_seeds)], values, baseline, teacher_given)
     plan.members = [Member(m, s, out / "members" / f"{m.label}-seed{s}") for s in plan.seeds for m in methods]
@@ -101,20 +113,36 @@ def check_or_save(plan: ComparePlan) -> bool:
     """Write ``compare.json``, or check that the one there describes the same comparison.
     Returns True when continuing an earlier start."""
     path = plan.out / PLAN_FILE
-    mine = json.loads(json.dumps(plan.to_dict()))
+    mine = _normalized(json.loads(json.dumps(plan.to_dict())))
     if path.is_file():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise cfgmod.ConfigError(f"{path} is unreadable ({exc}); move it away to start this comparison over") from None
-        if saved != mine:
-            diff = _first_difference(saved, mine)
+        # keys added to wml since the comparison started take their defaults (that is what the runs used)
+        defaults = cfgmod.from_dict({}, check_plugins=False).to_dict()
+        saved["base_config"] = {**{k: v for k, v in defaults.items() if k not in METHOD_KEYS + ("teacher",)},
+                                **(saved.get("base_config") or {})}
+        if _normalized(saved) != mine:
+            diff = _first_difference(_normalized(saved), mine)
             raise cfgmod.ConfigError(f"{plan.out} holds a comparison with other settings ({diff}); use another --out, "
                                      "or the same options to continue it")
         return True
     plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, mine)
     return False
+
+
+def _normalized(plan_dict: dict) -> dict:
+    """The plan with its paths resolved (a folder named relatively then and absolutely now is the same)."""
+    out = dict(plan_dict)
+    base = dict(out.get("base_config") or {})
+    for key in PATH_KEYS:
+        if key in base:
+            base[key] = resolved_path(base[key])
+    out["base_config"] = base
+    out["teacher_given"] = resolved_path(out.get("teacher_given"))
+    return out
 
 
 def _first_difference(saved: dict, mine: dict, prefix: str = "") -> str:

@@ -36,7 +36,8 @@ def _figure(result: dict, measure: str):
     ax.set_xticks(x, models)
     ax.set_ylabel(spec["title"] + (" (%)" if scale != 1 else "") + f" — {spec['better']} is better")
     ax.set_title(f"{spec['title']} by method (mean ± std over {len(result['seeds'])} seed(s))")
-    finite = [scale * m["models"][n][measure]["mean"] for m in methods for n in models
+    finite = [scale * (m["models"][n][measure]["mean"] + sign * (m["models"][n][measure]["std"] or 0.0))
+              for m in methods for n in models for sign in (-1, 1)
               if n in m["models"] and m["models"][n][measure]["mean"] is not None]
     if teacher is not None:
         finite.append(scale * teacher)
@@ -49,15 +50,48 @@ def _figure(result: dict, measure: str):
     return fig
 
 
+def _differences(result: dict):
+    """Paired differences against the baseline with their 95% intervals, one panel per measure."""
+    from matplotlib.figure import Figure
+
+    models = result["models"]
+    others = [m for m in result["methods"] if m["label"] != result["baseline"]]
+    fig = Figure(figsize=(8.5, 7.0), dpi=130, layout="constrained")
+    width = 0.8 / max(1, len(others))
+    x = np.arange(len(models))
+    for row, measure in enumerate(MEASURES):
+        ax = fig.add_subplot(len(MEASURES), 1, row + 1)
+        scale = 100.0 if measure == "min_pairs" else 1.0
+        for k, m in enumerate(others):
+            diffs = [m["models"].get(n, {}).get(measure, {}).get("vs_baseline") or {} for n in models]
+            ys = np.array([np.nan if d.get("mean") is None else scale * d["mean"] for d in diffs])
+            lo = np.array([0.0 if d.get("low") is None else scale * (d["mean"] - d["low"]) for d in diffs])
+            hi = np.array([0.0 if d.get("high") is None else scale * (d["high"] - d["mean"]) for d in diffs])
+            ax.errorbar(x + (k - (len(others) - 1) / 2) * width, ys, yerr=[lo, hi], fmt="o", capsize=3,
+                        color=_METHOD_COLORS[(k + 1) % len(_METHOD_COLORS)], label=m["label"])
+        ax.axhline(0.0, color="#000000", linewidth=0.8)
+        ax.set_xticks(x, models)
+        spec = MEASURES[measure]
+        ax.set_ylabel(f"Δ {spec['title']}" + (" (points)" if scale != 1 else "") + f"\n({spec['better']} is better)")
+        ax.grid(True, axis="y", alpha=0.3)
+        if row == 0:
+            ax.set_title(f"paired difference vs {result['baseline']} (mean and 95% interval over {len(result['seeds'])} seed(s))")
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def write_plots(folder: Path, result: dict) -> list[Path]:
-    """``heldout_loss.png`` and ``min_pairs.png`` (PNG, written atomically)."""
-    written = []
+    """``heldout_loss.png``, ``min_pairs.png`` and ``differences.png`` (PNG, written atomically)."""
     if not result["models"]:
-        return written
-    for measure in MEASURES:
-        fig = _figure(result, measure)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        atomic_write_bytes(Path(folder) / f"{measure}.png", buf.getvalue())
-        written.append(Path(folder) / f"{measure}.png")
+        return []
+    written = [_save(_figure(result, measure), Path(folder) / f"{measure}.png") for measure in MEASURES]
+    if len(result["methods"]) > 1:
+        written.append(_save(_differences(result), Path(folder) / "differences.png"))
     return written

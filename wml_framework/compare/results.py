@@ -183,6 +183,8 @@ def markdown(result: dict) -> str:
                                                     for s, v in checks["same_tokens"].items()) + ".", ""]
     for name in ("heldout_loss", "min_pairs"):
         lines += [f"![{MEASURES[name]['title']}](plots/{name}.png)", ""]
+    if len(result["methods"]) > 1:
+        lines += [f"![paired differences vs {base}](plots/differences.png)", ""]
     return "\n".join(lines)
 
 
