@@ -248,3 +248,22 @@ def test_a_failing_member_does_not_stop_the_comparison(tmp_path):
     assert result["failed"].keys() == {"bad-seed1337"} and result["missing"] == ["bad-seed1337"]
     assert result["teacher"] is not None                      # scored with ce, the first member to finish
     assert "bad-seed1337 failed" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_the_same_folders_named_another_way_continue_the_comparison(tmp_path, monkeypatch):
+    """A corpus named relatively at the start and absolutely now (or from another directory) is the
+    same comparison; a key wml gained since the start counts with its default."""
+    import json as _json
+
+    corpus = toy_corpus(tmp_path / "toy.txt", sentences=100)
+    monkeypatch.chdir(tmp_path)
+    first = make_plan(cfgmod.from_dict({**TINY, "corpus": "toy.txt"}), parse_methods("wml,kd"), 1, "cmp")
+    assert check_or_save(first) is False
+    saved = _json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    del saved["base_config"]["peer_placement"]                       # as written by an older wml
+    saved["base_config"]["corpus"] = "toy.txt"
+    (tmp_path / "cmp" / "compare.json").write_text(_json.dumps(saved))
+    monkeypatch.chdir(corpus.parent.parent)
+    again = make_plan(cfgmod.from_dict({**TINY, "corpus": str(corpus)}), parse_methods("wml,kd"), 1, tmp_path / "cmp")
+    monkeypatch.chdir(tmp_path)
+    assert check_or_save(again) is True
