@@ -49,9 +49,9 @@ def _child(kind: str, corpus: str, tokenizer_dir: str, cache: str) -> dict:
     """One measurement, run in its own process (see main)."""
     from transformers import AutoTokenizer
 
-    from wml_framework.corpus import iter_documents, plan_corpus
-    from wml_framework.tokenizer import present
-    from wml_framework.tokens import _batches, prepare
+    from wml_framework.text.corpus import iter_documents, plan_corpus
+    from wml_framework.text.tokenizer import present
+    from wml_framework.text.tokens import _batches, prepare
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     t0 = time.perf_counter()
@@ -92,8 +92,8 @@ def train_once(corpus: Path, vocab: int, out: Path) -> dict:
 
 
 def _train_child(corpus: str, vocab: int, out: str) -> dict:
-    from wml_framework.corpus import iter_documents, plan_corpus
-    from wml_framework.tokenizer import train_tokenizer
+    from wml_framework.text.corpus import iter_documents, plan_corpus
+    from wml_framework.text.tokenizer import train_tokenizer
 
     t0 = time.perf_counter()
     tok = train_tokenizer(iter_documents(plan_corpus(corpus).train), vocab)
@@ -132,7 +132,7 @@ def main() -> int:
             f"{k} {r['tokens_per_s'] / 1e6:.2f}M tok/s, peak {r['peak_rss_mb']:.0f} MB" for k, r in results.items())
             + f"; wml / tokenizers-fast = {ratio:.2f}", flush=True)
     if args.write_doc:
-        from wml_framework.atomic import replace_doc_section
+        from wml_framework.runtime.atomic import replace_doc_section
 
         lines = ["## Data: tokenizing a corpus at BabyLM scale", "",
                  f"Command: `python benchmarks/bench_data.py --source ../shared/data/corpus --words {args.words} "

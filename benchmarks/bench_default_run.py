@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wml_framework.atomic import replace_doc_section
+from wml_framework.runtime.atomic import replace_doc_section
 
 ROOT = Path(__file__).resolve().parents[1]
 

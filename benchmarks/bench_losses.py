@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from wml_framework.api import Batch, OuterContext
-from wml_framework.atomic import replace_doc_section
+from wml_framework.runtime.atomic import replace_doc_section
 from wml_plugins.losses.wml import WMLLoss
 from wml_plugins.updaters.mirror import MirrorUpdater
 

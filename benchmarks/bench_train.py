@@ -79,8 +79,8 @@ def default_peers(cfg, device):
     from transformers import AutoModelForCausalLM
 
     from wml_framework.api import peer_targets
-    from wml_framework.plugins import PluginHost
-    from wml_framework.teacher import teacher_config
+    from wml_framework.plugin_system.host import PluginHost
+    from wml_framework.training.teacher import teacher_config
 
     class Vocab:  # what teacher_config reads of a tokenizer
         bos_token_id, eos_token_id, pad_token_id = 0, 1, 2
@@ -100,7 +100,7 @@ def default_peers(cfg, device):
 
 def shared_batches(cfg, tokens: int = 400_000):
     """Token data whose training batch is the one the benchmark hands every variant this round."""
-    from wml_framework.tokens import TokenData
+    from wml_framework.text.tokens import TokenData
 
     class SharedBatch(TokenData):
         current = None
@@ -137,9 +137,9 @@ def make_plain(peers, cfg, device):
 
 
 def make_trainer(peers, cfg, device, loss: str, updater: str, run_dir: Path):
-    from wml_framework.plugins import PluginHost
+    from wml_framework.plugin_system.host import PluginHost
     from wml_framework.runner import create_plugins
-    from wml_framework.trainer import TrainingLoop
+    from wml_framework.training.loop import TrainingLoop
 
     host = PluginHost()
     c = cfg.replace(loss=loss, updater=updater)
@@ -203,7 +203,7 @@ def run(threads: int, rounds: int, device: torch.device, settings: dict | None =
 def scaling_worker(rounds: int, settings: dict) -> dict:
     """One rank's timing of the wml + mirror trainer on the default peers (run under torchrun, or alone)."""
     from wml_framework import config as cfgmod
-    from wml_framework import distributed
+    from wml_framework.runtime import distributed
 
     dist = distributed.init_from_env("cpu")
     torch.set_num_threads(1)
@@ -279,7 +279,7 @@ def main() -> int:
         print(f"1 process: {res['one']:.3f} s/step; {res['nproc']} processes: {res['many']:.3f} s/step; "
               f"speed-up {res['speedup']:.2f}x, efficiency {100 * res['efficiency']:.0f}%", flush=True)
         if args.write_doc:
-            from wml_framework.atomic import replace_doc_section
+            from wml_framework.runtime.atomic import replace_doc_section
 
             lines = ["## Data-parallel scaling (`benchmarks/bench_train.py --nproc`)", "",
                      f"Command: `python benchmarks/bench_train.py --nproc {args.nproc} --rounds {args.rounds} "
@@ -301,7 +301,7 @@ def main() -> int:
                                              for n in VARIANTS) + f"; peak {res['peak_flops'] / 1e9:.0f} GFLOP/s",
               flush=True)
     if args.write_doc:
-        from wml_framework.atomic import replace_doc_section
+        from wml_framework.runtime.atomic import replace_doc_section
 
         first = results[0]
         lines = ["## Training step: the trainer against a plain loop", "",

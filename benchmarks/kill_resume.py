@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WALL_CLOCK = {"tokens_per_s", "elapsed_s", "threads"}   # threads: chosen by timing (wml_framework.threads)
+WALL_CLOCK = {"tokens_per_s", "elapsed_s", "threads"}   # threads: chosen by timing (wml_framework.runtime.threads)
 
 
 def _cli() -> list[str]:

@@ -52,10 +52,10 @@ def tiny_loop(tmp_path: Path, **changes):
     import torch
 
     from helpers_models import build, tiny_llama_config
-    from wml_framework.plugins import PluginHost
+    from wml_framework.plugin_system.host import PluginHost
     from wml_framework.runner import create_plugins
-    from wml_framework.tokens import TokenData
-    from wml_framework.trainer import TrainingLoop
+    from wml_framework.text.tokens import TokenData
+    from wml_framework.training.loop import TrainingLoop
 
     cfg = cfgmod.from_dict({"device": "cpu", "batch_size": 4, "block_size": 16, "num_batches": 2, "vocab_size": 300,
                             "max_steps": 2, "eval_batches": 2, "threads": "1", "num_peers": 2, **changes})

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from run_helpers import tiny_config
-from wml_framework import hookimpl, trainer
-from wml_framework.plugins import PluginHost
+from wml_framework import hookimpl
+from wml_framework.training import loop as trainer
+from wml_framework.plugin_system.host import PluginHost
 from wml_framework.runner import WMLTrainer
 
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from run_helpers import TINY
 from wml_framework.cli import main
-from wml_framework.corpus import CorpusError, iter_documents, plan_corpus
+from wml_framework.text.corpus import CorpusError, iter_documents, plan_corpus
 
 NOUNS, VERBS = ["cat", "dog", "bird", "girl", "boy", "king", "fox"], ["sees", "likes", "finds", "helps"]
 
@@ -94,7 +94,7 @@ def test_a_bad_corpus_is_one_line_exit_2_and_no_run_folder(tmp_path, make, needl
 def test_training_text_is_presented_as_the_pipeline_presents_a_sentence(tmp_path):
     """BOS, then the document with a leading space: ' the cat sees the dog .', as the BabyLM 2024
     pipeline scores ' ' + sentence after its prefix token."""
-    from wml_framework.tokens import prepare
+    from wml_framework.text.tokens import prepare
 
     train = babylm_folder(tmp_path, lines=300)
     data = prepare(str(train), 300, 0.05, cache=tmp_path / "cache", log=lambda m: None)
@@ -134,7 +134,7 @@ def test_a_run_on_the_babylm_layout_uses_dev_as_its_held_out_text(babylm_run):
 def test_exported_folders_load_in_the_babylm_pipeline(babylm_run, folder):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from wml_framework import minimal_pairs
+    from wml_framework.evaluation import minimal_pairs
 
     path = babylm_run[0] / folder
     tok = AutoTokenizer.from_pretrained(path)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from wml_framework import __version__
 from wml_framework.cli import main
-from wml_framework.plugins import KIND_HOOKS, get_host
+from wml_framework.plugin_system.host import KIND_HOOKS, get_host
 
 
 def test_version():

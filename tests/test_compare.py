@@ -23,7 +23,7 @@ from wml_framework.cli import main
 from wml_framework.compare import BUILTIN_METHODS, make_plan, parse_methods
 from wml_framework.compare.plan import check_or_save
 from wml_framework.compare.stats import mean_std, paired_difference
-from wml_framework.plugins import PluginHost
+from wml_framework.plugin_system.host import PluginHost
 
 # --------------------------------------------------------------------------- methods, plan, statistics
 

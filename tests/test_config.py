@@ -80,7 +80,7 @@ def test_max_steps_has_the_seed_cards_name_as_an_alias(tmp_path):
 
 def test_plugin_options_from_set_and_toml_are_validated_with_defaults(tmp_path):
     """Would catch: options that are not validated, not defaulted, or that --set cannot reach."""
-    from wml_framework.plugins import PluginHost
+    from wml_framework.plugin_system.host import PluginHost
 
     host = PluginHost()
     cfg = cfgmod.load(overrides=cfgmod.parse_overrides(["perplexity.max_blocks=3"]), host=host)
@@ -136,7 +136,7 @@ def test_every_key_is_documented():
 def test_docs_config_md_is_current():
     from pathlib import Path
 
-    from wml_framework.plugins import PluginHost
+    from wml_framework.plugin_system.host import PluginHost
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
     assert cfgmod.markdown_table(PluginHost()) in doc, "regenerate docs/config.md from `wml config --markdown`"
@@ -149,7 +149,7 @@ def test_unconvertible_values_are_config_errors(key, value):
 
 
 def test_champion_preset_decays_eta_over_its_outer_steps():
-    from wml_framework.schedules import warmup_cosine
+    from wml_framework.training.schedules import warmup_cosine
 
     cfg = cfgmod.load(preset="babylm-champion", check_plugins=False)
     last_outer = cfg.max_steps // cfg.outer_every - 1
@@ -173,7 +173,7 @@ def test_a_toml_file_must_say_numbers_as_numbers_and_put_options_in_plugin_table
 
 def test_list_options_bound_every_element():
     from wml_framework.api import Option
-    from wml_framework.validation import validate_value
+    from wml_framework.plugin_system.validation import validate_value
 
     spec = Option("w", [0.5], low=0.0, high=1.0)
     assert validate_value("p.w", spec, "0.2, 0.8") == [0.2, 0.8]

@@ -141,7 +141,7 @@ def test_a_killed_rank_then_a_sigterm_stop_the_run_cleanly_and_it_resumes_on_any
     """Would catch: a surviving rank that hangs or prints a traceback when another dies; a launcher that
     dies alone on SIGTERM and leaves its ranks running; ranks that stop at different steps (the one that
     stops last would wait forever); a checkpoint that cannot resume under torchrun or on one process."""
-    from wml_framework import checkpoint
+    from wml_framework.runtime import checkpoint
 
     cfg = _config(tmp_path, corpus, max_steps=30, lr_decay_iters=30, eval_interval=15, checkpoint_interval=2)
     run = tmp_path / "run"

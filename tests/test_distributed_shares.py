@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from run_helpers import tiny_loop
-from wml_framework import distributed
-from wml_framework.distributed import Context, DistributedError
+from wml_framework.runtime import distributed
+from wml_framework.runtime.distributed import Context, DistributedError
 
 
 class PlayedRank(Context):
@@ -94,7 +94,7 @@ def test_rank_one_of_two_trains_on_the_second_half_of_every_global_batch(tmp_pat
 
 
 def test_rank_one_of_two_scores_every_second_held_out_block(tmp_path, rank1, monkeypatch):
-    from wml_framework import heldout
+    from wml_framework.evaluation import heldout
 
     cfg, data, loop, _ = _loop(tmp_path)
     scored = []
@@ -111,7 +111,7 @@ def test_rank_one_of_two_scores_every_second_held_out_block(tmp_path, rank1, mon
 
 
 def test_rank_one_of_two_scores_every_second_minimal_pair(rank1, monkeypatch):
-    from wml_framework import minimal_pairs as mp
+    from wml_framework.evaluation import minimal_pairs as mp
 
     pairs = [mp.MinimalPair(good=f"good {i}", bad=f"bad {i}", file="f", line=i + 1, index=i) for i in range(4)]
     scored = []

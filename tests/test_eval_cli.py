@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from wml_framework import hookimpl
-from wml_framework import minimal_pairs, models, tokenizer
+from wml_framework.evaluation import minimal_pairs, models
+from wml_framework.text import tokenizer
 from wml_framework.cli import main
-from wml_framework import plugins
-from wml_framework.plugins import PluginHost
+from wml_framework.plugin_system import host as plugins
+from wml_framework.plugin_system.host import PluginHost
 from eval_synthetic import synthetic_pairs, synthetic_sentences, write_minimal_pairs, write_synthetic_run
 
 
@@ -139,7 +140,7 @@ def test_eval_as_a_subprocess(workspace, tmp_path):
 def test_thread_policy(monkeypatch):
     import torch
 
-    from wml_framework.evaluation import choose_threads
+    from wml_framework.evaluation.scoring import choose_threads
 
     assert choose_threads("3") == 3
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1), 0.0, 0.0))

@@ -11,7 +11,7 @@ import torch
 import wml_reference as R
 from test_hypergradient import linear_problem
 from run_helpers import tiny_loop
-from wml_framework.adam_precond import adam_preconditioner, peer_diagonal
+from wml_framework.training.adam_precond import adam_preconditioner, peer_diagonal
 from wml_framework.api import AdamPreconditioner, Batch
 from wml_plugins.losses.wml import WMLLoss
 from wml_plugins.updaters.hypergrad import DOUBLE_VJP, JVP, hypergradient

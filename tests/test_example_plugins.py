@@ -24,9 +24,9 @@ import pytest
 from click.testing import CliRunner
 
 from run_helpers import TINY, read_metrics
-from wml_framework import plugins
+from wml_framework.plugin_system import host as plugins
 from wml_framework.cli import main
-from wml_framework.plugins import PluginHost
+from wml_framework.plugin_system.host import PluginHost
 from wml_framework.verify import run_checks
 
 ROOT = Path(__file__).resolve().parents[1]

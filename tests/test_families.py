@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from wml_framework.plugins import get_host
+from wml_framework.plugin_system.host import get_host
 from helpers_models import tiny_gpt2_config, tiny_llama_config
 
 N_RANDOM = 60

@@ -201,9 +201,9 @@ def test_the_trainers_inner_gradients_give_the_fresh_hypergradient(tmp_path, num
     import numpy as np
 
     from wml_framework.config import from_dict
-    from wml_framework.plugins import PluginHost
-    from wml_framework.tokens import TokenData
-    from wml_framework.trainer import TrainingLoop
+    from wml_framework.plugin_system.host import PluginHost
+    from wml_framework.text.tokens import TokenData
+    from wml_framework.training.loop import TrainingLoop
     from wml_plugins.updaters.mirror import MirrorUpdater
 
     WithoutClosedForm = lambda: WMLWithoutClosedForms(0.4, 1.5)  # noqa: E731

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from wml_framework import config as cfgmod
-from wml_framework.plugins import PluginError, get_host
+from wml_framework.plugin_system.host import PluginError, get_host
 from wml_framework.api import peer_targets
 from wml_plugins.init.bayes.search import search_shape
 from wml_plugins.init.bayes.space import VARIABLES, SizingSpace, grid_step, shape_key
@@ -95,7 +95,7 @@ def efficient_shape(shape: dict, multiple: int) -> bool:
 
 
 def default_teacher():
-    from wml_framework.teacher import teacher_config
+    from wml_framework.training.teacher import teacher_config
 
     cfg = cfgmod.from_dict({})
 

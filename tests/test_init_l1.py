@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from wml_framework import config as cfgmod
-from wml_framework.plugins import PluginError, get_host
+from wml_framework.plugin_system.host import PluginError, get_host
 from wml_framework.api import peer_targets
 from wml_plugins.init.l1.importance import Importance, calibration_gradients, unit_importance
 from wml_plugins.init.l1.plan import min_kept, plan_pruning, smallest_parameters

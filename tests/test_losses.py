@@ -17,7 +17,7 @@ import torch
 import wml_reference as R
 from wml_framework import config
 from wml_framework.api import LossResult
-from wml_framework.plugins import get_host
+from wml_framework.plugin_system.host import get_host
 from wml_plugins.updaters.hypergrad import mixed_omega_grad_autograd
 from wml_plugins.losses.ce import CELoss
 from wml_plugins.losses.ensemble import ensemble_loss

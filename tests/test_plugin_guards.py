@@ -16,10 +16,11 @@ import torch
 from click.testing import CliRunner
 
 from run_helpers import read_metrics, tiny_config
-from wml_framework import WMLTrainer, hookimpl, plugins
+from wml_framework import WMLTrainer, hookimpl
+from wml_framework.plugin_system import host as plugins
 from wml_framework.api import UpdateResult, uniform_omega
 from wml_framework.cli import main
-from wml_framework.plugins import PluginError, PluginHost
+from wml_framework.plugin_system.host import PluginError, PluginHost
 
 
 class Updater:

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from wml_framework import hookimpl
-from wml_framework.plugins import KIND_HOOKS, PluginError, PluginHost, UnknownPluginError
+from wml_framework.plugin_system.host import KIND_HOOKS, PluginError, PluginHost, UnknownPluginError
 
 
 def _fake_distribution(root, dist_name, module_name, body, ep_name):
@@ -155,7 +155,7 @@ def test_hookspec_validation_rejects_a_misspelled_hook_with_a_did_you_mean():
 
 def test_a_forgotten_hookimpl_is_warned_about():
     """Would catch: a plugin whose hook pluggy silently ignores because the marker is missing."""
-    from wml_framework.plugins import PluginWarning
+    from wml_framework.plugin_system.host import PluginWarning
 
     class Forgetful:
         def wml_register_losses(self, register):  # no @hookimpl
@@ -281,7 +281,7 @@ def test_a_plugin_that_fails_in_one_hook_is_not_used_in_the_others():
 def test_asking_for_a_name_a_broken_plugin_would_provide_says_so(fake_site, monkeypatch):
     from click.testing import CliRunner
 
-    from wml_framework import plugins
+    from wml_framework.plugin_system import host as plugins
     from wml_framework.cli import main
 
     _fake_distribution(fake_site, "fake-wml-a", "fake_wml_a", PLUGIN_BODY, "sharpen_a")

@@ -635,7 +635,7 @@ def test_public_api():
 def test_warmup_cosine_agrees_with_the_trainers_schedule(step, warmup, decay, peak, frac):
     """Two implementations written apart (the oracle's and the one the trainer and updaters use):
     a wrong warm-up, a shifted cosine or a missing floor in either makes them disagree."""
-    from wml_framework.schedules import warmup_cosine as used
+    from wml_framework.training.schedules import warmup_cosine as used
 
     floor = peak * frac
     assert R.warmup_cosine(step, peak, floor, warmup, decay) == pytest.approx(used(step, peak, floor, warmup, decay),

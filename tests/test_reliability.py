@@ -22,12 +22,14 @@ import torch
 from click.testing import CliRunner
 
 from run_helpers import TINY, read_metrics, tiny_config
-from wml_framework import checkpoint, hookimpl, plugins
+from wml_framework.runtime import checkpoint
+from wml_framework import hookimpl
+from wml_framework.plugin_system import host as plugins
 from wml_framework.api import LossResult
 from wml_framework.cli import main
-from wml_framework.plugins import PluginHost
+from wml_framework.plugin_system.host import PluginHost
 from wml_framework.runner import WMLTrainer
-from wml_framework.trainer import TrainingError
+from wml_framework.training.loop import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -168,8 +170,8 @@ def test_the_inner_loss_receives_the_omega_of_the_last_outer_step(recorded):
 
 
 def test_eval_json_scores_only_the_evaluated_half(recorded):
-    from wml_framework.heldout import perplexity
-    from wml_framework.models import load_model
+    from wml_framework.evaluation.heldout import perplexity
+    from wml_framework.evaluation.models import load_model
 
     _, trainer, _ = recorded
     result = trainer.evaluate()
@@ -349,7 +351,7 @@ def test_a_signal_in_any_phase_exits_with_the_resume_command_and_loses_nothing(
 def test_a_resume_keeps_the_early_stopping_state(tmp_path, corpus):
     """Would catch: a resume that forgets how many evaluations failed to improve (the stop would
     then come later than in the uninterrupted run)."""
-    from wml_framework.interrupts import Interrupted
+    from wml_framework.runtime.interrupts import Interrupted
 
     stalled = dict(enable_early_stopping=True, early_stopping_patience=2, eval_interval=2, learning_rate=1e-9,
                    min_lr=1e-9, omega_lr=0.0, omega_min_lr=0.0, max_steps=12, lr_decay_iters=12, teacher_steps=2)
@@ -473,7 +475,7 @@ def test_resume_may_extend_a_run_but_not_change_a_shape(tmp_path, reference):
 def test_a_full_disk_while_saving_is_one_line_and_leaves_no_complete_looking_output(tmp_path, corpus, monkeypatch):
     import errno
 
-    from wml_framework import atomic
+    from wml_framework.runtime import atomic
 
     real = atomic.os.replace
 
@@ -502,7 +504,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_work(tmp_path
 def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, reference):
     import shutil
 
-    from wml_framework.run_lock import locked
+    from wml_framework.runtime.run_lock import locked
 
     run = tmp_path / "run"
     shutil.copytree(reference, run)

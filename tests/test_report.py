@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from matplotlib.colors import to_hex
 
 from wml_framework.cli import main
-from wml_framework.evaluation import evaluate, write_eval_json
+from wml_framework.evaluation.scoring import evaluate, write_eval_json
 from wml_framework.report import write_report
 from wml_framework.report.plots import ENSEMBLE_COLOR, PLOTS, TEACHER_COLOR, make_figures, peer_color
 from wml_framework.report.run_data import load_run_data, result_rows

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from wml_framework import hookimpl, runner
 from wml_framework.cli import main
-from wml_framework.plugins import PluginHost
+from wml_framework.plugin_system.host import PluginHost
 
 from run_helpers import TINY, read_metrics as _read_metrics, tiny_config
 

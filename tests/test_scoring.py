@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from wml_framework import heldout, minimal_pairs, run_reader, tokenizer
-from wml_framework import models as wml_models
-from wml_framework.run_layout import RunLayout
-from wml_framework.corpus import default_blimp_dir
+from wml_framework.evaluation import heldout, minimal_pairs, run_reader
+
+from wml_framework.text import tokenizer
+from wml_framework.evaluation import models as wml_models
+from wml_framework.runtime.run_layout import RunLayout
+from wml_framework.text.corpus import default_blimp_dir
 from eval_synthetic import (save_model, synthetic_sentences, tiny_gpt2, tiny_llama, tiny_tokenizer,
                                         write_synthetic_run)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wml_framework import threads as th
-from wml_framework.threads import ThreadGovernor, parse_threads
+from wml_framework.runtime import threads as th
+from wml_framework.runtime.threads import ThreadGovernor, parse_threads
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from wml_framework import hookimpl, plugins
+from wml_framework import hookimpl
+
+from wml_framework.plugin_system import host as plugins
 from wml_framework.api import LossResult, UpdateResult, uniform_omega
 from wml_framework.cli import main
-from wml_framework.plugins import PluginHost
+from wml_framework.plugin_system.host import PluginHost
 from wml_framework.verify import CheckResult, format_table, run_checks
 
 BUILTIN_LOSSES = ("wml", "kd", "ce")

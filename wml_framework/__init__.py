@@ -17,7 +17,10 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from . import _moved  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402  - the one name plugin authors need
+
+_moved.install()  # import paths from before the subpackages still work, with a warning
 
 #: exported name -> (module, attribute)
 _LAZY = {
@@ -25,11 +28,11 @@ _LAZY = {
     "load_config": ("config", "load"),
     "ConfigError": ("config", "ConfigError"),
     "WMLTrainer": ("runner", "WMLTrainer"),
-    "TrainerCallback": ("callbacks", "TrainerCallback"),
-    "TrainerControl": ("callbacks", "TrainerControl"),
+    "TrainerCallback": ("training.callbacks", "TrainerCallback"),
+    "TrainerControl": ("training.callbacks", "TrainerControl"),
     "Event": ("api", "Event"),
-    "evaluate": ("evaluation", "evaluate"),
-    "PluginHost": ("plugins", "PluginHost"),
+    "evaluate": ("evaluation.scoring", "evaluate"),
+    "PluginHost": ("plugin_system.host", "PluginHost"),
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]
@@ -41,6 +44,8 @@ def __getattr__(name: str):
         value = getattr(_import_module(f".{module}", __name__), attr)
         globals()[name] = value
         return value
+    if name in _moved.MOVED:  # ``from wml_framework import heldout``, the old way
+        return _moved.load(name)
     raise AttributeError(f"module 'wml_framework' has no attribute {name!r}")
 
 

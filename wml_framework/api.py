@@ -19,6 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+__all__ = ["IGNORE_INDEX", "Batch", "is_hf_model", "peer_logits", "LossResult", "Loss", "FastPathLoss",
+           "OuterContext", "AdamPreconditioner", "InnerGradients", "UpdateResult", "Updater",
+           "uniform_omega", "shape_string", "ModelFamily", "SizableFamily", "Axis", "PrunableFamily",
+           "InitResult", "Initializer", "table_row", "peer_targets", "Evaluator", "Event", "Option",
+           "LossProblem", "OuterProblem", "ReferencePoint"]
+
 IGNORE_INDEX = -100
 
 

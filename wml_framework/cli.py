@@ -8,6 +8,8 @@ import click
 
 from . import __version__
 
+__all__ = ["COMMANDS", "LazyGroup", "main"]
+
 #: command name -> module in wml_framework.commands defining ``command``
 COMMANDS = {
     "config": "config_cmd",

@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,10 +29,12 @@ else:  # pragma: no cover
 import tomli_w
 
 from .api import Option
-from .validation import ConfigError, allowed, close_matches, validate_value
+from .runtime.atomic import atomic_write_text
+from .plugin_system.host import PluginHost, get_host, resolve_options
+from .plugin_system.validation import ConfigError, allowed, close_matches, validate_value
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .plugins import PluginHost
+__all__ = ["ConfigError", "PLURAL", "ALIASES", "NUMBER_AS_TEXT", "WMLConfig", "PRESETS", "FIELDS", "from_dict", "load",
+           "read_toml", "parse_overrides", "dumps", "save", "markdown_table"]
 
 PLURAL = {"family": "families", "loss": "losses"}
 #: old names still accepted on input (the seed card's), mapped to the documented ones
@@ -211,8 +213,6 @@ def _check_plugins(cfg: WMLConfig, host: "PluginHost", dropped: Optional[list] =
                                   f"expected one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}"
                                   + host.failure_note(kind, value))
     specs = host.option_specs()
-    from .plugins import resolve_options
-
     for name in list(cfg.plugins):
         if name not in specs and dropped is not None:
             dropped.append(name)            # a plugin no longer installed (the run does not use it)
@@ -259,8 +259,6 @@ def from_dict(values: Mapping[str, Any], *, check_plugins: bool = True,
     the process-wide one). With a ``dropped`` list, options of plugins that are not installed are
     dropped (their names appended to it) instead of refused: a saved run's config may name them."""
     if check_plugins and host is None:
-        from .plugins import get_host
-
         host = get_host()
     clean: dict[str, Any] = {}
     for key, value in _split_plugin_keys(values).items():
@@ -369,7 +367,6 @@ def dumps(cfg: WMLConfig) -> str:
 
 
 def save(cfg: WMLConfig, path: str | Path) -> None:
-    from .atomic import atomic_write_text
 
     atomic_write_text(Path(path), dumps(cfg))
 

@@ -10,6 +10,9 @@ was registered. The types are in :mod:`wml_framework.api`; ``docs/plugins.md`` h
 
 import pluggy
 
+__all__ = ["PROJECT", "wml_register_model_families", "wml_register_initializers", "wml_register_losses",
+           "wml_register_updaters", "wml_register_evaluators", "wml_run_event"]
+
 PROJECT = "wml"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

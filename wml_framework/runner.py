@@ -19,25 +19,30 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import checkpoint, distributed, interrupts
+from .runtime import checkpoint, distributed, interrupts
 from . import config as cfgmod
 from .api import Batch, Event, Loss, Updater
-from .atomic import atomic_directory, atomic_write_json
+from .runtime.atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
-from .corpus import CorpusError, plan_corpus
-from .models import resolve_device, train_dtype
-from .placement import SPREAD, check_devices, rank_devices
-from .peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
-from .plugins import PluginHost
-from .run_layout import RunLayout, peer_name
-from .teacher import (check_teacher_dir, family_for, load_teacher, load_teacher_config, new_teacher, shape_of,
-                      teacher_config, train_teacher)
-from .callbacks import TrainerControl, dispatch
-from .run_lock import locked
-from .run_reader import read_jsonl
-from .tokenizer import with_bos
-from .tokens import TokenData, prepare_for
-from .trainer import TrainingLoop, truncate_metrics
+from .text.corpus import CorpusError, plan_corpus
+from .evaluation.models import resolve_device, train_dtype
+from .runtime.placement import SPREAD, check_devices, rank_devices
+from .training.peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
+from .plugin_system.host import PluginHost
+from .runtime.run_layout import RunLayout, peer_name
+from .training.export import export, print_summary, save_model, weights_fingerprint
+from .training.families import family_for
+from .training.teacher import (check_teacher_dir, load_teacher, load_teacher_config, new_teacher, teacher_config,
+                               train_teacher)
+from .training.callbacks import TrainerControl, dispatch
+from .runtime.run_lock import locked
+from .evaluation.run_reader import read_jsonl
+from .text.tokenizer import with_bos
+from .text.tokens import TokenData, prepare_for
+from .training.loop import TrainingLoop, truncate_metrics
+
+__all__ = ["MIN_POSITIONS", "RESUME_KEYS", "RunError", "default_run_dir", "RunPlugins", "create_plugins",
+           "WMLTrainer", "start", "resume"]
 
 MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation sentences longer than a block
 #: keys a resumed run may change (``wml run --resume DIR --set KEY=VALUE``): none changes a model's
@@ -66,13 +71,13 @@ class RunPlugins:
 def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
     """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
     arguments fails here, before the teacher is trained."""
-    from .guards import checked_initializer, checked_loss, checked_updater
+    from .plugin_system.guards import checked_initializer, checked_loss, checked_updater
 
     options = cfg.plugin_options
     loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
     updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
     initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
-    from .evaluation import make_evaluators
+    from .evaluation.scoring import make_evaluators
 
     make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
     return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
@@ -92,32 +97,10 @@ def _check_writable(run_dir: Path) -> None:
         raise RunError(f"cannot write to {str(probe)!r} ({exc.strerror or exc}): choose another --out") from None
 
 
-def _save_model(model, tokenizer, path: Path) -> None:
-    """A Hugging Face folder the BabyLM pipeline loads as it is: the tokenizer defines BOS, EOS and PAD
-    (PAD is EOS when it has none), and the model's config carries their ids (sequence classification
-    needs ``pad_token_id`` to batch sentences of different lengths)."""
-    from transformers.utils import logging as hf_logging
-
-    from .tokenizer import bos_token_id
-
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.bos_token_id = bos_token_id(tokenizer)
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model, "generation_config", None) is not None:
-        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            setattr(model.generation_config, key, getattr(model.config, key))
-    hf_logging.disable_progress_bar()  # our own progress display is enough
-    with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-
 class WMLTrainer:
     """One run: ``WMLTrainer.from_config(cfg, run_dir).train()`` is ``wml run``.
 
-    ``callbacks`` are :class:`~wml_framework.callbacks.TrainerCallback`-like objects; ``host`` is
+    ``callbacks`` are :class:`~wml_framework.training.callbacks.TrainerCallback`-like objects; ``host`` is
     the plugin host of this run (a fresh one loaded from entry points by default)."""
 
     def __init__(self, cfg: WMLConfig, run_dir, *, host: Optional[PluginHost] = None, callbacks: Sequence = (),
@@ -222,7 +205,7 @@ class WMLTrainer:
 
     def evaluate(self, **options) -> dict:
         """Score every peer, the ensemble and the teacher (``wml eval``); writes ``eval.json``."""
-        from .evaluation import evaluate, write_eval_json
+        from .evaluation.scoring import evaluate, write_eval_json
 
         cfg, dist = self.cfg, distributed.current()
         with (locked(self.run_dir) if dist.is_main else contextlib.nullcontext()), interrupts.handling():
@@ -309,7 +292,7 @@ class WMLTrainer:
             raise RunError(f"config key 'block_size': value {cfg.block_size} is not allowed with teacher {cfg.teacher!r}; "
                            f"expected at most its {limit} positions")
         try:
-            from .tokenizer import load_tokenizer
+            from .text.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(cfg.teacher)
         except (OSError, ValueError, TypeError):
@@ -350,7 +333,7 @@ class WMLTrainer:
         dist.barrier()
         teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
         if source == "given":                     # the tokenizer rank 0 tokenized with: the same cache entry
-            from .tokenizer import load_tokenizer
+            from .text.tokenizer import load_tokenizer
 
             tokenizer = with_bos(load_tokenizer(cfg.teacher))
         return teacher.to(device).eval(), prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer,
@@ -378,7 +361,7 @@ class WMLTrainer:
             n = sum(p.numel() for p in teacher.parameters())
             log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
             teacher = train_teacher(teacher, data, cfg, device, log=log, run_dir=self.run_dir)
-        _save_model(teacher.cpu(), data.tokenizer, saved)
+        save_model(teacher.cpu(), data.tokenizer, saved)
         checkpoint.remove(self.run_dir, checkpoint.TEACHER)   # the saved teacher supersedes them
         return teacher.to(device).eval(), data
 
@@ -436,52 +419,6 @@ class WMLTrainer:
         return loop
 
 
-def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -> dict:
-    """Every peer and the champion as standard HF folders, and ``summary.json``."""
-    layout = RunLayout(run_dir)
-    final = loop.evaluate()                      # every rank: the held-out blocks are shared out
-    main = distributed.current().is_main
-    omega = loop.state.omega.tolist()
-    peers = []
-    for i, peer in enumerate(loop.peers):
-        if main:
-            _save_model(peer.cpu(), data.tokenizer, layout.peer(i))
-        peers.append({"name": peer_name(i), "parameters": sum(p.numel() for p in peer.parameters()),
-                      "shape": shape_of(loop.host, peer.config), "val_loss": final["val_loss"][i], "omega": omega[i]})
-    best = min(range(len(peers)), key=lambda i: peers[i]["val_loss"])
-    if main:
-        with atomic_directory(layout.champion) as tmp:
-            for f in layout.peer(best).iterdir():
-                shutil.copy2(f, tmp / f.name)
-    teacher = loop.teacher
-    cfg = loop.cfg.to_dict()
-    summary = {
-        "peers": peers, "omega": omega, "ensemble_val_loss": final["ensemble_val_loss"],
-        "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
-        "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
-        "config": {k: cfg[k] for k in ("init", "updater", "loss", "hypergradient")},
-        "teacher": None if teacher is None else {
-            "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
-            "shape": shape_of(loop.host, teacher.config)},
-    }
-    if main:
-        atomic_write_json(layout.summary, summary)
-    return summary
-
-
-def weights_fingerprint(model) -> str:
-    """SHA-256 of a model's tensors (names, dtypes, shapes, bytes): runs that start from the same
-    weights say so (``init_trace.json``), which ``wml compare`` checks across its methods."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _rank_device(device: torch.device, dist: "distributed.Context", cfg: Optional[WMLConfig] = None) -> torch.device:
     """Each rank's own GPU (``cuda:LOCAL_RANK``; with ``peer_placement = "spread"``, the first of the
     GPUs it spreads over); CPU ranks share the CPU."""
@@ -490,23 +427,6 @@ def _rank_device(device: torch.device, dist: "distributed.Context", cfg: Optiona
     if device.type == "cuda" and dist.active:
         return torch.device("cuda", dist.local_rank)
     return device
-
-
-def print_summary(summary: dict, log) -> None:
-    log("")
-    log(f"{'model':<10} {'params':>10} {'ω':>7} {'held-out loss':>14}")
-    t = summary["teacher"]
-    if t:
-        log(f"{'teacher':<10} {t['parameters']:>10,} {'':>7} {t['val_loss']:>14.4f}")
-    for p in summary["peers"]:
-        mark = "  ← champion" if p["name"] == summary["champion"] else ""
-        log(f"{p['name']:<10} {p['parameters']:>10,} {p['omega']:>7.3f} {p['val_loss']:>14.4f}{mark}")
-    log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>14.4f}")
-    best_single = min(p["val_loss"] for p in summary["peers"])
-    verdict = "below" if summary["ensemble_val_loss"] < best_single else "NOT below"
-    log(f"ensemble held-out loss is {verdict} every single peer's ({summary['ensemble_val_loss']:.4f} vs best {best_single:.4f})")
-    uniform = 1.0 / len(summary["omega"])
-    log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
 
 
 # -- the command line's entry points ---------------------------------------------------------
@@ -527,10 +447,10 @@ def resume(run_dir, log=print, *, host: Optional[PluginHost] = None, callbacks: 
 
 
 def _finish(trainer: WMLTrainer) -> Path:
-    from .evaluation import headline
+    from .evaluation.scoring import headline
 
-    from .evaluation import EvaluationError
-    from .plugins import PluginError
+    from .evaluation.scoring import EvaluationError
+    from .plugin_system.host import PluginError
 
     trainer.train()
     try:

@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from ..cli_support import config_options, host, one_line_errors, resolve_config
+from ._support import config_options, host, one_line_errors, resolve_config
+
+__all__ = ["command"]
 
 
 @click.command("compare", epilog="Methods: wml, wml_adam, wml_first_order, dml, kd, ce (default: all), or "
@@ -26,8 +28,8 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
     the same peers, teacher, data order and token budget for several seeds, and compare them."""
     from .. import config as cfgmod
     from ..compare import make_plan, parse_methods, run_compare
-    from ..interrupts import Interrupted
-    from ..plugins import PluginHost
+    from ..runtime.interrupts import Interrupted
+    from ..plugin_system.host import PluginHost
 
     if loss or updater:
         raise click.UsageError("--loss and --updater are chosen by each method; name methods with --methods "

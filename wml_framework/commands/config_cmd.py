@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from .. import config as cfgmod
-from ..cli_support import config_options, host, one_line_errors, resolve_config
+from ._support import config_options, host, one_line_errors, resolve_config
+
+__all__ = ["command"]
 
 
 @click.command("config")

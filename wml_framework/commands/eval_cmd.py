@@ -1,5 +1,5 @@
 """``wml eval``: every evaluator plugin on a model, or on a run's peers, ensemble and teacher
-(the work is :func:`wml_framework.evaluation.evaluate`; this module prints and writes it)."""
+(the work is :func:`wml_framework.evaluation.scoring.evaluate`; this module prints and writes it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from .. import config as cfgmod
-from ..cli_support import PluginName, host, one_line_errors
+from ._support import PluginName, host, one_line_errors
+
+__all__ = ["format_table", "command"]
 
 
 def _params(n: int | None) -> str:
@@ -20,7 +22,7 @@ def _params(n: int | None) -> str:
 
 def format_table(result: dict) -> str:
     """One row per model (the cells each evaluator contributes), then each evaluator's details."""
-    from ..evaluation import DISPLAY
+    from ..evaluation.scoring import DISPLAY
 
     models = result["models"]
     columns = result.get(DISPLAY, {}).get("columns", {})
@@ -58,7 +60,7 @@ def command(path, blimp, corpus, limit, block_size, overrides, device, threads, 
     """Score a model folder, or a run's peers, ensemble and teacher, with every evaluator."""
     import torch
 
-    from ..evaluation import choose_threads, default_json_path, evaluate, write_eval_json
+    from ..evaluation.scoring import choose_threads, default_json_path, evaluate, write_eval_json
 
     try:
         n_threads = choose_threads(threads)

@@ -15,11 +15,14 @@ from pathlib import Path
 import click
 
 from .. import config as cfgmod
-from ..atomic import atomic_directory
-from ..cli_support import host, one_line_errors, plugin_option, resolve_config
-from ..peers import build_peers, plan_peers, write_init_files
-from ..run_layout import peer_name
-from ..teacher import family_for, load_teacher_config
+from ..runtime.atomic import atomic_directory
+from ._support import host, one_line_errors, plugin_option, resolve_config
+from ..training.peers import build_peers, plan_peers, write_init_files
+from ..runtime.run_layout import peer_name
+from ..training.families import family_for
+from ..training.teacher import load_teacher_config
+
+__all__ = ["calibration_batch", "save_peers", "format_table", "command"]
 
 
 def calibration_batch(path: Path, teacher: Path, cfg: cfgmod.WMLConfig):

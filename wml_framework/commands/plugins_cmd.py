@@ -6,7 +6,9 @@ import json
 
 import click
 
-from ..plugins import KIND_HOOKS, get_host
+from ..plugin_system.host import KIND_HOOKS, get_host
+
+__all__ = ["PLURALS", "command"]
 
 PLURALS = {"family": "model families", "initializer": "peer initializers", "loss": "losses",
            "updater": "weight updaters", "evaluator": "evaluators"}

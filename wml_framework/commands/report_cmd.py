@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..cli_support import one_line_errors
+from ._support import one_line_errors
+
+__all__ = ["command"]
 
 
 @click.command("report")

@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from ..cli_support import config_options, host, one_line_errors, resolve_config
+from ._support import config_options, host, one_line_errors, resolve_config
+
+__all__ = ["command", "launch"]
 
 
 @click.command("run", epilog="Every config key, its default and allowed values: `wml config --markdown` "
@@ -20,10 +22,11 @@ from ..cli_support import config_options, host, one_line_errors, resolve_config
 @one_line_errors
 def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, out, resume_dir, nproc) -> None:
     """Train a family of peers with weighted mutual learning."""
-    from .. import distributed, runner
+    from ..runtime import distributed
+    from .. import runner
 
     from .. import config as cfgmod
-    from ..interrupts import Interrupted
+    from ..runtime.interrupts import Interrupted
 
     log = distributed.main_only(lambda msg: click.echo(msg, err=True))  # progress to stderr, results to stdout
     if resume_dir:
@@ -72,7 +75,7 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
 
 def _saved_device(run_dir) -> str:
     from .. import config as cfgmod
-    from ..run_layout import RunLayout
+    from ..runtime.run_layout import RunLayout
 
     try:
         return cfgmod.read_toml(RunLayout(run_dir).config).get("device", "auto")

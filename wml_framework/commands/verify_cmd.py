@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from ..cli_support import host, one_line_errors
+from ._support import host, one_line_errors
+
+__all__ = ["command"]
 
 
 @click.command("verify")

@@ -17,11 +17,13 @@ from typing import Callable, Optional
 
 from .. import config as cfgmod
 from .. import hookimpl
-from ..atomic import atomic_write_json
-from ..plugins import PluginHost
-from ..run_layout import RunLayout, is_model_dir
+from ..runtime.atomic import atomic_write_json
+from ..plugin_system.host import PluginHost
+from ..runtime.run_layout import RunLayout, is_model_dir
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
+
+__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "run_compare"]
 
 MEMBER_FILE = "compare_member.json"
 #: keys that may differ between a member's saved config and the plan (they change speed, not results)
@@ -135,10 +137,10 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
 
 def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> Optional[str]:
     """Train (or resume), evaluate and report one member; returns why it failed, or None."""
-    from ..evaluation import EvaluationError
-    from ..plugins import PluginError
+    from ..evaluation.scoring import EvaluationError
+    from ..plugin_system.host import PluginError
     from ..runner import RunError, WMLTrainer
-    from ..trainer import TrainingError
+    from ..training.loop import TrainingError
 
     layout = RunLayout(member.run_dir)
     host = _member_host(make_host, member.name)

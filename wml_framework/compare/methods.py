@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 from ..config import ConfigError
 
+__all__ = ["Method", "BUILTIN_METHODS", "DEFAULT_METHODS", "parse_methods"]
+
 
 @dataclass(frozen=True)
 class Method:

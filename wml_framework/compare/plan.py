@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import config as cfgmod
-from ..atomic import atomic_write_json
+from ..runtime.atomic import atomic_write_json
 from .methods import Method
+
+__all__ = ["PLAN_FILE", "METHOD_KEYS", "PATH_KEYS", "resolved_path", "Member", "ComparePlan", "make_plan",
+           "check_or_save"]
 
 PLAN_FILE = "compare.json"
 #: keys a method sets itself; everything else is shared by every member

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
-from .results import MEASURES
+from ..runtime.atomic import atomic_write_bytes
+from .measures import MEASURES
+
+__all__ = ["write_plots"]
 
 _METHOD_COLORS = ["#000000", "#1f77b4", "#17becf", "#2ca02c", "#d62728", "#7f7f7f", "#ff7f0e", "#9467bd"]
 

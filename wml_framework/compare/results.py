@@ -8,18 +8,14 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..run_layout import RunLayout
+from ..runtime.atomic import atomic_write_json, atomic_write_text
+from ..runtime.run_layout import RunLayout
+from .measures import MEASURES
 from .plan import ComparePlan, Member
+from .plots import write_plots
 from .stats import mean_std, paired_difference
 
-#: the two quality measures, how they are read from eval.json, and which direction is better
-MEASURES = {
-    "heldout_loss": {"title": "held-out loss", "evaluator": "perplexity", "key": "loss", "better": "lower"},
-    "min_pairs": {"title": "min. pairs (macro)", "evaluator": "minimal_pairs", "key": "macro_accuracy",
-                  "better": "higher"},
-}
-
+__all__ = ["member_result", "collect", "markdown", "write_outputs"]
 
 def _read(path: Path) -> Optional[dict]:
     try:
@@ -189,8 +185,6 @@ def markdown(result: dict) -> str:
 
 
 def write_outputs(out: Path, result: dict) -> list[Path]:
-    from .plots import write_plots
-
     out = Path(out)
     atomic_write_json(out / "comparison.json", result)
     atomic_write_text(out / "comparison.md", markdown(result) + "\n")

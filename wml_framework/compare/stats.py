@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+__all__ = ["mean_std", "paired_difference"]
+
 
 def mean_std(values: Sequence[float]) -> dict:
     """{"mean", "std" (sample, n−1; None for one value), "n"} of the finite values."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..run_layout import RunLayout
+from ..runtime.atomic import atomic_write_text
+from ..runtime.run_layout import RunLayout
 from .plots import PLOTS, make_figures, peer_color, save_figure
 from .run_data import ACCURACY_FIELDS, Row, RunData, evaluator_with, load_run_data, result_rows
 

@@ -9,8 +9,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
+from ..runtime.atomic import atomic_write_bytes
 from .run_data import Row, RunData, _scalar_series, _series
+
+__all__ = ["ENSEMBLE_COLOR", "TEACHER_COLOR", "peer_color", "plot_train_metric", "plot_held_out_loss",
+           "plot_omega", "plot_parameters_vs", "PLOTS", "make_figures", "save_figure"]
 
 #: tab10 without its grey (kept for the teacher), then tab20's lighter tones
 _PEER_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..run_layout import RunLayout
-from ..run_reader import read_json, read_jsonl, run_omega
+from ..runtime.run_layout import RunLayout
+from ..evaluation.run_reader import read_json, read_jsonl, run_omega
+
+__all__ = ["RunData", "load_run_data", "Row", "LOSS_FIELDS", "ACCURACY_FIELDS", "evaluator_with",
+           "result_rows"]
 
 
 @dataclass

@@ -20,11 +20,13 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from ..plugins import Entry, PluginHost, get_host, resolve_options
+from ..plugin_system.host import Entry, PluginHost, get_host, resolve_options
 from . import loss_checks as L
 from . import updater_checks as U
 from .loss_checks import Failed
 from .problems import loss_cases, make_config
+
+__all__ = ["TOL_FD", "TOL_EXACT", "TOL_FAST", "CheckResult", "unverified", "run_checks", "format_table"]
 
 #: tolerances (relative errors): against finite differences, invariants, fast paths
 TOL_FD = 1e-6

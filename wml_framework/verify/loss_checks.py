@@ -19,6 +19,10 @@ from torch import Tensor
 from ..api import IGNORE_INDEX, ReferencePoint
 from .problems import LOSS_VARIANTS, LossCase, fd_error, loss_cases, make_config, rel, simplex, labels
 
+__all__ = ["FD_STEP", "Failed", "call", "grad", "result_shapes", "grad_logits_fd", "stop_gradient",
+           "grad_omega_fd", "mixed_fd", "mixed_closed_form", "logit_grads_fd", "ignored_positions",
+           "token_mean", "extreme", "reference_values", "check_reference", "split_settings"]
+
 FD_STEP = 1e-5
 
 

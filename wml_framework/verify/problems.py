@@ -15,6 +15,9 @@ from torch import Tensor, nn
 
 from ..api import IGNORE_INDEX, AdamPreconditioner, Batch, LossProblem, OuterContext, OuterProblem
 
+__all__ = ["PEER_COUNTS", "LOSS_VARIANTS", "OUTER_STEPS", "make_config", "LossCase", "simplex", "labels",
+           "loss_cases", "linear_peers", "OuterCase", "outer_case", "rel", "fd_error"]
+
 PEER_COUNTS = (1, 2, 3, 4, 5, 6)
 #: the settings verify tries every loss reference point at: T = 1 (the default) and two others
 LOSS_VARIANTS = (

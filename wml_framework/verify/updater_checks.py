@@ -18,6 +18,9 @@ from ..api import ReferencePoint
 from .loss_checks import Failed, split_settings
 from .problems import OUTER_STEPS, PEER_COUNTS, make_config, outer_case, rel
 
+__all__ = ["check_simplex", "UpdaterProblems", "initial_on_simplex", "step_on_simplex", "deterministic",
+           "peers_untouched", "state_round_trip", "check_reference"]
+
 
 def check_simplex(omega, M: int, who: str) -> float:
     if not isinstance(omega, Tensor):

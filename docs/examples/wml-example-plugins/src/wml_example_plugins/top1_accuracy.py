@@ -19,8 +19,8 @@ class Top1Accuracy:
         self.cfg, self.block_size, self.max_blocks = cfg, cfg.block_size, max_blocks
 
     def __call__(self, model, tokenizer, *, device=None, progress=None, desc=None) -> dict:
-        from wml_framework.heldout import block_starts
-        from wml_framework.tokens import prepare_for
+        from wml_framework.evaluation.heldout import block_starts
+        from wml_framework.text.tokens import prepare_for
 
         stream = prepare_for(self.cfg, tokenizer=tokenizer, log=lambda m: None).val_eval   # the run's held-out text
         starts = block_starts(len(stream), self.block_size, self.max_blocks)

@@ -1,1 +1,0 @@
-"""The built-in torch plugins of wml, registered through the ``wml`` entry-point group."""

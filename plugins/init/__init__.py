@@ -1,1 +1,0 @@
-"""Built-in peer initializers: ``bayes`` (sizing by Bayesian optimization) and ``l1`` (structured pruning)."""

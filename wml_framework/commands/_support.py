@@ -1,0 +1,132 @@
+"""What every command shares: the plugin host (with its failures reported once), plugin-name
+options, the configuration options and their resolution, and one-line errors.
+
+Why here: ``wml run``, ``wml config``, ``wml init-peers`` and ``wml eval`` must parse and
+validate a configuration the same way, and a broken plugin must cost one warning line, never a
+traceback, in every command.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import warnings
+
+import click
+
+from .. import config as cfgmod
+from ..plugin_system.host import PluginHost, PluginWarning, get_host
+
+_REPORTED: set[int] = set()
+#: errors of the file system that are the machine's, not the program's: one line, not a traceback
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def host() -> PluginHost:
+    """The command line's plugin host; its failures and notes are printed once per process, as
+    lines (the Python warnings they also raise are silenced here: one report is enough)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        h = get_host()
+    if id(h) not in _REPORTED:
+        _REPORTED.add(id(h))
+        for failure in h.failures:
+            click.echo(f"warning: {failure.line()}; skipped", err=True)
+        for note in h.notes:
+            click.echo(f"warning: {note}", err=True)
+    return h
+
+
+class PluginName(click.ParamType):
+    """A name registered for one plugin kind; an unknown name lists the valid ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = f"{kind}"
+
+    def convert(self, value, param, ctx):
+        h = host()
+        valid = h.names(self.kind)
+        if value not in valid:
+            self.fail(f"unknown {self.kind} {value!r}; valid names: {', '.join(valid) or '(none)'}"
+                      + h.failure_note(self.kind, value), param, ctx)
+        return value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(n) for n in host().names(self.kind) if n.startswith(incomplete)]
+
+    def get_metavar(self, param, ctx=None):
+        return f"[{'|'.join(host().names(self.kind))}]"
+
+
+def plugin_option(flag: str, kind: str, help: str, default=None):  # noqa: A002
+    """``--init`` / ``--updater`` / ``--loss`` …: one option factory for every plugin kind."""
+    return click.option(flag, type=PluginName(kind), default=default, help=help, show_default=default is not None)
+
+
+def config_options(fn):
+    """Options shared by every command that builds a run configuration."""
+    opts = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file of config keys."),
+        click.option("--preset", type=click.Choice(sorted(cfgmod.PRESETS)), help="Named set of config values."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config key, or a plugin option as NAME.OPTION=VALUE (repeatable)."),
+        plugin_option("--init", "initializer", "Peer initializer."),
+        plugin_option("--updater", "updater", "Peer-weight updater."),
+        plugin_option("--loss", "loss", "Inner-loop loss."),
+        click.option("--teacher", type=click.Path(file_okay=False), help="Hugging Face teacher directory."),
+        click.option("--corpus", type=click.Path(), help="Text file or folder of text files."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def resolve_config(config_path=None, preset=None, overrides=(), **named) -> cfgmod.WMLConfig:
+    """Defaults < preset < TOML < ``--set`` < the named options (``--init``, ``--peers`` …),
+    validated against the command line's plugins; a problem is a one-line usage error."""
+    try:
+        values = cfgmod.parse_overrides(overrides)
+        values.update({k: v for k, v in named.items() if v is not None})
+        return cfgmod.load(config_path, preset=preset, overrides=values, host=host())
+    except cfgmod.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def one_line_errors(fn):
+    """Run a command body; the project's own exceptions become one line on stderr and exit 2
+    (a user's input) or 1 (a plugin's fault), never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..runtime.distributed import DistributedError
+        from ..evaluation.scoring import EvaluationError
+        from ..plugin_system.host import PluginError, PluginSettingsError
+        from ..runtime.run_lock import RunLockedError
+        from ..runner import RunError
+        from ..training.families import UnknownFamilyError
+        from ..training.teacher import TeacherError
+        from ..training.loop import TrainingError
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PluginWarning)  # host() prints them as lines
+                return fn(*args, **kwargs)
+        except (cfgmod.ConfigError, RunError, TeacherError, UnknownFamilyError, EvaluationError, RunLockedError, PluginSettingsError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except (PluginError, TrainingError, DistributedError) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"Error: cannot write{where}: {exc.strerror or exc}; every file written so far is whole, "
+                       "and the run can be resumed once there is room", err=True)
+            sys.exit(1)
+
+    return wrapper

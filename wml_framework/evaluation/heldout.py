@@ -1,0 +1,98 @@
+"""Held-out loss and perplexity: token-mean cross-entropy over non-overlapping blocks.
+
+One pass scores several models and, given ω, their logit ensemble from the same logits (the
+ensemble costs no extra forward). The trainer's periodic evaluation, ``wml eval`` and the
+perplexity evaluator all call :func:`heldout_losses`, so their numbers agree by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, ContextManager, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..api import peer_logits
+from .models import evaluating, max_positions, mix_logits, model_device, normalised_weights, resolve_device
+from ..runtime.progress import progress_bar
+
+__all__ = ["block_starts", "heldout_losses", "perplexity"]
+
+
+def block_starts(n_tokens: int, block_size: int, max_blocks: Optional[int] = None) -> np.ndarray:
+    """Starts of the non-overlapping blocks of a stream (block k predicts tokens k·B+1 … k·B+B);
+    with ``max_blocks``, that many spread evenly over the stream, deterministically."""
+    n_blocks = (n_tokens - 1) // block_size
+    if n_blocks < 1:
+        raise ValueError(f"{n_tokens} held-out tokens are fewer than block_size+1 = {block_size + 1}")
+    starts = np.arange(n_blocks) * block_size
+    if max_blocks is not None and max_blocks < n_blocks:
+        if max_blocks < 1:
+            raise ValueError(f"max_blocks must be ≥ 1, got {max_blocks}")
+        starts = starts[np.unique(np.linspace(0, n_blocks - 1, max_blocks).round().astype(int))]
+    return starts
+
+
+def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_size: int = 8,
+                   max_blocks: Optional[int] = None, *, omega=None, device=None, progress: Optional[bool] = False,
+                   desc: str = "held-out loss", autocast: Optional[Callable[[], ContextManager]] = None,
+                   shard: tuple[int, int] = (0, 1),
+                   reduce_sum: Optional[Callable[[list], list]] = None) -> dict:
+    """Mean next-token loss of each model (and of their ω-ensemble when ``omega`` is given).
+
+    Returns ``{"losses": [per model], "ensemble": float | None, "tokens", "blocks", "block_size"}``;
+    sums are kept in float64. ``autocast`` (a context-manager factory) wraps the forwards.
+    ``shard=(k, n)`` scores every n-th block from the k-th, and ``reduce_sum`` adds the sums of
+    the n shards (processes of a data-parallel run), so every process returns the full result."""
+    if block_size < 1 or batch_size < 1:
+        raise ValueError(f"block_size and batch_size must be ≥ 1, got {block_size} and {batch_size}")
+    for m in models:
+        limit = max_positions(m)
+        if limit is not None and block_size > limit:
+            raise ValueError(f"block_size {block_size} exceeds the model's {limit} positions")
+    stream = tokens
+    all_starts = block_starts(len(stream), block_size, max_blocks)
+    starts = all_starts[shard[0]::shard[1]]
+    weights = normalised_weights(omega, len(models)) if omega is not None else None
+    dev = model_device(models[0]) if device is None else resolve_device(device)
+    sums, ens_sum, count = [0.0] * len(models), 0.0, 0
+    with evaluating(*models), progress_bar(len(starts), desc, progress, unit="block") as bar:
+        for b in range(0, len(starts), batch_size):
+            rows = np.stack([np.asarray(stream[s:s + block_size + 1], dtype=np.int64) for s in starts[b:b + batch_size]])
+            block = torch.from_numpy(rows).to(dev)
+            x, y = block[:, :-1], block[:, 1:]
+            with (autocast() if autocast else contextlib.nullcontext()):
+                zs = [peer_logits(m, x).float() for m in models]
+            for k, z in enumerate(zs):
+                sums[k] += _nll_sum(z, y)
+            if weights is not None:
+                ens_sum += _nll_sum(mix_logits(zs, weights.to(dev)), y)
+            count += y.numel()
+            bar.update(len(rows))
+    if reduce_sum is not None:
+        *sums, ens_sum, count = reduce_sum([*sums, ens_sum, float(count)])
+    return {"losses": [s / count for s in sums], "ensemble": ens_sum / count if weights is not None else None,
+            "tokens": int(count), "blocks": int(len(all_starts)), "block_size": block_size}
+
+
+def _nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return float(nll.double().sum())
+
+
+def perplexity(model: nn.Module, tokens: Sequence[int] | np.ndarray, block_size: int, batch_size: int = 8,
+               max_blocks: int | None = None, *, device=None, progress: bool | None = False,
+               desc: str = "perplexity") -> dict:
+    """One model's held-out loss and ppl = exp(loss) over non-overlapping blocks of ``tokens``
+    (in a data-parallel run each process scores its share of the blocks; all get the total)."""
+    from ..runtime.distributed import current
+
+    dist = current()
+    out = heldout_losses([model], np.asarray(tokens), block_size, batch_size, max_blocks, device=device,
+                         progress=progress, desc=desc, shard=(dist.rank, dist.world), reduce_sum=dist.sum_floats)
+    loss = out["losses"][0]
+    return {"loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf"), "tokens": out["tokens"],
+            "blocks": out["blocks"], "block_size": block_size}

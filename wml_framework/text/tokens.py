@@ -1,0 +1,201 @@
+"""Token streams: a corpus tokenized once, streamed to disk, cached as numpy memmaps.
+
+Train and held-out streams: the held-out one comes from held-out files when the corpus has them
+(``val_corpus``, or a BabyLM ``dev/`` folder), otherwise from every k-th chunk of the corpus. The
+held-out stream is split again in two halves (:func:`heldout_halves`): the first tunes ω, the second
+is only evaluated. Tokenizing streams documents in batches through the tokenizers library and writes
+ids as it goes, so memory stays flat however large the corpus. Random blocks of ``block_size`` tokens
+are drawn nanoGPT-style.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..runtime.atomic import atomic_directory, atomic_write_json
+from .corpus import DOC_RULE_VERSION, cache_dir, files_fingerprint, iter_documents, plan_corpus, total_bytes
+from .tokenizer import document_encoder, tokenizer_fingerprint, train_tokenizer
+
+__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks",
+           "encode_files", "split_stream", "prepare", "prepare_for"]
+
+SPLIT_CHUNK = 2048  # tokens; every k-th chunk is held out, so every book is in both splits
+MIN_SPLIT_CHUNK = 64  # smaller corpora get smaller chunks, so that ~8 of them are held out
+BATCH_CHARS = 1 << 21  # characters of documents encoded a call (big enough to keep the library busy)
+
+
+@dataclass
+class TokenData:
+    """Train and held-out token streams (memmaps) plus the tokenizer that made them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: object
+    vocab_size: int
+    heldout_from: str = ""
+
+    @property
+    def val_omega(self) -> np.ndarray:
+        """The first half of the held-out stream: the only data the outer (ω) step sees."""
+        return heldout_halves(self.val)[0]
+
+    @property
+    def val_eval(self) -> np.ndarray:
+        """The second half of the held-out stream: only ever evaluated, never tuned on."""
+        return heldout_halves(self.val)[1]
+
+    def batch(self, split: str, batch_size: int, block_size: int, gen: torch.Generator):
+        """Random blocks of the train stream or of the ω half of the held-out stream."""
+        stream = self.train if split == "train" else self.val_omega
+        return random_blocks(stream, batch_size, block_size, gen, "train" if split == "train" else "held-out (ω)")
+
+
+def heldout_halves(val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ω half, evaluated half) of a held-out stream: the one place the split is decided."""
+    half = len(val) // 2
+    return val[:half], val[half:]
+
+
+def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
+    """Inputs ``x`` and next-token labels ``y``, both (batch, block), from random offsets."""
+    if len(stream) < block_size + 1:
+        raise ValueError(f"the {name} split has {len(stream)} tokens, fewer than block_size+1 = {block_size + 1}; "
+                         "use a larger corpus, a larger val_fraction or a smaller block_size")
+    starts = torch.randint(len(stream) - block_size, (batch_size,), generator=gen).tolist()
+    rows = np.stack([np.asarray(stream[s: s + block_size + 1], dtype=np.int64) for s in starts])
+    t = torch.from_numpy(rows)
+    return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+def _batches(docs: Iterable[str], chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc)
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _progress(total: int, desc: str, enabled: Optional[bool]):
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if enabled is None else (not enabled)
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=disable, leave=False)
+
+
+def encode_files(files: list[Path], encode: Callable, dtype, path: Path, *, clean: bool = True,
+                 progress: Optional[bool] = None, desc: str = "tokenizing") -> int:
+    """Every document of ``files`` through ``encode``, appended to ``path`` as it goes (written to a
+    temporary file, renamed when whole). Returns the number of tokens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    n = 0
+    try:
+        with open(tmp, "wb") as out, _progress(total_bytes(files), desc, progress) as bar:
+            for batch in _batches(iter_documents(files, clean)):
+                ids = encode(batch)
+                out.write(ids.astype(dtype).tobytes())
+                n += len(ids)
+                bar.update(sum(len(d) for d in batch))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
+
+
+def split_stream(src: Path, dtype, val_fraction: float, train_path: Path, val_path: Path) -> tuple[int, int]:
+    """Every k-th chunk of ``src`` to ``val_path``, the rest to ``train_path``, chunk by chunk (flat memory)."""
+    ids = np.memmap(src, dtype=dtype, mode="r")
+    period = max(2, round(1.0 / val_fraction))
+    chunk = int(np.clip(len(ids) // (period * 8), MIN_SPLIT_CHUNK, SPLIT_CHUNK))
+    n_chunks = -(-len(ids) // chunk)
+    if n_chunks < period:
+        raise ValueError(f"the corpus has only {len(ids)} tokens: too few for a held-out split "
+                         f"(val_fraction {val_fraction}); use a larger corpus")
+    counts = [0, 0]
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (train_path, val_path)]
+    try:
+        with open(tmps[0], "wb") as tr, open(tmps[1], "wb") as va:
+            for k in range(n_chunks):
+                piece = ids[k * chunk:(k + 1) * chunk]
+                held = k % period == period - 1
+                (va if held else tr).write(np.ascontiguousarray(piece).tobytes())
+                counts[held] += len(piece)
+        for tmp, final in zip(tmps, (train_path, val_path)):
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
+    return counts[0], counts[1]
+
+
+def _load_stream(path: Path, dtype) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, cache: Path | None = None,
+            log=print, *, val_corpus: str = "", clean: bool = True, progress: Optional[bool] = None) -> TokenData:
+    """Tokenizer (trained unless given) and cached token streams for a corpus (module docstring)."""
+    plan = plan_corpus(corpus, val_corpus)
+    key_extra = ("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size)
+    split = ("files", len(plan.train)) if plan.heldout else ("chunks", val_fraction, SPLIT_CHUNK)
+    key = files_fingerprint(plan.train + plan.heldout, key_extra, split, clean, DOC_RULE_VERSION)
+    where = (cache or cache_dir()) / "tokens" / key
+    meta_path = where / "meta.json"
+    if tokenizer is None and (where / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(where / "tokenizer")
+    if meta_path.exists() and tokenizer is not None:
+        meta = json.loads(meta_path.read_text())
+        dtype = np.dtype(meta["dtype"])
+        log(f"data: cached token streams {where}; held-out text: {meta.get('heldout_from', '?')}")
+        return TokenData(_load_stream(where / "train.bin", dtype), _load_stream(where / "val.bin", dtype),
+                         tokenizer, meta["vocab_size"], meta.get("heldout_from", ""))
+    if tokenizer is None:
+        log(f"data: training a {vocab_size}-token BPE tokenizer on {len(plan.train)} file(s)")
+        tokenizer = train_tokenizer(iter_documents(plan.train, clean), vocab_size)
+        with atomic_directory(where / "tokenizer") as tmp:   # never half a tokenizer in the cache
+            tokenizer.save_pretrained(tmp)
+    n_vocab = len(tokenizer)
+    dtype = np.uint16 if n_vocab < 2**16 else np.uint32
+    encode = document_encoder(tokenizer)
+    if plan.heldout:
+        n_train = encode_files(plan.train, encode, dtype, where / "train.bin", clean=clean, progress=progress)
+        n_val = encode_files(plan.heldout, encode, dtype, where / "val.bin", clean=clean, progress=progress,
+                             desc="tokenizing held-out")
+    else:
+        whole = where / "all.bin"
+        encode_files(plan.train, encode, dtype, whole, clean=clean, progress=progress)
+        n_train, n_val = split_stream(whole, dtype, val_fraction, where / "train.bin", where / "val.bin")
+        whole.unlink()
+    atomic_write_json(meta_path, {"dtype": np.dtype(dtype).name, "vocab_size": n_vocab,
+                                  "files": [str(f) for f in plan.train], "heldout_files": [str(f) for f in plan.heldout],
+                                  "heldout_from": plan.heldout_from, "clean": clean,
+                                  "train_tokens": int(n_train), "val_tokens": int(n_val)})
+    log(f"data: {n_train:,} train and {n_val:,} held-out tokens; held-out text: {plan.heldout_from}")
+    return TokenData(_load_stream(where / "train.bin", dtype), _load_stream(where / "val.bin", dtype), tokenizer,
+                     n_vocab, plan.heldout_from)
+
+
+def prepare_for(cfg, tokenizer=None, log=print, progress: Optional[bool] = None) -> TokenData:
+    """:func:`prepare` with every data setting of a configuration (``corpus``, ``val_corpus``,
+    ``vocab_size``, ``val_fraction``, ``clean_text``): the streams a run of ``cfg`` trains and is
+    evaluated on. Evaluators use this to score exactly the run's held-out text."""
+    return prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log,
+                   val_corpus=cfg.val_corpus, clean=cfg.clean_text, progress=progress)

@@ -1,0 +1,102 @@
+"""The end of a run: every peer and the champion as standard Hugging Face folders, and
+``summary.json`` with each peer's shape, held-out loss and ω (what ``wml run`` prints last)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..runtime import distributed
+from ..runtime.atomic import atomic_directory, atomic_write_json
+from ..runtime.run_layout import RunLayout, peer_name
+from .families import shape_of
+from .loop import TrainingLoop
+
+__all__ = ["export", "print_summary", "save_model", "weights_fingerprint"]
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """A Hugging Face folder the BabyLM pipeline loads as it is: the tokenizer defines BOS, EOS and PAD
+    (PAD is EOS when it has none), and the model's config carries their ids (sequence classification
+    needs ``pad_token_id`` to batch sentences of different lengths)."""
+    from transformers.utils import logging as hf_logging
+
+    from ..text.tokenizer import bos_token_id
+
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.bos_token_id = bos_token_id(tokenizer)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            setattr(model.generation_config, key, getattr(model.config, key))
+    hf_logging.disable_progress_bar()  # our own progress display is enough
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -> dict:
+    """Every peer and the champion as standard HF folders, and ``summary.json``."""
+    layout = RunLayout(run_dir)
+    final = loop.evaluate()                      # every rank: the held-out blocks are shared out
+    main = distributed.current().is_main
+    omega = loop.state.omega.tolist()
+    peers = []
+    for i, peer in enumerate(loop.peers):
+        if main:
+            save_model(peer.cpu(), data.tokenizer, layout.peer(i))
+        peers.append({"name": peer_name(i), "parameters": sum(p.numel() for p in peer.parameters()),
+                      "shape": shape_of(loop.host, peer.config), "val_loss": final["val_loss"][i], "omega": omega[i]})
+    best = min(range(len(peers)), key=lambda i: peers[i]["val_loss"])
+    if main:
+        with atomic_directory(layout.champion) as tmp:
+            for f in layout.peer(best).iterdir():
+                shutil.copy2(f, tmp / f.name)
+    teacher = loop.teacher
+    cfg = loop.cfg.to_dict()
+    summary = {
+        "peers": peers, "omega": omega, "ensemble_val_loss": final["ensemble_val_loss"],
+        "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
+        "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
+        "config": {k: cfg[k] for k in ("init", "updater", "loss", "hypergradient")},
+        "teacher": None if teacher is None else {
+            "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
+            "shape": shape_of(loop.host, teacher.config)},
+    }
+    if main:
+        atomic_write_json(layout.summary, summary)
+    return summary
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of a model's tensors (names, dtypes, shapes, bytes): runs that start from the same
+    weights say so (``init_trace.json``), which ``wml compare`` checks across its methods."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def print_summary(summary: dict, log) -> None:
+    log("")
+    log(f"{'model':<10} {'params':>10} {'ω':>7} {'held-out loss':>14}")
+    t = summary["teacher"]
+    if t:
+        log(f"{'teacher':<10} {t['parameters']:>10,} {'':>7} {t['val_loss']:>14.4f}")
+    for p in summary["peers"]:
+        mark = "  ← champion" if p["name"] == summary["champion"] else ""
+        log(f"{p['name']:<10} {p['parameters']:>10,} {p['omega']:>7.3f} {p['val_loss']:>14.4f}{mark}")
+    log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>14.4f}")
+    best_single = min(p["val_loss"] for p in summary["peers"])
+    verdict = "below" if summary["ensemble_val_loss"] < best_single else "NOT below"
+    log(f"ensemble held-out loss is {verdict} every single peer's ({summary['ensemble_val_loss']:.4f} vs best {best_single:.4f})")
+    uniform = 1.0 / len(summary["omega"])
+    log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")

@@ -1,0 +1,3 @@
+"""The built-in torch plugins of wml, registered through the ``wml`` entry-point group."""
+
+__all__ = []
