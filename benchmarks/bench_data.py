@@ -51,7 +51,7 @@ def _child(kind: str, corpus: str, tokenizer_dir: str, cache: str) -> dict:
 
     from wml_framework.text.corpus import iter_documents, plan_corpus
     from wml_framework.text.tokenizer import present
-    from wml_framework.text.tokens import _batches, prepare
+    from wml_framework.text.tokens import document_batches, prepare
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def _child(kind: str, corpus: str, tokenizer_dir: str, cache: str) -> dict:
         backend = tok.backend_tokenizer
         encode = backend.encode_batch_fast if kind == "tokenizers-fast" else backend.encode_batch
         tokens, seconds = 0, 0.0
-        for batch in _batches(iter_documents(plan_corpus(corpus).train)):
+        for batch in document_batches(iter_documents(plan_corpus(corpus).train)):
             texts = [present(d) for d in batch]
             start = time.perf_counter()
             encodings = encode(texts, add_special_tokens=True)

@@ -149,7 +149,7 @@ def make_trainer(peers, cfg, device, loss: str, updater: str, run_dir: Path):
 
     def step(x, y):
         loop.data.current = (x, y)
-        loop._step()
+        loop.step()
     return step
 
 

@@ -37,28 +37,36 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
 
 
 class Steering:
-    """Asks for an evaluation at step 3, a checkpoint at step 5 and a stop at step 6."""
+    """Asks the peers' loop for an evaluation at step 3, a checkpoint at step 5 and a stop at step 6
+    (the teacher's loop, which callbacks hear too, is only counted)."""
 
     def __init__(self):
-        self.events = []
+        self.events, self.teacher_steps = [], []
 
     def on_run_start(self, payload, state, control):
-        self.events.append(("run_start", payload["step"]))
+        if state.model == "peers":
+            self.events.append(("run_start", payload["step"]))
 
     def on_train(self, payload, state, control):
+        if state.model == "teacher":
+            self.teacher_steps.append(state.step)
+            return
         self.events.append(("train", payload["kind"]))
         control.should_evaluate = state.step == 3
         control.should_save = state.step == 5
         control.should_stop = state.step == 6
 
     def on_eval(self, payload, state, control):
-        self.events.append(("eval", payload["kind"]))
+        if state.model == "peers":
+            self.events.append(("eval", payload["kind"]))
 
     def on_checkpoint(self, payload, state, control):
-        self.events.append(("checkpoint", payload["step"]))
+        if state.model == "peers":
+            self.events.append(("checkpoint", payload["step"]))
 
     def on_run_end(self, payload, state, control):
-        self.events.append(("run_end", payload["stopped_by_callback"]))
+        if state.model == "peers":
+            self.events.append(("run_end", payload["stopped_by_callback"]))
 
 
 def test_callbacks_stop_save_and_evaluate(tmp_path, corpus):
@@ -74,6 +82,7 @@ def test_callbacks_stop_save_and_evaluate(tmp_path, corpus):
     assert ("checkpoint", 5) in cb.events and ("checkpoint", 6) in cb.events
     assert cb.events[0] == ("run_start", 0) and cb.events[-1] == ("run_end", True)
     assert all(kind == name for name, kind in cb.events if name in ("train", "eval"))
+    assert cb.teacher_steps == list(range(1, cfg.teacher_steps + 1))   # the teacher's loop, told apart by state.model
     resumed = WMLTrainer.from_run_dir(tmp_path / "run", log=lambda m: None).train()
     assert resumed["steps"] == 10                                   # a stopped run resumes to max_steps
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 10

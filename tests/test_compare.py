@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from wml_framework.compare import BUILTIN_METHODS, make_plan, parse_methods
 from wml_framework.compare.plan import check_or_save
 from wml_framework.compare.stats import mean_std, paired_difference
 from wml_framework.plugin_system.host import PluginHost
+from wml_framework.runtime import checkpoint
 
 # --------------------------------------------------------------------------- methods, plan, statistics
 
@@ -147,39 +147,26 @@ def test_compare_end_to_end(tmp_path):
     assert json.loads((out / "comparison.json").read_text())["methods"] == data["methods"]
 
 
-def _wait_for(predicate, proc, timeout=240.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.slow
 def test_a_killed_compare_skips_finished_members_and_resumes_the_interrupted_one(tmp_path):
-    """SIGKILL once member 1 is finished and member 2 has a checkpoint; the same command then skips
-    member 1 (its files untouched) and resumes member 2 (each step logged once).
+    """SIGKILL once member 1 is finished and member 2 has written its step-10 checkpoint (an event of the
+    run, not a time: it lands there however loaded the machine is); the same command then skips member 1
+    (its files untouched) and resumes member 2 (each step logged once).
     Would catch: finished members retrained, an interrupted member started over or refused."""
     corpus = toy_corpus(tmp_path / "toy.txt")
     out = tmp_path / "cmp"
-    args = [sys.executable, "-m", "wml_framework.cli", *_args(corpus, out, max_steps=40, lr_decay_iters=40,
-                                                               checkpoint_interval=2, eval_interval=20),
+    args = [*_args(corpus, out, max_steps=40, lr_decay_iters=40, checkpoint_interval=2, eval_interval=20),
             "--methods", "wml,ce", "--seeds", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first, second = out / "members" / "wml-seed1337", out / "members" / "ce-seed1337"
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        caught = _wait_for(lambda: (second / "checkpoint").is_dir() and not (second / "summary.json").exists(), proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert caught, "member 2 finished before it could be killed (or the run failed): " + proc.stderr.read()[-2000:]
+    killer = [sys.executable, str(Path(__file__).parent / "kill_at_event.py"), "checkpoint:step=10,run_dir~ce-seed1337"]
+    killed = subprocess.run([*killer, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert checkpoint.load(second, warn=lambda m: None)["step"] == 10 and not (second / "summary.json").exists()
     assert (first / "eval.json").is_file()
     stamp = (first / "summary.json").stat().st_mtime_ns
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "wml_framework.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[1/2] wml-seed1337: done earlier, skipped" in done.stderr
     assert "ce-seed1337: resuming the interrupted run" in done.stderr

@@ -83,7 +83,7 @@ def _loop(tmp_path):
 
 def test_rank_one_of_two_trains_on_the_second_half_of_every_global_batch(tmp_path, rank1):
     cfg, data, loop, seen = _loop(tmp_path)
-    loop._step()
+    loop.step()
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     expected = [data.batch("train", cfg.batch_size, cfg.block_size, gen)[1][2:] for _ in range(cfg.num_batches)]
     assert len(seen["train"]) == cfg.num_batches
@@ -105,7 +105,7 @@ def test_rank_one_of_two_scores_every_second_held_out_block(tmp_path, rank1, mon
         return real(model, x)
 
     monkeypatch.setattr(heldout, "peer_logits", counting)
-    out = loop._heldout([loop.peers[0]])
+    out = loop.score_heldout([loop.peers[0]])
     all_blocks = out["blocks"]
     assert sum(scored) == len(range(1, all_blocks, 2))
 

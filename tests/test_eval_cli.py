@@ -121,6 +121,53 @@ def test_third_party_evaluator_runs_through_wml_eval(workspace, tmp_path, monkey
     assert out["models"]["champion"]["vocab_size"] == {"vocab": len(workspace["tokenizer"]), "corpus": "default"}
 
 
+def test_an_evaluator_run_alone_adds_to_eval_json_and_drops_nothing(workspace, tmp_path, monkeypatch):
+    """``wml eval RUN --evaluator X`` after a full evaluation keeps every other evaluator's results.
+    Would catch: eval.json replaced by the last evaluation (the run's perplexity and minimal pairs
+    lost), results of an evaluator that was run again kept stale, a model scored only before dropped."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(workspace["run"], run)
+    full = run_cli("eval", run, "--corpus", workspace["corpus"], "--limit", 3, "--set", "perplexity.max_blocks=2",
+                   "--block-size", 16)
+    assert full.exit_code == 0, full.output
+    before = json.loads((run / "eval.json").read_text())
+    host = PluginHost()
+    monkeypatch.setattr(plugins, "_HOST", host)
+    host.register(CountingEvaluatorPlugin(), "counting-test")
+    alone = run_cli("eval", run, "--evaluator", "vocab_size")
+    assert alone.exit_code == 0, alone.output
+    after = json.loads((run / "eval.json").read_text())
+    assert after["settings"]["evaluators"] == ["minimal_pairs", "perplexity", "vocab_size"]
+    for name, model in before["models"].items():
+        assert after["models"][name]["perplexity"] == model["perplexity"]
+        assert after["models"][name]["minimal_pairs"] == model["minimal_pairs"]
+        assert after["models"][name]["vocab_size"]["vocab"] == len(workspace["tokenizer"])
+        assert set(after["models"][name]["seconds"]) == {"perplexity", "minimal_pairs", "vocab_size"}
+    assert after["minimal_pairs"] == before["minimal_pairs"]            # the evaluator's summary section too
+    made = after["settings"]["by_evaluator"]
+    assert made["perplexity"]["created"] == before["created"]
+    assert made["perplexity"]["options"]["max_blocks"] == 2 and made["vocab_size"]["options"] == {}
+    again = run_cli("eval", run, "--corpus", workspace["corpus"], "--evaluator", "perplexity",
+                    "--set", "perplexity.max_blocks=1", "--block-size", 16)
+    assert again.exit_code == 0, again.output
+    last = json.loads((run / "eval.json").read_text())
+    assert all(m["perplexity"]["blocks"] == 1 for m in last["models"].values())   # re-run: replaced, not kept
+    assert all("vocab_size" in m and "minimal_pairs" in m for m in last["models"].values())
+    assert last["settings"]["by_evaluator"]["perplexity"]["options"]["max_blocks"] == 1
+
+
+def test_merging_keeps_models_scored_only_before():
+    from wml_framework.evaluation import merge_eval_results
+
+    old = {"settings": {"evaluators": ["a"]}, "models": {"x": {"a": 1, "seconds": {"a": 0.1}}, "y": {"a": 2}}}
+    new = {"settings": {"evaluators": ["b"]}, "models": {"x": {"b": 3, "seconds": {"b": 0.2}}}}
+    merged = merge_eval_results(old, new)
+    assert merged["models"] == {"x": {"a": 1, "b": 3, "seconds": {"a": 0.1, "b": 0.2}}, "y": {"a": 2}}
+    assert merge_eval_results(None, new) is new
+
+
 @pytest.mark.slow
 def test_eval_as_a_subprocess(workspace, tmp_path):
     target = tmp_path / "eval.json"

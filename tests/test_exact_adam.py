@@ -92,7 +92,7 @@ def test_the_trainer_hands_its_adam_diagonal_to_exact_adam(tmp_path):
 
     loop.updater.step = spy
     for _ in range(2):   # the second step has Adam state
-        means, last = loop.accumulate(capture=loop._offer_inner)
+        means, last = loop.accumulate(capture=loop.offers_inner_gradients)
         whole = [[p.grad.detach().clone() for p in peer.parameters()] for peer in loop.peers]
         record = loop.outer_step(last)
         ctx = seen["ctx"]
@@ -107,7 +107,7 @@ def test_the_trainer_hands_its_adam_diagonal_to_exact_adam(tmp_path):
         fresh = hypergradient(loop.peers, loop.loss, ctx.omega, ctx.train, ctx.val, ctx.inner_lr, method="exact_adam",
                               tangents=JVP, preconditioner=ctx.preconditioner)
         assert torch.allclose(torch.tensor(record["grad"], dtype=torch.float64), fresh.grad, rtol=1e-6, atol=1e-10)
-        loop._optimizer_steps(means[2])
+        loop.optimizer_steps(means[2])
         loop.state.step += 1
     assert all(len(d) == len([p for p in peer.parameters() if p.requires_grad])
                for d, peer in zip(adam_preconditioner(loop.optimizers, loop.peers, 0.0).diag, loop.peers))

@@ -116,6 +116,28 @@ def test_verify_checks_the_examples_against_their_reference_points(example):
     assert any("first step: softmax" in c and c.endswith("omega") for c in refs)
 
 
+def test_the_example_updater_reports_the_outer_objective_of_the_contract(example):
+    """``softmax_ema`` computes L_2 with ``wml_framework.api.ensemble_loss`` (what a third-party
+    updater has, where the built-in ``mirror`` has the same): its ``val_loss`` is the NumPy oracle's
+    ensemble loss of the held-out batch at the ω the step started from.
+
+    Would catch: an outer objective a plugin cannot reach through the contract, or one that differs
+    from wml_reference's (a mixture of probabilities instead of logits, ω ignored, a sum for a mean)."""
+    import torch
+
+    import wml_reference as R
+    from wml_framework.verify.problems import make_config, outer_case
+    from wml_example_plugins.softmax_ema import make_softmax_ema
+
+    for M in (1, 3):
+        cfg = make_config(M)
+        case = outer_case(M, PluginHost().create("loss", "wml", cfg), torch.Generator().manual_seed(M))
+        result = make_softmax_ema(cfg, M, decay=0.9, tau=1.0).step(case.ctx)
+        p = case.as_problem(cfg, {})
+        expected = R.ensemble_loss([x @ W for x, W in zip(p.x_val, p.weights)], p.y_val, p.omega)
+        assert result.val_loss == pytest.approx(expected, rel=1e-10)
+
+
 @pytest.mark.parametrize("mutation, failing", [
     ("KL_SIGN = 1.0", "gamma = 0 equals wml_reference"),                 # the issue's wrong-signed KL
     pytest.param("kl_i = kl_i + w[j] *", "gamma = 0 equals wml_reference", marks=pytest.mark.slow),  # ω ignored

@@ -16,7 +16,7 @@ from wml_framework.api import Batch
 from wml_plugins.updaters.hypergrad import DOUBLE_VJP, JVP, hypergradient
 from wml_plugins.updaters.hypergrad_modes import attn_implementation
 from wml_plugins.losses.ce import CELoss
-from wml_plugins.losses.ensemble import ensemble_loss
+from wml_framework.api import ensemble_loss, trainable_parameters
 from wml_plugins.losses.kd import KDLoss
 from wml_plugins.losses.wml import WMLLoss
 
@@ -233,3 +233,56 @@ def test_the_trainers_inner_gradients_give_the_fresh_hypergradient(tmp_path, num
     double_vjp = hypergradient(peers, loss, omega, last.batch, val, 0.3)
     assert torch.allclose(reused.grad, double_vjp.grad, rtol=1e-6, atol=1e-9)
     assert reused.seconds["inner_grad"] < fresh.seconds["inner_grad"]
+
+
+def test_a_frozen_parameter_is_left_out_by_the_trainer_and_the_hypergradient_alike(tmp_path):
+    """The trainer's inner gradients, the Adam preconditioner and the hypergradient pair their lists
+    with the same parameters (``api.trainable_parameters``): with a frozen one, the hypergradient
+    from the trainer's own step still equals the fresh one.
+
+    Would catch: one side listing the frozen parameter and the other not (the lists no longer pair
+    up, and the reused step is refused or, worse, pairs gradients with the wrong tensors)."""
+    from wml_framework.config import from_dict
+    from wml_framework.plugin_system.host import PluginHost
+    from wml_framework.text.tokens import TokenData
+    from wml_framework.training.adam_precond import adam_preconditioner
+    from wml_framework.training.loop import TrainingLoop
+    from wml_plugins.updaters.mirror import MirrorUpdater
+
+    peers = [build(tiny_llama_config(hidden=16, n_layer=1, n_head=2, ffn=32), seed=s).double() for s in range(2)]
+    frozen = peers[0].model.norm.weight
+    frozen.requires_grad_(False)
+    names = list(trainable_parameters(peers[0]))
+    assert "model.norm.weight" not in names and len(names) == len(list(peers[0].parameters())) - 1
+    assert names == [n for n, p in peers[0].named_parameters() if p.requires_grad]      # parameters() order
+    rng = np.random.default_rng(1)
+    data = TokenData(rng.integers(0, 128, 4000).astype(np.uint16), rng.integers(0, 128, 800).astype(np.uint16),
+                     None, 128)
+    loss = WMLLoss(0.4, 1.5)
+    cfg = from_dict({"num_batches": 1, "batch_size": 2, "block_size": 12}, check_plugins=False)
+    loop = TrainingLoop(cfg, PluginHost(), peers, data, tmp_path, torch.device("cpu"), loss=loss,
+                        updater=MirrorUpdater(2), log=lambda m: None)
+    _, last = loop.accumulate(capture=True)
+    assert [len(g) for g in last.inner.grads] == [len(names), len(list(peers[1].parameters()))]
+    assert [len(d) for d in adam_preconditioner(loop.optimizers, peers, 1.0).diag] == [len(g) for g in last.inner.grads]
+    val_x = torch.from_numpy(rng.integers(0, 128, (2, 13)))
+    val = Batch(val_x[:, :-1], val_x[:, 1:])
+    omega = loop.state.omega
+    reused = hypergradient(peers, loss, omega, last.batch, val, 0.3, inner=last.inner)
+    fresh = hypergradient(peers, loss, omega, last.batch, val, 0.3, tangents=JVP)
+    assert torch.allclose(reused.grad, fresh.grad, rtol=1e-6, atol=1e-10), (reused.grad - fresh.grad)
+    assert frozen.grad is None
+
+
+def test_the_hypergradient_reads_as_named_steps():
+    """Every function of the hypergradient's module stays under 80 lines (the whole computation was
+    once one 85-line function). Would catch: the steps folded back into one body."""
+    import ast
+    import inspect
+
+    from wml_plugins.updaters import hypergrad
+
+    tree = ast.parse(inspect.getsource(hypergrad))
+    long = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 >= 80}
+    assert not long, long

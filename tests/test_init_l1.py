@@ -256,6 +256,31 @@ def test_taylor_without_calibration_and_wrong_family_are_rejected():
         l1().check(tiny_gpt2_config(add_cross_attention=True), family_of(cfg), [1000])
 
 
+class CountOnlyFamily:
+    """A family of the right model_type that describes no prunable units (nor sizable shapes)."""
+
+    name, model_type = "count-only-gpt2", "gpt2"
+
+
+@pytest.mark.parametrize("initializer,message", [
+    ("l1", "l1: family 'count-only-gpt2' cannot be pruned: it does not describe its prunable units "
+           "(see wml_framework.api.PrunableFamily)"),
+    ("bayes", "bayes: family 'count-only-gpt2' cannot be sized: it lacks count_shapes or head_dim_multiple "
+              "(see wml_framework.api.SizableFamily)"),
+])
+def test_both_initializers_open_check_with_the_same_family_and_target_checks(initializer, message):
+    """Would catch: either initializer losing the shared opening of check() (wml_plugins/init/common.py)."""
+    init = get_host().create("initializer", initializer, DEFAULTS)
+    cfg = VARIANTS["gpt2"]
+    with pytest.raises(ValueError, match="model_type 'llama'"):
+        init.check(cfg, get_host().create("family", "llama"), [1000])
+    with pytest.raises(ValueError) as err:
+        init.check(cfg, CountOnlyFamily(), [1000])
+    assert str(err.value) == message
+    with pytest.raises(ValueError, match=f"{initializer}: no peer targets"):
+        init.check(cfg, family_of(cfg), [])
+
+
 def test_min_kept_never_removes_more_than_the_bound():
     for n in range(1, 40):
         for bound in (0.1, 0.5, 0.9, 0.99):

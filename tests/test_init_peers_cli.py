@@ -69,7 +69,11 @@ def test_bayes_runs_as_a_real_subprocess(gpt2_teacher, tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = json.loads((out / "init_table.json").read_text())
     trace = json.loads((out / "init_trace.json").read_text())
-    assert len(table) == 2 and len(trace["trace"]) == 2 * (10 + 15) and trace["seed"] == 7
+    assert len(table) == 2 and trace["seed"] == 7
+    for peer in (0, 1):   # one search of 10 + 15 probes, a second only where the first missed 1%
+        probes = [p for p in trace["trace"] if p["peer"] == peer]
+        first = [p["error"] for p in probes[:25] if not p["duplicate"]]
+        assert len(probes) == 25 or (len(probes) == 50 and min(first) > 0.01)
     assert table[0]["shape"] != table[1]["shape"]
     for row in table:
         assert row["shape"] in proc.stdout
@@ -78,6 +82,25 @@ def test_bayes_runs_as_a_real_subprocess(gpt2_teacher, tmp_path):
         peer = AutoModelForCausalLM.from_pretrained(folder)
         assert sum(p.numel() for p in peer.parameters()) == row["parameters"]
     assert "peers written" in proc.stderr
+
+
+def test_bayes_init_table_says_which_peers_share_layers_heads_and_width(tmp_path):
+    """One layer, one head, width 8: at 35% of it both peers need width 3, so they may differ in
+    FFN width only, and init_table.json says so (field and note) while each stays within 1%.
+    Would catch: the table losing the initializer's account of diversity on its way to disk."""
+    teacher = tmp_path / "teacher"
+    build(tiny_gpt2_config(vocab_size=512, n_layer=1, n_head=1, n_embd=8, n_inner=16), seed=0).save_pretrained(teacher)
+    out = tmp_path / "peers"
+    res = invoke("--init", "bayes", "--teacher", teacher, "--out", out, "--set", "peer_fractions=[0.35,0.35]",
+                 "--set", "bayesian_n_iter=20", "--set", "seed=3")
+    assert res.exit_code == 0, res.output
+    table = json.loads((out / "init_table.json").read_text())
+    assert [r["shares_layers_heads_width_with"] for r in table] == [[1], [0]]
+    assert table[0]["shape"].startswith("L1·H1·d3·") and table[1]["shape"].startswith("L1·H1·d3·")
+    assert "see its note" in table[0]["note"]
+    assert table[1]["note"].startswith("same 1 layer, 1 head, width 3 as peer 0 (differs in FFN width only): "
+                                       "no shape of other layers, heads or width comes within 1%")
+    assert all(r["rel_error"] < 0.01 for r in table)
 
 
 def test_taylor_importance_from_a_calibration_text_and_a_config_file(llama_teacher, tmp_path):

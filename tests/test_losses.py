@@ -20,7 +20,7 @@ from wml_framework.api import LossResult
 from wml_framework.plugin_system.host import get_host
 from wml_plugins.updaters.hypergrad import mixed_omega_grad_autograd
 from wml_plugins.losses.ce import CELoss
-from wml_plugins.losses.ensemble import ensemble_loss
+from wml_framework.api import ensemble_loss
 from wml_plugins.losses.kd import KDLoss
 from wml_plugins.losses.wml import WMLLoss, wml_peer_losses
 
@@ -152,7 +152,7 @@ def test_logit_grads_fast_path_equals_autograd(dtype):
 
 
 def test_ensemble_loss_parts_match_autograd():
-    from wml_plugins.losses.ensemble import ensemble_loss_parts
+    from wml_framework.api import ensemble_loss_parts
 
     zs, y, w, _ = problem(3, seed=56)
     value, grad_w, G = ensemble_loss_parts(zs, y, w)

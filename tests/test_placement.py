@@ -10,7 +10,7 @@ import torch
 from run_helpers import read_metrics, tiny_loop
 from wml_framework import config as cfgmod
 from wml_framework.api import peer_logits
-from wml_framework.runtime.placement import assign, check_devices, peer_placement, rank_devices
+from wml_framework.runtime.placement import assign, check_devices, device_names, peer_placement, rank_devices
 
 
 def test_largest_peer_first_onto_the_least_loaded_device():
@@ -37,6 +37,18 @@ def test_bad_device_names_fail_in_the_config():
     with pytest.raises(cfgmod.ConfigError, match="peer_placement"):
         cfgmod.from_dict({"peer_placement": "scatter"})
     assert peer_placement([torch.nn.Linear(2, 2)] * 2, "replicate", [], torch.device("cpu")) == [torch.device("cpu")] * 2
+
+
+def test_peer_devices_is_read_one_way_by_the_config_and_the_run():
+    """Blanks and empty items are ignored alike by the config's check and by the placement.
+
+    Would catch: the config accepting " cpu , ,cpu" while the run splits it differently (a device
+    named " cpu", or an empty one)."""
+    assert device_names(" cpu , ,cpu ") == ["cpu", "cpu"] and device_names("") == device_names(None) == []
+    cfg = cfgmod.from_dict({"peer_devices": " cpu , ,cpu ", "peer_placement": "spread"}, check_plugins=False)
+    assert check_devices(device_names(cfg.peer_devices)) == [torch.device("cpu")] * 2
+    peers = [torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)]
+    assert peer_placement(peers, "spread", device_names(cfg.peer_devices), torch.device("cpu")) == [torch.device("cpu")] * 2
 
 
 def test_logits_come_back_to_the_inputs_device():

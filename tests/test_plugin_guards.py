@@ -296,3 +296,111 @@ def test_an_evaluation_that_fails_after_training_keeps_the_run_and_says_how_to_f
     assert len(errors) == 1 and "cannot score this" in errors[0]
     assert f"wml eval {run} && wml report {run}" in errors[0]
     assert (run / "summary.json").is_file() and (run / "report.md").is_file() and not (run / "eval.json").exists()
+
+
+# ------------------------------------------------------------------ the contract's attributes, read through the guard
+
+def _entry(kind: str, name: str):
+    from wml_framework.plugin_system.host import Entry
+
+    return Entry(kind, name, object, "contract-test", "(registered in code)")
+
+
+def test_the_guard_gives_every_optional_updater_attribute_its_declared_default():
+    """An updater declaring only what is required reads, through its guard, as api.Updater says an
+    absent attribute does; one that declares them is read as it says.
+
+    Would catch: the run asking an updater for an attribute the contract does not give a default
+    (an AttributeError in the middle of a run), or a guard that hides what the plugin declared."""
+    from wml_framework.api import Updater as UpdaterProtocol
+    from wml_framework.plugin_system.guards import checked_updater
+
+    plain = checked_updater(Updater(2, None), _entry("updater", "plain"), 2)
+    assert (plain.uses_inner_gradients, plain.uses_preconditioner, plain.notes) == (
+        UpdaterProtocol.uses_inner_gradients, UpdaterProtocol.uses_preconditioner, [])
+    assert (plain.uses_inner_gradients, plain.uses_preconditioner) == (False, False)
+
+    class Eager(Updater):
+        uses_inner_gradients = True
+        uses_preconditioner = True
+        notes = ["eager: ignores omega_lr"]
+
+    eager = checked_updater(Eager(2, None), _entry("updater", "eager"), 2)
+    assert (eager.uses_inner_gradients, eager.uses_preconditioner, eager.notes) == (True, True, ["eager: ignores omega_lr"])
+
+
+def test_the_guard_forwards_a_losss_contract_and_its_fast_paths():
+    """Would catch: ``mixed_from_logit_grads`` missing on a loss that does not set it (the
+    hypergradient would then have to guess), or a fast path the guard fails to pass on."""
+    from wml_framework.plugin_system.guards import checked_loss
+
+    class Plain:
+        needs_teacher = 1          # truthy, read as a bool
+
+        def __call__(self, logits, labels, omega, teacher_logits=None):
+            raise AssertionError("not called")
+
+    class Fast(Plain):
+        needs_teacher = False
+        mixed_from_logit_grads = True
+
+        def logit_grads(self, logits, labels, omega, teacher_logits=None):
+            return "fast"
+
+    plain, fast = checked_loss(Plain(), _entry("loss", "plain")), checked_loss(Fast(), _entry("loss", "fast"))
+    assert plain.needs_teacher is True and plain.mixed_from_logit_grads is False
+    assert getattr(plain, "logit_grads", None) is None
+    assert fast.needs_teacher is False and fast.mixed_from_logit_grads is True
+    assert fast.logit_grads(None, None, None) == "fast"
+
+
+def test_an_updaters_own_notes_and_the_guards_are_each_logged_once(tmp_path):
+    """Would catch: the run reading notes only from the guard (a plugin's own warnings lost), or
+    logging a note at every outer step."""
+    from run_helpers import tiny_loop
+    from wml_framework.plugin_system.guards import checked_updater
+
+    class Noting(Updater):
+        notes: list = []
+
+        def step(self, ctx):
+            if not self.notes:
+                self.notes = ["noting: a fallback was taken"]
+            return UpdateResult(omega=uniform_omega(2), info={"unloggable": object()})
+
+    _, _, loop = tiny_loop(tmp_path)
+    loop.updater = checked_updater(Noting(2, None), _entry("updater", "noting"), 2)
+    lines = []
+    loop.log = lines.append
+    for _ in range(2):
+        _, last = loop.accumulate()
+        loop.outer_step(last)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 2, lines
+    assert "noting: a fallback was taken" in warnings[0] and "info['unloggable']" in warnings[1]
+
+
+@pytest.mark.parametrize("omega", [
+    torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([0.5, 0.5 + 5e-7], dtype=torch.float64),
+    torch.tensor([0.5, 0.5 + 5e-6], dtype=torch.float64), torch.tensor([1.5, -0.5], dtype=torch.float64),
+    torch.tensor([float("nan"), 1.0], dtype=torch.float64), torch.ones(3, dtype=torch.float64) / 3, [0.5, 0.5],
+], ids=["uniform", "within-tolerance", "sums-off", "negative", "nan", "wrong-shape", "not-a-tensor"])
+def test_a_run_and_wml_verify_accept_and_refuse_the_same_omega_in_the_same_words(omega):
+    """Would catch: the two checks drifting apart (a tolerance, a check only one of them makes), so
+    that ``wml verify`` passes an updater whose ω the run then refuses, or the reverse."""
+    from wml_framework.plugin_system.guards import check_simplex as run_check
+    from wml_framework.verify.loss_checks import Failed
+    from wml_framework.verify.updater_checks import check_simplex as verify_check
+
+    try:
+        run_check(omega, 2, _entry("updater", "u"), "step()")
+        run_problem = None
+    except PluginError as exc:
+        run_problem = exc.problem
+    try:
+        verify_check(omega, 2, "step().omega")
+        verify_problem = None
+    except Failed as exc:
+        verify_problem = str(exc)
+    assert (run_problem is None) == (verify_problem is None), (run_problem, verify_problem)
+    assert run_problem is None or run_problem in verify_problem

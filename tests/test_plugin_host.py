@@ -291,3 +291,55 @@ def test_asking_for_a_name_a_broken_plugin_would_provide_says_so(fake_site, monk
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and "'sharpen'" in result.output, result.output
         assert "not loaded" in result.output and "registered by plugin 'sharpen_a'" in result.output
+
+
+def test_whether_a_failure_breaks_its_plugin_is_decided_by_its_reason_not_its_words():
+    """A hook that fails with a message ending like the host's own 'neither is used' still breaks its
+    plugin, and a name claimed by two plugins leaves both usable otherwise.
+
+    Would catch: the host matching its own message text to tell the two apart (the first plugin's
+    loss would then stay registered although its updater hook raised)."""
+    from wml_framework.plugin_system.host import FailureReason
+
+    class Unlucky:
+        @hookimpl
+        def wml_register_losses(self, register):
+            register("unlucky-loss", lambda cfg: None)
+
+        @hookimpl
+        def wml_register_updaters(self, register):
+            raise RuntimeError("both sides said no, so neither is used")
+
+    class TwinAndSolo:
+        @hookimpl
+        def wml_register_losses(self, register):
+            register("twin", lambda cfg: None)
+
+        @hookimpl
+        def wml_register_updaters(self, register):
+            register("solo", lambda cfg, m: None)
+
+    host = PluginHost(load_entry_points=False)
+    host.register(Unlucky(), "unlucky")
+    host.register(TwinAndSolo(), "first")
+    host.register(_Provides("loss", "twin"), "second")
+    assert host.names("loss") == [] and host.names("updater") == ["solo"]
+    reasons = sorted((f.plugin, f.reason) for f in host.failures)
+    assert reasons == [("first", FailureReason.NAME_OF_TWO_PLUGINS), ("second", FailureReason.NAME_OF_TWO_PLUGINS),
+                       ("unlucky", FailureReason.HOOK)]
+    assert FailureReason.HOOK.breaks_plugin and not FailureReason.NAME_OF_TWO_PLUGINS.breaks_plugin
+
+
+def test_load_failures_say_why(fake_site):
+    """Would catch: a failure recorded without its reason (every one would read as a raising hook)."""
+    from wml_framework.plugin_system.host import FailureReason
+
+    _fake_distribution(fake_site, "fake-wml-a", "fake_wml_a", PLUGIN_BODY, "twin")
+    _fake_distribution(fake_site, "fake-wml-b", "fake_wml_b", PLUGIN_BODY, "twin")
+    _fake_distribution(fake_site, "fake-wml-c", "fake_wml_c", "import no_such_module_anywhere\n", "cannot")
+    _fake_distribution(fake_site, "fake-wml-d", "fake_wml_d",
+                       "from wml_framework import hookimpl\n@hookimpl\ndef wml_register_lossez(register):\n    pass\n",
+                       "misspelt")
+    reasons = {f.plugin: f.reason for f in PluginHost().failures}
+    assert reasons == {"twin": FailureReason.NAME_OF_TWO_PACKAGES, "cannot": FailureReason.IMPORT,
+                       "misspelt": FailureReason.REGISTER}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -292,14 +293,71 @@ def test_a_kill_inside_a_checkpoint_write_resumes_to_the_same_result(tmp_path, c
     assert differences(reference, run) == []
 
 
+class EventLog:
+    """Writes down every run event of a run, by what places it in the run (name, phase, step, model)."""
+
+    def __init__(self):
+        self.places: list[str] = []
+
+    @hookimpl
+    def wml_run_event(self, event, payload):
+        self.places.append(event_place(event, payload))
+
+
+def event_place(event: str, payload: dict) -> str:
+    """An event as a ``tests/kill_at_event.py`` spec: ``train:step=5``, ``phase:phase=export``."""
+    return event + ":" + ",".join(f"{k}={payload[k]}" for k in ("phase", "model", "step") if k in payload)
+
+
+def draw_kill_events(places: list[str], kills: int, seed: int) -> list[str]:
+    """``kills`` events of an uninterrupted run, one from each equal stretch of it, drawn from ``seed``.
+
+    Only events that happen once in the run are drawn, in the order they happen: a run resumed after
+    a kill replays everything after its checkpoint, so each next event is met by the next launch."""
+    once = [p for p in places if places.count(p) == 1]
+    rng = random.Random(seed)
+    stretch = len(once) // kills
+    return [once[k * stretch + rng.randrange(stretch)] for k in range(kills)]
+
+
 @pytest.mark.slow
 def test_random_sigkills_then_resumes_end_exactly_like_an_uninterrupted_run(tmp_path, corpus):
-    from kill_resume import kill_and_resume
+    """SIGKILL at three run events drawn from a seed (one early, one midway, one late: the teacher's
+    training, the peers', export and evaluation are all in reach), a resume after each; the run then
+    ends exactly as an uninterrupted one. Each kill is chosen by an event, so it lands at the same
+    point of the run on an idle machine and on a loaded one.
+    Would catch: a checkpoint that misses any state (RNG, optimizer, ω, early stopping, the teacher's),
+    records logged twice or lost, a phase that cannot be resumed."""
+    changes = dict(teacher_steps=30, max_steps=12, lr_decay_iters=12)
+    log, host = EventLog(), PluginHost()
+    host.register(log, "event-log")
+    reference = tmp_path / "reference"
+    trainer = WMLTrainer.from_config(tiny_config(corpus, host, **SMALL | changes), reference, host=host,
+                                     log=lambda m: None)
+    trainer.train()
+    trainer.evaluate()
+    trainer.report()
+    targets = draw_kill_events(log.places, kills=3, seed=0)
+    assert len(set(targets)) == 3 and log.places.index(targets[0]) < log.places.index(targets[2])
+    cfg, run = _cli_config(tmp_path, corpus, **changes), tmp_path / "run"
+    for k, target in enumerate(targets):
+        launch = ["run", "--config", str(cfg), "--out", str(run)] if k == 0 else ["run", "--resume", str(run)]
+        killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at_event.py"), target, *launch],
+                                capture_output=True, text=True, timeout=600)
+        assert killed.returncode == -signal.SIGKILL, (target, killed.stderr[-2000:])
+    done = subprocess.run([sys.executable, "-m", "wml_framework.cli", "run", "--resume", str(run)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert differences(reference, run) == [], targets
 
-    cfg = _cli_config(tmp_path, corpus, teacher_steps=30, max_steps=12, lr_decay_iters=12)
-    lines = []
-    result = kill_and_resume(["--config", str(cfg)], tmp_path / "work", kills=3, seed=0, log=lines.append)
-    assert result["kills"] >= 3 and result["identical"], (result, lines)
+
+def test_kill_events_are_drawn_once_each_in_run_order():
+    places = ["phase:phase=data", "train:step=1", "checkpoint:step=2", "train:step=1", "eval:step=4",
+              "phase:phase=export", "phase:phase=report"]
+    drawn = draw_kill_events(places, kills=3, seed=1)
+    assert "train:step=1" not in drawn                      # met twice: a resume could meet it early
+    assert [places.index(d) for d in drawn] == sorted(places.index(d) for d in drawn)
+    assert drawn == draw_kill_events(places, kills=3, seed=1)
 
 
 # ------------------------------------------------------------------ signals

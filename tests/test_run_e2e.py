@@ -243,5 +243,26 @@ def test_a_run_too_short_for_an_outer_step_says_so_before_any_work(tmp_path, cor
     for steps, warned in ((3, True), (5, False)):
         lines = []
         cfg = tiny_config(corpus, max_steps=steps, lr_decay_iters=steps, outer_every=5)
-        WMLTrainer.from_config(cfg, tmp_path / f"run{steps}", log=lines.append)._prepare()
+        WMLTrainer.from_config(cfg, tmp_path / f"run{steps}", log=lines.append).prepare()
         assert any("will not move ω" in line for line in lines) == warned
+
+
+def test_a_run_plans_its_corpus_once(tmp_path, corpus, finished_run, monkeypatch):
+    """The run's checks list and check every corpus file; the data stage uses that plan.
+
+    Would catch: the data stage planning the corpus again (every file of a BabyLM folder listed
+    and probed twice, and a file changed in between read under a plan that was not checked)."""
+    from wml_framework.text import corpus as corpus_module
+    from wml_framework.text import tokens
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return corpus_module.plan_corpus(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "plan_corpus", counting)
+    monkeypatch.setattr(tokens, "plan_corpus", counting)
+    cfg = tiny_config(corpus, teacher=str(finished_run / "teacher"), blimp="")
+    runner.WMLTrainer.from_config(cfg, tmp_path / "run", log=lambda m: None).train_teacher_only()
+    assert calls == [(str(corpus), "")]

@@ -92,3 +92,25 @@ def test_a_run_restores_the_callers_thread_count(tmp_path, corpus):
     cfg = tiny_config(corpus, threads="2", max_steps=2, teacher_steps=2, blimp="", eval_interval=2)
     WMLTrainer.from_config(cfg, tmp_path / "run", log=lambda m: None).train()
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("spec", ["auto", "1", "4", " 2 ", "0", "-1", "+2", "two", "1.5", "²", "", "2.0"])
+def test_the_setting_the_run_and_wml_eval_read_threads_alike(spec):
+    """The configuration, the run's governor and ``wml eval --threads`` accept exactly the same values.
+
+    Would catch: the three readings of ``threads`` drifting apart (a config that accepts what the
+    run then cannot read, or the other way round; the config once crashed on ``"²"``)."""
+    from wml_framework import config as cfgmod
+    from wml_framework.evaluation.scoring import choose_threads
+
+    def accepts(read) -> bool:
+        try:
+            read()
+            return True
+        except (ValueError, cfgmod.ConfigError):
+            return False
+
+    by_config = accepts(lambda: cfgmod.from_dict({"threads": spec}, check_plugins=False))
+    assert by_config == accepts(lambda: parse_threads(spec)) == accepts(lambda: ThreadGovernor(spec, "cpu", cores=2)) \
+        == accepts(lambda: choose_threads(spec)), spec
+    assert by_config == (spec in ("auto", "1", "4", " 2 "))

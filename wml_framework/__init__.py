@@ -30,6 +30,7 @@ _LAZY = {
     "WMLTrainer": ("runner", "WMLTrainer"),
     "TrainerCallback": ("training.callbacks", "TrainerCallback"),
     "TrainerControl": ("training.callbacks", "TrainerControl"),
+    "TrainerState": ("training.callbacks", "TrainerState"),
     "Event": ("api", "Event"),
     "evaluate": ("evaluation.scoring", "evaluate"),
     "PluginHost": ("plugin_system.host", "PluginHost"),

@@ -30,6 +30,8 @@ import tomli_w
 
 from .api import Option
 from .runtime.atomic import atomic_write_text
+from .runtime.placement import device_names
+from .runtime.threads import parse_threads
 from .plugin_system.host import PluginHost, get_host, resolve_options
 from .plugin_system.validation import ConfigError, allowed, close_matches, validate_value
 
@@ -184,9 +186,11 @@ def _check_relations(cfg: WMLConfig) -> None:
     if cfg.teacher_n_embd % cfg.teacher_n_head:
         raise ConfigError(f"config key 'teacher_n_embd': value {cfg.teacher_n_embd!r} is not allowed; "
                           f"expected a multiple of teacher_n_head ({cfg.teacher_n_head})")
-    if str(cfg.threads) != "auto" and not (str(cfg.threads).isdigit() and int(cfg.threads) >= 1):
-        raise ConfigError(f"config key 'threads': value {cfg.threads!r} is not allowed; expected 'auto' or a whole number ≥ 1")
-    for name in (d.strip() for d in cfg.peer_devices.split(",") if d.strip()):
+    try:
+        parse_threads(cfg.threads)
+    except ValueError:
+        raise ConfigError(f"config key 'threads': value {cfg.threads!r} is not allowed; expected 'auto' or a whole number ≥ 1") from None
+    for name in device_names(cfg.peer_devices):
         if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
             raise ConfigError(f"config key 'peer_devices': value {cfg.peer_devices!r} is not allowed; expected "
                               f"devices separated by commas, each 'cpu', 'cuda' or 'cuda:N' (not {name!r})")

@@ -26,7 +26,7 @@ from .runtime.atomic import atomic_directory, atomic_write_json
 from .config import WMLConfig
 from .text.corpus import CorpusError, plan_corpus
 from .evaluation.models import resolve_device, train_dtype
-from .runtime.placement import SPREAD, check_devices, rank_devices
+from .runtime.placement import SPREAD, check_devices, device_names, rank_devices
 from .training.peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
 from .plugin_system.host import PluginHost
 from .runtime.run_layout import RunLayout, peer_name
@@ -34,7 +34,7 @@ from .training.export import export, print_summary, save_model, weights_fingerpr
 from .training.families import family_for
 from .training.teacher import (check_teacher_dir, load_teacher, load_teacher_config, new_teacher, teacher_config,
                                train_teacher)
-from .training.callbacks import TrainerControl, dispatch
+from .training.callbacks import TrainerControl, TrainerState, dispatch
 from .runtime.run_lock import locked
 from .evaluation.run_reader import read_jsonl
 from .text.tokenizer import with_bos
@@ -161,7 +161,7 @@ class WMLTrainer:
         training step finishes and is checkpointed first) by raising ``interrupts.Interrupted``."""
         dist = distributed.init_from_env(self.cfg.device)
         dist.check_batch(self.cfg.batch_size)
-        plugins = self._prepare()
+        plugins = self.prepare()
         with (locked(self.run_dir) if dist.is_main else contextlib.nullcontext()), interrupts.handling():
             if dist.is_main:
                 self._check_resumable()
@@ -194,7 +194,7 @@ class WMLTrainer:
         """Only the data and the teacher stages of :meth:`train` (trained, or loaded when the folder
         has one); returns the teacher's folder. ``wml compare`` gives one teacher to all its runs."""
         dist = distributed.init_from_env(self.cfg.device)
-        plugins = self._prepare()
+        plugins = self.prepare()
         with locked(self.run_dir), interrupts.handling():
             self._check_resumable()
             if self.config_changed:
@@ -231,12 +231,25 @@ class WMLTrainer:
         payload = {"phase": name}
         if distributed.current().is_main:
             self.host.emit(Event.PHASE, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps})
-        dispatch(self.callbacks, Event.PHASE, payload, None, TrainerControl())
+        dispatch(self.callbacks, Event.PHASE, payload, self._phase_state(name), TrainerControl())
+
+    def _phase_state(self, name: str) -> TrainerState:
+        """What callbacks are told at a phase: the peers' loop's state once it exists, else the start
+        of the loop the phase leads to (the teacher's, the peers'; none yet for ``data``)."""
+        if self.loop is not None:
+            return self.loop.trainer_state(phase=name)
+        teacher, cfg = name == "teacher", self.cfg
+        return TrainerState(phase=name, model="teacher" if teacher else "" if name == "data" else "peers",
+                            max_steps=cfg.teacher_steps if teacher else cfg.max_steps,
+                            num_models=1 if teacher else 0 if name == "data" else cfg.peer_count,
+                            run_dir=str(self.run_dir))
 
     # -- stages ------------------------------------------------------------------------------
-    def _prepare(self) -> RunPlugins:
+    def prepare(self) -> RunPlugins:
         """Every check that needs no work: a new run's folder, corpus, teacher folder, device and
-        plugins; only then is the folder created and the config saved."""
+        plugins; only then is the folder created (the config is saved by :meth:`train`). Returns the
+        run's plugin objects. :meth:`train` calls it first; called alone, it finds what would stop a
+        run (and prints its warnings) without training anything."""
         cfg = self.cfg
         if not self.resuming and self.layout.config.exists() and distributed.launch_rank() == 0:
             raise RunError(f"{str(self.run_dir)!r} already holds a run; continue it with --resume {self.run_dir}")
@@ -248,7 +261,7 @@ class WMLTrainer:
             raise RunError(str(exc)) from None
         device = resolve_device(cfg.device)
         try:
-            check_devices([d.strip() for d in cfg.peer_devices.split(",") if d.strip()])
+            check_devices(device_names(cfg.peer_devices))
         except ValueError as exc:
             raise RunError(str(exc)) from None
         if cfg.peer_placement == SPREAD and device.type == "cuda" and distributed.launch_world() > 1:
@@ -337,22 +350,22 @@ class WMLTrainer:
 
             tokenizer = with_bos(load_tokenizer(cfg.teacher))
         return teacher.to(device).eval(), prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer,
-                                                      log=log)
+                                                      log=log, plan=self.corpus)
 
     def _main_teacher(self, device, plugins: RunPlugins):
         cfg, log, saved = self.cfg, self.log, self.layout.teacher
         if (saved / "config.json").exists():
             teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
-            return teacher.to(device).eval(), prepare_for(cfg, tokenizer=tokenizer, log=log)
+            return teacher.to(device).eval(), prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
         if cfg.teacher:
             teacher, tokenizer = self._given_teacher or load_teacher(cfg.teacher, dtype=train_dtype(cfg))
             self._given_teacher = None
             if tokenizer is None:
                 raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
             tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
-            data = prepare_for(cfg, tokenizer=tokenizer, log=log)
+            data = prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
         else:
-            data = prepare_for(cfg, log=log)
+            data = prepare_for(cfg, log=log, plan=self.corpus)
             family = self.host.create("family", cfg.teacher_family)
             hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
             self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains
@@ -360,7 +373,8 @@ class WMLTrainer:
             teacher = new_teacher(hf_config, cfg.seed).to(train_dtype(cfg))
             n = sum(p.numel() for p in teacher.parameters())
             log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
-            teacher = train_teacher(teacher, data, cfg, device, log=log, run_dir=self.run_dir)
+            teacher = train_teacher(teacher, data, cfg, device, host=self.host, run_dir=self.run_dir, log=log,
+                                    callbacks=self.callbacks)
         save_model(teacher.cpu(), data.tokenizer, saved)
         checkpoint.remove(self.run_dir, checkpoint.TEACHER)   # the saved teacher supersedes them
         return teacher.to(device).eval(), data
@@ -422,8 +436,8 @@ class WMLTrainer:
 def _rank_device(device: torch.device, dist: "distributed.Context", cfg: Optional[WMLConfig] = None) -> torch.device:
     """Each rank's own GPU (``cuda:LOCAL_RANK``; with ``peer_placement = "spread"``, the first of the
     GPUs it spreads over); CPU ranks share the CPU."""
-    if device.type == "cuda" and cfg is not None and cfg.peer_placement == SPREAD and not cfg.peer_devices.strip():
-        return rank_devices([], torch.device("cuda", 0))[0]      # one process (several are refused in _prepare)
+    if device.type == "cuda" and cfg is not None and cfg.peer_placement == SPREAD and not device_names(cfg.peer_devices):
+        return rank_devices([], torch.device("cuda", 0))[0]      # one process (several are refused in prepare)
     if device.type == "cuda" and dist.active:
         return torch.device("cuda", dist.local_rank)
     return device

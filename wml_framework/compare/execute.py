@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,6 +19,7 @@ from .. import hookimpl
 from ..runtime.atomic import atomic_write_json
 from ..plugin_system.host import PluginHost
 from ..runtime.run_layout import RunLayout, is_model_dir
+from ..training.progress import RunProgress
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
 
@@ -30,26 +30,16 @@ MEMBER_FILE = "compare_member.json"
 FREE_KEYS = ("threads",)
 
 
-class _StepBar:
-    """A run observer: one tqdm bar per member on a terminal, silence otherwise."""
+class _MemberProgress:
+    """A run observer: the run's progress display, reduced to one bar per member on a terminal
+    (silence otherwise: the member's own lines go to its ``wml.log``)."""
 
     def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
+        self.show = RunProgress(desc, detail=False, leave=False)
 
     @hookimpl
     def wml_run_event(self, event, payload):
-        if not sys.stderr.isatty():
-            return
-        if event == "run_start":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=int(payload.get("total_steps", 0)), initial=int(payload.get("step", 0)),
-                            desc=self.desc, unit="step", leave=False, dynamic_ncols=True)
-        elif event == "train" and self.bar is not None:
-            self.bar.update(1)
-        elif event == "run_end" and self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.show(event, payload)
 
 
 def _file_log(path: Path) -> Callable[[str], None]:
@@ -64,7 +54,7 @@ def _member_host(make_host: Callable[[], PluginHost], desc: str) -> PluginHost:
     names = {name for name, _ in host.pm.list_name_plugin()}
     if "run_log" in names:
         host.unregister("run_log")                 # its per-step lines would drown the comparison's
-    host.register(_StepBar(desc), f"compare_progress_{id(desc)}")
+    host.register(_MemberProgress(desc), f"compare_progress_{id(desc)}")
     return host
 
 

@@ -8,7 +8,7 @@ May import: :mod:`wml_framework.config`, :mod:`wml_framework.plugin_system`, :mo
 """
 
 from .scoring import (DISPLAY, EvaluationError, choose_threads, default_json_path, evaluate, headline,
-                      make_evaluators, write_eval_json)
+                      make_evaluators, merge_eval_results, write_eval_json)
 
 __all__ = ["DISPLAY", "EvaluationError", "choose_threads", "default_json_path", "evaluate", "headline",
-           "make_evaluators", "write_eval_json"]
+           "make_evaluators", "merge_eval_results", "write_eval_json"]

@@ -20,9 +20,10 @@ from .. import config as cfgmod
 from ..runtime.atomic import atomic_write_text
 from ..plugin_system.host import PluginError, PluginHost, get_host, resolve_options
 from ..runtime.run_layout import RunLayout, is_model_dir, is_run_dir
+from ..runtime.threads import parse_threads
 
 __all__ = ["DISPLAY", "EvaluationError", "choose_threads", "make_evaluators", "evaluate", "headline",
-           "write_eval_json", "default_json_path"]
+           "write_eval_json", "merge_eval_results", "default_json_path"]
 
 DISPLAY = "display"  # the part of the result that is for printing, not for eval.json
 
@@ -44,20 +45,15 @@ def choose_threads(spec: str | int | None) -> int:
     (measured: 2 threads 3-5x slower than 1 on this project's 2-core machine under load)."""
     import torch
 
-    if spec in (None, "", "auto"):
-        cores = os.cpu_count() or 1
-        try:
-            busy = os.getloadavg()[0]
-        except OSError:  # pragma: no cover - platforms without a load average
-            busy = 0.0
-        return 1 if busy >= cores else torch.get_num_threads()
+    n = parse_threads(spec)
+    if n is not None:
+        return n
+    cores = os.cpu_count() or 1
     try:
-        n = int(spec)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"threads must be a number ≥ 1 or 'auto', got {spec!r}")
-    return n
+        busy = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - platforms without a load average
+        busy = 0.0
+    return 1 if busy >= cores else torch.get_num_threads()
 
 
 def _base_config(run_dir: Path | None, log: Callable[[str], None]) -> cfgmod.WMLConfig:
@@ -223,9 +219,56 @@ def headline(result: dict, model: str) -> str:
 
 
 def write_eval_json(target: Path, result: dict) -> None:
-    """Atomically, keeping the models in evaluation order (peers, ensemble, teacher)."""
+    """Atomically, keeping the models in evaluation order (peers, ensemble, teacher), and merged into
+    the file already there: an evaluator run alone (``wml eval RUN --evaluator top5_entropy``) adds its
+    results and never drops another evaluator's. ``settings.by_evaluator`` says when, and with which
+    settings, each evaluator's numbers were made."""
+    target = Path(target)
     clean = {k: v for k, v in result.items() if k != DISPLAY}
-    atomic_write_text(Path(target), json.dumps(clean, indent=2) + "\n")
+    clean["settings"] = {**clean.get("settings", {}), "by_evaluator": _provenance(clean)}
+    atomic_write_text(target, json.dumps(merge_eval_results(_read_existing(target), clean), indent=2) + "\n")
+
+
+def _provenance(result: dict) -> dict:
+    settings = result.get("settings", {})
+    shared = {k: settings[k] for k in ("device", "threads", "config") if k in settings}
+    return {name: {"created": result.get("created"), **shared, "options": settings.get("options", {}).get(name, {})}
+            for name in settings.get("evaluators", [])}
+
+
+def _read_existing(target: Path) -> Optional[dict]:
+    try:
+        old = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None                    # none yet, or unreadable: nothing to keep
+    return old if isinstance(old, dict) and isinstance(old.get("models"), dict) else None
+
+
+def merge_eval_results(old: Optional[dict], new: dict) -> dict:
+    """``new`` over ``old``: the evaluators ``new`` ran replace theirs, every other evaluator's results
+    stay, per model and in the file's summary sections; models only ``old`` scored stay too."""
+    if old is None:
+        return new
+    ran = set(new.get("settings", {}).get("evaluators", []))
+    kept = [n for n in old.get("settings", {}).get("evaluators", []) if n not in ran]
+    merged = {**{k: v for k, v in old.items() if k in kept}, **new}
+    models = {}
+    for name in [*new["models"], *(m for m in old["models"] if m not in new["models"])]:
+        before, now = old["models"].get(name, {}), new["models"].get(name)
+        if now is None:
+            models[name] = before
+            continue
+        entry = {**{k: v for k, v in before.items() if k in kept}, **now}
+        entry["seconds"] = {**{k: v for k, v in before.get("seconds", {}).items() if k in kept},
+                            **now.get("seconds", {})}
+        models[name] = entry
+    merged["models"] = models
+    settings = dict(new.get("settings", {}))
+    settings["evaluators"] = [*kept, *new.get("settings", {}).get("evaluators", [])]
+    settings["by_evaluator"] = {**{k: v for k, v in old.get("settings", {}).get("by_evaluator", {}).items()
+                                   if k in kept}, **settings.get("by_evaluator", {})}
+    merged["settings"] = settings
+    return merged
 
 
 def default_json_path(path: Path) -> Path:

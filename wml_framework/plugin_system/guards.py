@@ -12,17 +12,15 @@ import math
 import numbers
 from typing import Any, Mapping
 
-import torch
 from torch import Tensor
 
-from ..api import InitResult, LossResult, UpdateResult
+from ..api import FastPathLoss, InitResult, LossResult, UpdateResult, Updater
 from ..runtime.distributed import is_peer_failure
 from .host import Entry, PluginError
+from .simplex import SIMPLEX_TOL, OffSimplex, on_simplex
 
 __all__ = ["SIMPLEX_TOL", "NonFiniteOmega", "check_simplex", "jsonable", "GuardedLoss", "GuardedUpdater",
            "GuardedInitializer", "checked_initializer", "checked_loss", "checked_updater"]
-
-SIMPLEX_TOL = 1e-6  # |Σω − 1| accepted from an updater (then renormalised exactly)
 
 
 class NonFiniteOmega(PluginError):
@@ -35,18 +33,13 @@ def _fail(entry: Entry, what: str, problem: str) -> PluginError:
 
 
 def check_simplex(omega: Any, num_peers: int, entry: Entry, what: str) -> Tensor:
-    """ω as float64, on the simplex within SIMPLEX_TOL, renormalised to sum 1 exactly."""
-    if not isinstance(omega, Tensor):
-        raise _fail(entry, what, f"ω must be a tensor, got {type(omega).__name__}")
-    if tuple(omega.shape) != (num_peers,):
-        raise _fail(entry, what, f"ω has shape {tuple(omega.shape)}, expected ({num_peers},): one weight per peer")
-    w = omega.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(w).all()):
-        raise NonFiniteOmega(entry.plugin, f"{entry.kind} {entry.name!r} {what}", f"ω is not finite: {w.tolist()}")
-    if bool((w < 0).any()):
-        raise _fail(entry, what, f"ω has negative weights: {w.tolist()}")
-    if abs(float(w.sum()) - 1.0) > SIMPLEX_TOL:
-        raise _fail(entry, what, f"ω sums to {float(w.sum()):.6g}, not 1: it must be a point of the simplex")
+    """ω as float64, on the simplex within SIMPLEX_TOL, renormalised to sum 1 exactly; a non-finite
+    ω raises :class:`NonFiniteOmega` (the run skips the step), any other fault a PluginError."""
+    try:
+        w = on_simplex(omega, num_peers)
+    except OffSimplex as exc:
+        error = PluginError if exc.finite else NonFiniteOmega
+        raise error(entry.plugin, f"{entry.kind} {entry.name!r} {what}", str(exc)) from None
     return w / w.sum()
 
 
@@ -68,15 +61,29 @@ def jsonable(value: Any) -> Any:
 
 
 class GuardedLoss:
-    """A loss plugin whose results are checked and whose errors name the plugin."""
+    """A loss plugin whose results are checked and whose errors name the plugin.
+
+    The attributes of ``api.Loss`` and ``api.FastPathLoss`` are forwarded explicitly (an optional
+    one with its declared default); anything else the plugin has is reached through it as well."""
 
     def __init__(self, loss: Any, entry: Entry):
         self._loss, self._entry = loss, entry
         if not callable(loss) or not hasattr(loss, "needs_teacher"):
             raise _fail(entry, "factory", "the object it made must be callable and have `needs_teacher` "
                                           f"(see docs/plugins.md), got {loss!r}")
+        for name in ("logit_grads", "mixed_omega_grad"):    # optional fast paths: present only if the plugin has them
+            if callable(getattr(loss, name, None)):
+                setattr(self, name, getattr(loss, name))
 
-    def __getattr__(self, name: str) -> Any:  # fast paths and attributes of the plugin itself
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self._loss.needs_teacher)
+
+    @property
+    def mixed_from_logit_grads(self) -> bool:
+        return bool(getattr(self._loss, "mixed_from_logit_grads", FastPathLoss.mixed_from_logit_grads))
+
+    def __getattr__(self, name: str) -> Any:  # the plugin's own attributes (its settings, its counters)
         return getattr(self._loss, name)
 
     def __call__(self, logits, labels, omega, teacher_logits=None) -> LossResult:
@@ -114,11 +121,25 @@ class GuardedUpdater:
             raise _fail(entry, "factory", f"the object it made lacks {', '.join(missing) or 'needs_validation'} "
                                           "(see docs/plugins.md)")
         self._updater, self._entry, self.num_peers = updater, entry, num_peers
-        self.notes: list[str] = []
+        self._notes: list[str] = []     # the guard's own: info values it could not log
 
+    # the attributes of api.Updater the run reads, an optional one with its declared default
     @property
     def needs_validation(self) -> bool:
         return bool(self._updater.needs_validation)
+
+    @property
+    def uses_inner_gradients(self) -> bool:
+        return bool(getattr(self._updater, "uses_inner_gradients", Updater.uses_inner_gradients))
+
+    @property
+    def uses_preconditioner(self) -> bool:
+        return bool(getattr(self._updater, "uses_preconditioner", Updater.uses_preconditioner))
+
+    @property
+    def notes(self) -> list[str]:
+        """The plugin's notes, then the guard's."""
+        return [*(str(n) for n in getattr(self._updater, "notes", Updater.notes)), *self._notes]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._updater, name)
@@ -137,8 +158,8 @@ class GuardedUpdater:
             if clean is None and value is not None:
                 note = (f"updater {self._entry.name!r} (plugin {self._entry.plugin!r}): info[{key!r}] of type "
                         f"{type(value).__name__} is not loggable (numbers, strings, lists and dicts of them); dropped")
-                if note not in self.notes:
-                    self.notes.append(note)
+                if note not in self._notes:
+                    self._notes.append(note)
                 continue
             info[str(key)] = clean
         grad = out.grad

@@ -17,13 +17,13 @@ from typing import Any, Mapping, Optional
 import pluggy
 
 from .. import hookspecs
-from .registration import (KIND_HOOKS, Entry, PluginError, PluginFailure, PluginSettingsError, PluginWarning,
-                           UnknownPluginError, check_hooks, hook_in, make_register, option_namespace_conflicts,
-                           resolve_options)
+from .registration import (KIND_HOOKS, Entry, FailureReason, PluginError, PluginFailure, PluginSettingsError,
+                           PluginWarning, UnknownPluginError, check_hooks, hook_in, make_register,
+                           option_namespace_conflicts, resolve_options)
 
 __all__ = ["PluginHost", "get_host", "reset_host", "resolve_options", "blocked_plugins",
-           "KIND_HOOKS", "Entry", "PluginError", "PluginFailure", "PluginSettingsError", "PluginWarning",
-           "UnknownPluginError"]
+           "KIND_HOOKS", "Entry", "FailureReason", "PluginError", "PluginFailure", "PluginSettingsError",
+           "PluginWarning", "UnknownPluginError"]
 
 ENTRY_POINT_GROUP = "wml"
 BLOCK_ENV = "WML_BLOCK_PLUGINS"
@@ -69,19 +69,22 @@ class PluginHost:
             if len(dists) > 1:
                 self.load_failures.append(PluginFailure(
                     plugin, " and ".join(dists), "entry point",
-                    f"the plugin name {plugin!r} is claimed by {' and '.join(repr(d) for d in dists)}; neither is loaded"))
+                    f"the plugin name {plugin!r} is claimed by {' and '.join(repr(d) for d in dists)}; neither is loaded",
+                    reason=FailureReason.NAME_OF_TWO_PACKAGES))
                 continue
             dist, ep = found[0]
             try:
                 module = ep.load()
             except Exception as exc:  # noqa: BLE001 - recorded with the plugin's name
                 self.load_failures.append(PluginFailure(plugin, dist, "entry point",
-                                                        f"cannot load {ep.value!r}: {type(exc).__name__}: {exc}"))
+                                                        f"cannot load {ep.value!r}: {type(exc).__name__}: {exc}",
+                                                        reason=FailureReason.IMPORT))
                 continue
             try:
                 self.register(module, plugin, distribution=dist)
             except PluginError as exc:
-                self.load_failures.append(PluginFailure(plugin, dist, exc.hook, exc.problem))
+                self.load_failures.append(PluginFailure(plugin, dist, exc.hook, exc.problem,
+                                                        reason=FailureReason.REGISTER))
 
     def register(self, plugin: Any, name: str, *, distribution: str = IN_CODE) -> None:
         """Register a plugin object or module under ``name`` (what an entry point does, by hand).
@@ -146,7 +149,7 @@ class PluginHost:
                 except Exception as exc:  # noqa: BLE001 - recorded, the other plugins stay usable
                     problem = exc.problem if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
                     failures.append(PluginFailure(plugin, dist, hook_name, problem,
-                                                  tuple((kind, e.name) for e in made)))
+                                                  tuple((kind, e.name) for e in made), FailureReason.HOOK))
                     continue
                 for entry in made:
                     claims.setdefault((kind, entry.name), []).append(entry)
@@ -159,8 +162,8 @@ class PluginHost:
             for e in entries:
                 failures.append(PluginFailure(e.plugin, e.distribution, KIND_HOOKS[kind],
                                               f"{kind} {name!r} is registered by {who}; neither is used",
-                                              ((kind, name),)))
-        broken = {f.plugin for f in failures if not f.problem.endswith("neither is used")}
+                                              ((kind, name),), FailureReason.NAME_OF_TWO_PLUGINS))
+        broken = {f.plugin for f in failures if f.reason.breaks_plugin}
         for table in tables.values():     # a plugin that failed in one hook is not used in its others either
             for name in [n for n, e in table.items() if e.plugin in broken]:
                 del table[name]

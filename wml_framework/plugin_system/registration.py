@@ -8,6 +8,7 @@ plugins and keeps the tables.
 from __future__ import annotations
 
 import difflib
+import enum
 import inspect
 import re
 import warnings
@@ -19,7 +20,7 @@ from ..api import Option, ReferencePoint
 from .validation import SUPPORTED_TYPES, ConfigError, close_matches, validate_value
 
 __all__ = ["KIND_HOOKS", "HOOK_NAMES", "RESERVED_EVALUATOR_NAMES", "PluginError", "PluginSettingsError",
-           "PluginWarning", "UnknownPluginError", "PluginFailure", "Entry", "make_register",
+           "PluginWarning", "UnknownPluginError", "FailureReason", "PluginFailure", "Entry", "make_register",
            "resolve_options", "option_namespace_conflicts", "hook_in", "check_hooks"]
 
 #: registry kind -> the hook that fills it
@@ -67,15 +68,40 @@ class UnknownPluginError(KeyError, ValueError):
         return self.args[0]
 
 
+class FailureReason(str, enum.Enum):
+    """Why a plugin, or one of its registrations, could not be used."""
+
+    #: two distributions claim one plugin name: neither is loaded
+    NAME_OF_TWO_PACKAGES = "plugin name of two packages"
+    #: the module cannot be imported
+    IMPORT = "import"
+    #: registering the module was refused (an unknown hook, a hook wrapper, a bad signature)
+    REGISTER = "register"
+    #: a registration hook raised
+    HOOK = "hook"
+    #: one name of one kind registered by two plugins: neither registration is used, both plugins
+    #: stay healthy otherwise (the one failure that does not break the plugin)
+    NAME_OF_TWO_PLUGINS = "name of two plugins"
+    #: two things of different kinds declare options under one name: neither is used
+    OPTION_NAMESPACE = "option namespace"
+
+    @property
+    def breaks_plugin(self) -> bool:
+        """Whether the plugin is kept out of its other hooks too: true unless only a name it
+        registered was also taken by another plugin."""
+        return self is not FailureReason.NAME_OF_TWO_PLUGINS
+
+
 @dataclass(frozen=True)
 class PluginFailure:
-    """A plugin (or one of its registrations) that could not be used, and why."""
+    """A plugin (or one of its registrations) that could not be used, and why (``reason``)."""
 
     plugin: str
     distribution: str
     hook: str
     problem: str
     names: tuple = ()  # (kind, name) pairs it made unusable, when known
+    reason: FailureReason = FailureReason.HOOK
 
     def line(self) -> str:
         return f"plugin {self.plugin!r} ({self.distribution}) failed in {self.hook!r}: {self.problem}"
@@ -187,7 +213,8 @@ def option_namespace_conflicts(tables: dict[str, dict[str, Entry]]) -> list[Plug
             who = " and ".join(f"{e.kind} {e.name!r} of plugin {e.plugin!r}" for e in entries)
             for e in entries:
                 out.append(PluginFailure(e.plugin, e.distribution, KIND_HOOKS[e.kind],
-                                         f"option namespace {name!r} is declared by {who}", ((e.kind, e.name),)))
+                                         f"option namespace {name!r} is declared by {who}", ((e.kind, e.name),),
+                                         FailureReason.OPTION_NAMESPACE))
                 del tables[e.kind][e.name]
     return out
 

@@ -25,12 +25,12 @@ import torch
 from .atomic import atomic_write_bytes, atomic_write_json
 from .run_layout import RunLayout
 
-__all__ = ["FORMAT", "KEEP", "CheckpointError", "Found", "KILL_ENV", "save", "found", "exists", "problem",
+__all__ = ["FORMAT", "KEEP", "PEERS", "TEACHER", "CheckpointError", "Found", "KILL_ENV", "save", "found", "exists", "problem",
            "load", "remove"]
 
 FORMAT = 1
 KEEP = 2  # checkpoints of each kind kept on disk: the newest and the one before it
-PEERS, TEACHER = "step", "teacher"
+PEERS, TEACHER = "step", "teacher"   # the kinds: the peers' training loop's, the teacher's
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-(?P<step>\d{8})\.pt$")
 
 

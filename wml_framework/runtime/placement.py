@@ -14,9 +14,15 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_devices", "rank_devices", "assign", "peer_placement"]
+__all__ = ["device_names", "check_devices", "rank_devices", "assign", "peer_placement"]
 
 REPLICATE, SPREAD = "replicate", "spread"
+
+
+def device_names(text: str) -> list[str]:
+    """The device names of a ``peer_devices`` value (separated by commas, blanks ignored): the one
+    reading of that setting, for its check, the run's device check and the placement."""
+    return [d.strip() for d in str(text or "").split(",") if d.strip()]
 
 
 def check_devices(names: Sequence[str]) -> list[torch.device]:

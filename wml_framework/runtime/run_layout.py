@@ -3,7 +3,8 @@ where things are.
 
     RUN_DIR/
       config.toml        the resolved configuration
-      metrics.jsonl      one JSON record per step, outer step and evaluation
+      metrics.jsonl      one JSON record per step, outer step and evaluation of the peers
+      teacher_metrics.jsonl  the same records of the teacher's training, when the run trains one
       teacher/           the teacher (Hugging Face folder)
       init_table.json    one row per peer: shape, parameters, target, error
       init_trace.json    how the initializer got there
@@ -20,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MODEL_CONFIG", "RunLayout", "peer_name", "peer_index", "is_model_dir", "is_run_dir"]
+__all__ = ["MODEL_CONFIG", "METRICS_FILE", "TEACHER_METRICS_FILE", "RunLayout", "peer_name", "peer_index", "is_model_dir", "is_run_dir"]
 
 MODEL_CONFIG = "config.json"
+#: the records of the peers' training, and of the teacher's (a file of its own: a resume of either
+#: truncates its file to its checkpoint's step, which must not cut the other's records)
+METRICS_FILE, TEACHER_METRICS_FILE = "metrics.jsonl", "teacher_metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,11 @@ class RunLayout:
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS_FILE
+
+    @property
+    def teacher_metrics(self) -> Path:
+        return self.root / TEACHER_METRICS_FILE
 
     @property
     def teacher(self) -> Path:

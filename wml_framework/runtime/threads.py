@@ -23,12 +23,17 @@ PROBE_STEPS, REPROBE_EVERY = 3, 100
 
 
 def parse_threads(spec) -> Optional[int]:
-    """``"auto"`` → None (measure), a positive integer (or its string) → that count."""
-    if spec in (None, "", "auto"):
+    """``"auto"`` (or None) → None (the caller decides), a whole number ≥ 1 (or its digits) → that count.
+
+    The one reading of the ``threads`` setting and of ``wml eval --threads``: the configuration
+    checks with it, training and scoring use it, so all three accept the same values."""
+    if spec is None or spec == "auto":
         return None
-    try:
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        n = spec
+    elif isinstance(spec, str) and spec.strip().isdecimal():
         n = int(spec)
-    except (TypeError, ValueError):
+    else:
         n = 0
     if n < 1:
         raise ValueError(f"threads must be a number ≥ 1 or 'auto', got {spec!r}")

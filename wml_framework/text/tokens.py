@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ..runtime.atomic import atomic_directory, atomic_write_json
-from .corpus import DOC_RULE_VERSION, cache_dir, files_fingerprint, iter_documents, plan_corpus, total_bytes
+from .corpus import DOC_RULE_VERSION, CorpusPlan, cache_dir, files_fingerprint, iter_documents, plan_corpus, total_bytes
 from .tokenizer import document_encoder, tokenizer_fingerprint, train_tokenizer
 
 __all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks",
-           "encode_files", "split_stream", "prepare", "prepare_for"]
+           "document_batches", "encode_files", "split_stream", "prepare", "prepare_for"]
 
 SPLIT_CHUNK = 2048  # tokens; every k-th chunk is held out, so every book is in both splits
 MIN_SPLIT_CHUNK = 64  # smaller corpora get smaller chunks, so that ~8 of them are held out
@@ -75,7 +75,10 @@ def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: tor
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-def _batches(docs: Iterable[str], chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+def document_batches(docs: Iterable[str], chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    """Documents in groups of about ``chars`` characters: what one call of the tokenizer encodes
+    (big enough to keep the tokenizers library busy, small enough to keep memory flat). Public so
+    that a benchmark can time the tokenizer on exactly the batches :func:`encode_files` gives it."""
     batch, size = [], 0
     for doc in docs:
         batch.append(doc)
@@ -103,7 +106,7 @@ def encode_files(files: list[Path], encode: Callable, dtype, path: Path, *, clea
     n = 0
     try:
         with open(tmp, "wb") as out, _progress(total_bytes(files), desc, progress) as bar:
-            for batch in _batches(iter_documents(files, clean)):
+            for batch in document_batches(iter_documents(files, clean)):
                 ids = encode(batch)
                 out.write(ids.astype(dtype).tobytes())
                 n += len(ids)
@@ -149,9 +152,13 @@ def _load_stream(path: Path, dtype) -> np.ndarray:
 
 
 def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, cache: Path | None = None,
-            log=print, *, val_corpus: str = "", clean: bool = True, progress: Optional[bool] = None) -> TokenData:
-    """Tokenizer (trained unless given) and cached token streams for a corpus (module docstring)."""
-    plan = plan_corpus(corpus, val_corpus)
+            log=print, *, val_corpus: str = "", clean: bool = True, progress: Optional[bool] = None,
+            plan: Optional[CorpusPlan] = None) -> TokenData:
+    """Tokenizer (trained unless given) and cached token streams for a corpus (module docstring).
+
+    ``plan``: the :func:`~.corpus.plan_corpus` of ``corpus`` and ``val_corpus`` when the caller made
+    it already (a run plans its corpus before any work), so every file is listed and checked once."""
+    plan = plan or plan_corpus(corpus, val_corpus)
     key_extra = ("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size)
     split = ("files", len(plan.train)) if plan.heldout else ("chunks", val_fraction, SPLIT_CHUNK)
     key = files_fingerprint(plan.train + plan.heldout, key_extra, split, clean, DOC_RULE_VERSION)
@@ -193,9 +200,11 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
                      n_vocab, plan.heldout_from)
 
 
-def prepare_for(cfg, tokenizer=None, log=print, progress: Optional[bool] = None) -> TokenData:
+def prepare_for(cfg, tokenizer=None, log=print, progress: Optional[bool] = None,
+                plan: Optional[CorpusPlan] = None) -> TokenData:
     """:func:`prepare` with every data setting of a configuration (``corpus``, ``val_corpus``,
     ``vocab_size``, ``val_fraction``, ``clean_text``): the streams a run of ``cfg`` trains and is
-    evaluated on. Evaluators use this to score exactly the run's held-out text."""
+    evaluated on. Evaluators use this to score exactly the run's held-out text. ``plan``: the
+    configuration's corpus plan, if made already."""
     return prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log,
-                   val_corpus=cfg.val_corpus, clean=cfg.clean_text, progress=progress)
+                   val_corpus=cfg.val_corpus, clean=cfg.clean_text, progress=progress, plan=plan)

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..api import AdamPreconditioner
+from ..api import AdamPreconditioner, trainable_parameters
 
 __all__ = ["clip_factor", "peer_diagonal", "adam_preconditioner"]
 
@@ -54,5 +54,5 @@ def peer_diagonal(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], ma
 def adam_preconditioner(optimizers: Sequence[torch.optim.Optimizer], peers: Sequence[torch.nn.Module],
                         max_norm: float) -> AdamPreconditioner:
     """One :func:`peer_diagonal` per peer, over its trainable parameters in ``parameters()`` order."""
-    return AdamPreconditioner([peer_diagonal(opt, [p for p in peer.parameters() if p.requires_grad], max_norm)
+    return AdamPreconditioner([peer_diagonal(opt, list(trainable_parameters(peer).values()), max_norm)
                                for opt, peer in zip(optimizers, peers)])

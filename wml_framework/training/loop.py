@@ -4,18 +4,17 @@ Inner step: every peer takes one AdamW step on the loss plugin's Σ_i L_i, accum
 ``num_batches`` micro-batches. Outer step (every ``outer_every`` steps, after the backward and
 before the optimizer step, so it describes the step taken): the updater plugin moves ω using the
 last train micro-batch (with what the inner step computed on it) and a batch of the ω half of the
-held-out split. Evaluation on fixed
-blocks of the other half drives early stopping. Every step is logged to ``metrics.jsonl`` and
-announced as an event (observers, callbacks); a checkpoint makes runs resumable.
+held-out split. Evaluation on fixed blocks of the other half drives early stopping. Every step is
+logged to ``metrics.jsonl`` and announced as an event (observers, callbacks); checkpoints make runs
+resumable. The teacher ``wml run`` trains goes through this same loop (one model, the ``ce`` loss,
+ω never moved) with its own :class:`~.loop_settings.LoopSettings` (:func:`~.teacher.teacher_settings`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,16 +22,20 @@ import torch
 
 from ..runtime import checkpoint, distributed, interrupts
 from .adam_precond import adam_preconditioner
-from ..runtime.placement import peer_placement
-from ..api import Batch, Event, InnerGradients, OuterContext, peer_logits
+from ..runtime.placement import device_names, peer_placement
+from ..api import Batch, Event, InnerGradients, OuterContext, peer_logits, trainable_parameters
 from .attention import eager_attention
-from ..runtime.atomic import append_jsonl, atomic_write_text, fsync_file
-from .callbacks import TrainerControl, dispatch
+from ..runtime.atomic import append_jsonl, fsync_file
+from .callbacks import TrainerControl, TrainerState, dispatch
 from ..config import WMLConfig
 from ..evaluation.heldout import heldout_losses
 from ..plugin_system.guards import NonFiniteOmega
 from ..plugin_system.host import PluginHost
 from ..runtime.run_layout import RunLayout
+from .forward import autocast_for, deterministic_forward
+from .loop_settings import LoopSettings
+from .loop_state import LastMicroBatch, TrainingError, TrainState
+from .records import finite_or_none, truncate_metrics, truncate_records
 from .schedules import warmup_cosine
 from ..runtime.threads import ThreadGovernor
 from ..text.tokens import TokenData
@@ -41,81 +44,23 @@ __all__ = ["TrainingError", "TrainState", "finite_or_none", "LastMicroBatch", "d
            "autocast_for", "TrainingLoop", "truncate_metrics"]
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a peer keeps producing non-finite values); says which peer and step."""
-
-
-@dataclass
-class TrainState:
-    """Everything that changes during training and must survive a resume."""
-
-    step: int = 0
-    tokens: int = 0
-    omega: torch.Tensor = None
-    best_val: float = math.inf
-    bad_evals: int = 0
-    stopped_early: bool = False
-    nonfinite: list = field(default_factory=list)   # per peer: consecutive steps skipped for NaN/inf
-
-
-def finite_or_none(values) -> list:
-    """A list of floats for a JSON record, with None where a value is NaN or infinite (strict JSON)."""
-    return [float(v) if math.isfinite(v) else None for v in values]
-
-
-@dataclass
-class LastMicroBatch:
-    """The last micro-batch of an inner step, what the outer step is computed on."""
-
-    batch: Batch
-    teacher_logits: Optional[torch.Tensor] = None
-    inner: Optional[InnerGradients] = None
-
-
-def _trainable(peer: torch.nn.Module) -> list:
-    return [p for p in peer.parameters() if p.requires_grad]
-
-
-def deterministic_forward(peers) -> bool:
-    """True when no peer has dropout (modules or Hugging Face config rates above 0): then the
-    train-mode inner step computes exactly the function the hypergradient differentiates."""
-    for peer in peers:
-        if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in peer.modules()):
-            return False
-        config = getattr(peer, "config", None)
-        values = config.to_dict() if hasattr(config, "to_dict") else {}
-        for key, value in values.items():
-            if ("dropout" in key or "pdrop" in key) and isinstance(value, (int, float)) and value > 0:
-                return False
-    return True
-
-
-def autocast_for(device: torch.device, bf16: bool):
-    """A factory of fresh autocast contexts: bf16 on CUDA when asked, otherwise none.
-
-    Why a factory: an ``autocast`` object stores the state it replaced on itself, so entering
-    one object twice (nested) restores the wrong state on exit and leaves bf16 on for good."""
-    if device.type == "cuda" and bf16:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def _device_names(text: str) -> list[str]:
-    return [d.strip() for d in str(text or "").split(",") if d.strip()]
-
-
 class TrainingLoop:
-    """Owns the peers, their optimizers, the loss and the updater for one run."""
+    """Owns the models it trains (the peers, or the teacher), their optimizers, the loss and the
+    updater; ``settings`` (default: the peers' of ``cfg``) says for how long and where it logs."""
 
     def __init__(self, cfg: WMLConfig, host: PluginHost, peers: list, data: TokenData, run_dir: Path,
-                 device: torch.device, *, loss, updater, teacher=None, log=print, callbacks: Sequence = ()):
+                 device: torch.device, *, loss, updater, teacher=None, log=print, callbacks: Sequence = (),
+                 settings: Optional[LoopSettings] = None):
+        self.settings = settings or LoopSettings.for_peers(cfg)
         self.cfg, self.host, self.peers, self.data = cfg, host, peers, data
         self.layout, self.device, self.teacher, self.log = RunLayout(run_dir), device, teacher, log
         self.loss, self.updater, self.callbacks = loss, updater, list(callbacks)
-        if getattr(self.loss, "needs_teacher", False) and teacher is None:
+        if self.loss.needs_teacher and teacher is None:
             raise ValueError(f"loss {cfg.loss!r} needs a teacher, and none is loaded")
-        self.dist = distributed.current()          # one process, or this rank of a data-parallel run
-        self.peer_devices = peer_placement(peers, cfg.peer_placement, _device_names(cfg.peer_devices), device,
+        # one process, or this rank of a data-parallel run (the teacher trains on rank 0 alone)
+        self.dist = distributed.current() if self.settings.data_parallel else distributed.SINGLE
+        self.names = self.settings.model_names(len(peers))
+        self.peer_devices = peer_placement(peers, self.settings.placement, device_names(cfg.peer_devices), device,
                                            self.dist.local_rank, self.dist.local_world)
         for p, d in zip(self.peers, self.peer_devices):
             p.to(d).train()
@@ -123,37 +68,48 @@ class TrainingLoop:
         self.state = TrainState(omega=self.updater.initial_omega().to(torch.float64), nonfinite=[0] * len(peers))
         self.control = TrainerControl()
         self._noted: set[str] = set()
-        self.gen_train = torch.Generator().manual_seed(cfg.seed + 11)
-        self.gen_outer = torch.Generator().manual_seed(cfg.seed + 12)
+        self.gen_train = torch.Generator().manual_seed(self.settings.train_seed)
+        self.gen_outer = torch.Generator().manual_seed(self.settings.outer_seed)
         self.autocast = autocast_for(device, cfg.bf16)
         self.threads = ThreadGovernor(cfg.threads, device.type)
         self.dist.check_batch(cfg.batch_size)
         self.dtype = torch.float64 if next(peers[0].parameters()).dtype == torch.float64 else torch.float32
         # the updater may reuse the inner step's gradients only if they are the ones it would compute
-        self._offer_inner = bool(getattr(updater, "uses_inner_gradients", False)) and deterministic_forward(peers)
-        self._offer_preconditioner = bool(getattr(updater, "uses_preconditioner", False))
-        self.teacher_val = self._heldout([teacher])["losses"][0] if teacher is not None else None
+        self._offer_inner = updater.uses_inner_gradients and deterministic_forward(peers)
+        self._offer_preconditioner = updater.uses_preconditioner
+        self.teacher_val = self.score_heldout([teacher])["losses"][0] if teacher is not None else None
 
     @property
     def run_dir(self) -> Path:
         return self.layout.root
 
+    @property
+    def records(self) -> Path:
+        """The file this loop logs its records to (``metrics.jsonl`` for the peers)."""
+        return self.layout.root / self.settings.metrics_file
+
+    @property
+    def offers_inner_gradients(self) -> bool:
+        """Whether the outer step hands the updater the inner step's gradients (``accumulate(capture=…)``)."""
+        return self._offer_inner
+
     def _adamw(self, model):
+        """AdamW with decay on matrices only: biases and norms (dim < 2) are not decayed."""
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # fused: one kernel per step for all tensors (CPU and CUDA), not a loop of small ops per tensor
-        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate, betas=(self.cfg.beta1, self.cfg.beta2),
+        return torch.optim.AdamW(groups, lr=self.settings.learning_rate, betas=(self.cfg.beta1, self.cfg.beta2),
                                  fused=all(p.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
                                            for p in model.parameters()))
 
     # -- one optimizer step of every peer --------------------------------------------------
     def lr(self, step: int) -> float:
-        c = self.cfg
-        return warmup_cosine(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters)
+        s = self.settings
+        return warmup_cosine(step, s.learning_rate, s.min_lr, s.warmup_iters, s.lr_decay_iters)
 
     def _teacher_logits(self, x):
-        if not getattr(self.loss, "needs_teacher", False):
+        if not self.loss.needs_teacher:
             return None
         with torch.no_grad(), self.autocast():
             return peer_logits(self.teacher, x)
@@ -165,28 +121,28 @@ class TrainingLoop:
         micro-batch with its teacher logits, and (``capture``) what the outer step can reuse of it
         (:class:`~wml_framework.api.InnerGradients`).
         """
-        c = self.cfg
+        c, n = self.cfg, self.settings.num_batches
         omega = self.state.omega.to(self.device, self.dtype)
         sums = torch.zeros(3, len(self.peers), device=self.device, dtype=torch.float64)
         last = None
-        for k in range(c.num_batches):
+        for k in range(n):
             x, y = self.data.batch("train", c.batch_size, c.block_size, self.gen_train)   # the global batch
             x, y = self.dist.share(x).to(self.device), self.dist.share(y).to(self.device)
             teacher_logits = self._teacher_logits(x)
             last = LastMicroBatch(Batch(x, y), teacher_logits)
-            if capture and k == c.num_batches - 1:
+            if capture and k == n - 1:
                 out, last.inner = self._captured_backward(x, y, omega, teacher_logits)
             else:
                 with self.autocast():
                     logits = [peer_logits(p, x) for p in self.peers]
                     out = self.loss(logits, y, omega, teacher_logits=teacher_logits)
-                (out.total / c.num_batches).backward()
+                (out.total / n).backward()
             sums += torch.stack([out.ce.detach(), out.kl.detach(), out.per_peer.detach()]).double()
         if self.dist.active:                      # the gradient and the logged losses of the global batch
             for peer in self.peers:
                 self.dist.mean_([p.grad for p in peer.parameters()])
             self.dist.mean_([sums])
-        return sums / c.num_batches, last
+        return sums / n, last
 
     def _captured_backward(self, x, y, omega, teacher_logits):
         """The same forward and backward, taken so that G = ∇θL_1 = Jᵀu stays differentiable in
@@ -199,11 +155,11 @@ class TrainingLoop:
             out = self.loss(z_leaf, y, omega, teacher_logits=teacher_logits)
         out.total.backward()
         u = [(torch.zeros_like(z) if z.grad is None else z.grad).detach().requires_grad_(True) for z in z_leaf]
-        params = [_trainable(p) for p in self.peers]
+        params = [list(trainable_parameters(p).values()) for p in self.peers]
         flat = [t for ps in params for t in ps]
         with eager_attention(self.peers):
             grads = torch.autograd.grad(logits, flat, grad_outputs=u, allow_unused=True, create_graph=True)
-        n = self.cfg.num_batches
+        n = self.settings.num_batches
         for t, g in zip(flat, grads):
             if g is not None:
                 share = g.detach() / n
@@ -228,9 +184,10 @@ class TrainingLoop:
                                logit_grads=[w.detach() for w in u], tangents=tangents)
         return out, inner
 
-    def _optimizer_steps(self, losses: torch.Tensor) -> list[int]:
-        """Clip and step every peer whose loss and gradient are finite; skip the others (their
-        weights and AdamW state stay as they were) and stop the run when one keeps failing."""
+    def optimizer_steps(self, losses: torch.Tensor) -> list[int]:
+        """Clip and step every model whose loss (``losses[i]``) and gradient are finite; skip the
+        others (their weights and AdamW state stay as they were) and stop the run when one keeps
+        failing. Returns the indices skipped; ``state.step`` is the caller's to advance."""
         c, st = self.cfg, self.state
         lr = self.lr(st.step)
         norms = []
@@ -245,10 +202,11 @@ class TrainingLoop:
                 st.nonfinite[i] += 1
                 opt.zero_grad(set_to_none=True)
                 if st.nonfinite[i] >= c.nonfinite_patience:
+                    key = "teacher_learning_rate" if self.settings.model == "teacher" else "learning_rate"
                     raise TrainingError(
-                        f"peer_{i} produced a non-finite loss or gradient in {st.nonfinite[i]} consecutive steps "
-                        f"(the last at step {st.step + 1}); stopping. The checkpoints before it are intact: lower "
-                        f"learning_rate (or raise grad_clip protection) and start again, or resume to retry.")
+                        f"{self.names[i]} produced a non-finite loss or gradient in {st.nonfinite[i]} consecutive "
+                        f"steps (the last at step {st.step + 1}); stopping. The checkpoints before it are intact: "
+                        f"lower {key} (or raise grad_clip protection) and start again, or resume to retry.")
                 continue
             st.nonfinite[i] = 0
             if c.grad_clip > 0:
@@ -291,7 +249,7 @@ class TrainingLoop:
             self.log(f"warning: step {st.step + 1}: outer step skipped, ω kept: {problem}")
             return {"kind": "outer", "step": st.step + 1, "omega": st.omega.tolist(), "eta": 0.0, "grad": None,
                     "val_loss": None, "info": {}, "skipped": problem}
-        for note in getattr(self.updater, "notes", []):
+        for note in self.updater.notes:
             if note not in self._noted:
                 self._noted.add(note)
                 self.log(f"warning: {note}")
@@ -305,7 +263,8 @@ class TrainingLoop:
                 "grad": grad, "val_loss": result.val_loss, "info": dict(result.info), "skipped": None}
 
     # -- evaluation on the fixed blocks of the evaluated half ------------------------------------
-    def _heldout(self, models: list, omega=None) -> dict:
+    def score_heldout(self, models: list, omega=None) -> dict:
+        """``heldout_losses`` of ``models`` on the evaluation blocks, this rank scoring its share."""
         c = self.cfg
         return heldout_losses(models, self.data.val_eval, c.block_size, c.batch_size,
                               max_blocks=c.eval_batches * c.batch_size, omega=omega, device=self.device,
@@ -313,7 +272,8 @@ class TrainingLoop:
                               reduce_sum=self.dist.sum_floats)
 
     def evaluate(self) -> dict:
-        out = self._heldout(self.peers, omega=self.state.omega)
+        """The ``eval`` record of now: each model's held-out loss and their ω-ensemble's."""
+        out = self.score_heldout(self.peers, omega=self.state.omega)
         ens = out["ensemble"] if math.isfinite(out["ensemble"]) else None
         return {"kind": "eval", "step": self.state.step, "val_loss": finite_or_none(out["losses"]),
                 "ensemble_val_loss": ens, "teacher_val_loss": self.teacher_val}
@@ -348,21 +308,40 @@ class TrainingLoop:
                                 bad_evals=s["bad_evals"], stopped_early=s["stopped_early"],
                                 nonfinite=list(s.get("nonfinite", [0] * len(self.peers))))
 
+    def resume(self, s: dict) -> None:
+        """Continue from checkpoint ``s``: its state, and this loop's records cut back to its step
+        (from step 0 they go: the step-0 evaluation is logged again)."""
+        self.load_state_dict(s)
+        if self.dist.is_main and self.state.step == 0:
+            self.records.unlink(missing_ok=True)
+        elif self.dist.is_main:
+            truncate_records(self.records, self.state.step)
+
     def save_checkpoint(self) -> None:
         with interrupts.deferred():   # a signal during the write waits for it to finish
             if self.dist.is_main:     # one writer; every rank holds the same state
-                fsync_file(self.layout.metrics)
-                checkpoint.save(self.run_dir, self.state_dict())
+                fsync_file(self.records)
+                checkpoint.save(self.run_dir, self.state_dict(), kind=self.settings.checkpoint_kind)
         self._saved_at = self.state.step
         self._emit(Event.CHECKPOINT, {"step": self.state.step})
 
     # -- the loop --------------------------------------------------------------------------------
+    def trainer_state(self, phase: Optional[str] = None) -> TrainerState:
+        """What callbacks are told about this loop now (a copy: changing it changes nothing)."""
+        st, s = self.state, self.settings
+        return TrainerState(phase=phase or s.phase, model=s.model, step=st.step, max_steps=s.max_steps,
+                            tokens=st.tokens, omega=tuple(st.omega.tolist()), best_val=st.best_val,
+                            bad_evals=st.bad_evals, stopped_early=st.stopped_early, num_models=len(self.peers),
+                            run_dir=str(self.run_dir))
+
     def _emit(self, event: Event, payload: dict) -> None:
-        """Observers hear rank 0 only; callbacks run on every rank (they see the same, reduced,
-        records, so a callback's stop or save is the same decision everywhere)."""
-        if self.dist.is_main:
-            self.host.emit(event, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps})
-        dispatch(self.callbacks, event, payload, self.state, self.control)
+        """Observers hear rank 0 only, and only the loops announced to them (the peers'); callbacks
+        run on every rank (they see the same, reduced, records, so a callback's stop or save is the
+        same decision everywhere)."""
+        if self.dist.is_main and self.settings.announced:
+            self.host.emit(event, {**payload, "run_dir": str(self.run_dir), "total_steps": self.settings.max_steps})
+        if self.callbacks:
+            dispatch(self.callbacks, event, payload, self.trainer_state(), self.control)
         if self.dist.active and self.callbacks:   # a callback's decision on one rank is every rank's
             ctl = self.control
             flags = [any(f) for f in zip(*self.dist.gather((ctl.should_stop, ctl.should_evaluate, ctl.should_save)))]
@@ -370,7 +349,7 @@ class TrainingLoop:
 
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
-            append_jsonl(self.layout.metrics, record, sync=False)   # flushed now, synced with each checkpoint
+            append_jsonl(self.records, record, sync=False)   # flushed now, synced with each checkpoint
         self._emit(Event(record["kind"]), record)
 
     def _early_stop(self, ev: dict) -> bool:
@@ -379,7 +358,7 @@ class TrainingLoop:
             st.best_val, st.bad_evals = ev["ensemble_val_loss"], 0
         else:
             st.bad_evals += 1
-        return c.enable_early_stopping and st.bad_evals >= c.early_stopping_patience
+        return self.settings.early_stopping and st.bad_evals >= c.early_stopping_patience
 
     def _evaluate_and_log(self) -> None:
         ev = self.evaluate()
@@ -389,7 +368,7 @@ class TrainingLoop:
     def train(self) -> TrainState:
         """Steps until ``max_steps``, early stopping or a callback's stop. A signal (SIGINT, SIGTERM,
         SIGUSR1) lets the current step finish, writes a checkpoint, then raises ``Interrupted``."""
-        c, st, ctl = self.cfg, self.state, self.control
+        st, ctl, max_steps = self.state, self.control, self.settings.max_steps
         self._saved_at = None
         threads_before = torch.get_num_threads()
         with interrupts.handling(), _restoring_threads(threads_before):
@@ -399,41 +378,42 @@ class TrainingLoop:
                     self._log(self.evaluate())
                     self.save_checkpoint()  # from here on the run resumes instead of rebuilding its peers
                 self._stop_if_signalled()
-            while st.step < c.max_steps and not st.stopped_early and not ctl.should_stop:
+            while st.step < max_steps and not st.stopped_early and not ctl.should_stop:
                 with interrupts.deferred():
-                    self._step()
+                    self.step()
                 self._stop_if_signalled()
             self._emit(Event.RUN_END, {"step": st.step, "stopped_early": st.stopped_early,
                                        "stopped_by_callback": ctl.should_stop})
         return st
 
-    def _step(self) -> None:
-        """One optimizer step of every peer; every ``outer_every`` steps an ω update comes between
-        the backward and the optimizer step (so it describes the step being taken)."""
-        c, st, ctl = self.cfg, self.state, self.control
+    def step(self) -> None:
+        """One optimizer step of every peer, as :meth:`train` takes it: every ``outer_every`` steps
+        an ω update comes between the backward and the optimizer step (so it describes the step
+        being taken); then the records, and the evaluation and checkpoint when they are due."""
+        c, s, st, ctl = self.cfg, self.settings, self.state, self.control
         self.threads.before_step()
         t0 = time.perf_counter()
         outer_due = self.updater.needs_validation and (st.step + 1) % c.outer_every == 0
         omega_used = st.omega.tolist()
-        means, last = self.accumulate(capture=outer_due and self._offer_inner)
+        means, last = self.accumulate(capture=outer_due and self.offers_inner_gradients)
         outer = self.outer_step(last) if outer_due else None
         means = means.cpu()
-        skipped = self._optimizer_steps(means[2])
-        st.tokens += c.num_batches * c.batch_size * c.block_size
+        skipped = self.optimizer_steps(means[2])
+        st.tokens += s.num_batches * c.batch_size * c.block_size
         record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "lr": self.lr(st.step),
                   "ce": finite_or_none(means[0].tolist()), "kl": finite_or_none(means[1].tolist()),
                   "loss": finite_or_none(means[2].tolist()), "omega": omega_used, "skipped": skipped,
-                  "tokens_per_s": c.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)}
+                  "tokens_per_s": s.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)}
         self.threads.after_step(time.perf_counter() - t0, comparable=outer is None)
         record["threads"] = torch.get_num_threads()
         st.step += 1
         self._log(record)
         if outer is not None:
             self._log(outer)
-        if st.step % c.eval_interval == 0 or st.step == c.max_steps or ctl.should_evaluate:
+        if st.step % s.eval_interval == 0 or st.step == s.max_steps or ctl.should_evaluate:
             ctl.should_evaluate = False
             self._evaluate_and_log()
-        if (st.step % c.checkpoint_interval == 0 or st.step == c.max_steps or st.stopped_early
+        if (st.step % c.checkpoint_interval == 0 or st.step == s.max_steps or st.stopped_early
                 or ctl.should_save or ctl.should_stop):
             ctl.should_save = False
             self.save_checkpoint()
@@ -458,19 +438,3 @@ def _restoring_threads(n: int):
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop records logged after the checkpoint a resumed run restarts from."""
-    path = RunLayout(run_dir).metrics
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the interruption
-        if rec.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))

@@ -59,6 +59,8 @@ def build_peers(cfg: WMLConfig, plan: PeerPlan, teacher, *, calibration: Optiona
     for row in result.rows:
         log(f"  peer_{row['peer']}: {row['shape']}  {row['parameters']:,} params (target {row['target']:,}, "
             f"error {100 * row['rel_error']:.2f}%)")
+        if row.get("note"):      # an initializer's remark on this peer (bayes: shared layers/heads/width)
+            log(f"    {row['note']}")
     log(f"peers: built in {seconds:.1f}s")
     trace = dict(initializer=cfg.init, family=plan.family.name, teacher_parameters=plan.n_teacher,
                  teacher_shape=plan.family.shape_string(plan.teacher_config), seed=cfg.seed,

@@ -1,22 +1,46 @@
-"""The teacher: a Hugging Face causal LM loaded from a folder, or a small one trained first."""
+"""The teacher: a Hugging Face causal LM loaded from a folder, or a small one trained first.
+
+A trained teacher goes through the peers' :class:`~.loop.TrainingLoop` (one model, the ``ce`` loss
+plugin, the ``uniform`` updater, which never moves ω = [1]): checkpoints, signals, the NaN guard
+(``nonfinite_patience``), threads and records are the peers' code. Its :func:`teacher_settings`
+differ from the peers' as they always did: ``teacher_steps`` steps at ``teacher_learning_rate``
+(floor a tenth of it; warm-up min(``warmup_iters``, ``teacher_steps``//10); cosine decay over
+``teacher_steps``), one micro-batch per step, its own seeds, checkpoints of kind ``teacher``, records
+in ``teacher_metrics.jsonl`` (never ``metrics.jsonl``, which a peers' resume cuts back), a held-out
+evaluation every tenth of its steps, no early stopping, and rank 0 alone in a data-parallel run.
+Run observers do not hear its steps (their ``train`` events are the peers'); callbacks do, with
+``state.model == "teacher"``, and the run's log gets a line every tenth of its steps.
+
+Since it shares the peers' AdamW, weight decay now spares biases and norm weights (dim < 2), as it
+does for the peers; before, the teacher's AdamW decayed every parameter.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from ..config import WMLConfig
+from ..plugin_system.guards import checked_loss, checked_updater
 from ..plugin_system.host import PluginHost
-from .schedules import warmup_cosine
+from ..runtime import checkpoint
+from ..runtime.placement import REPLICATE
+from ..runtime.run_layout import TEACHER_METRICS_FILE
 from ..text.tokens import TokenData
+from .loop import TrainingLoop
+from .loop_settings import TEACHER, LoopSettings
 
-__all__ = ["WEIGHT_PATTERNS", "TeacherError", "check_teacher_dir", "load_teacher_config", "load_teacher",
-           "teacher_config", "new_teacher", "train_teacher"]
+__all__ = ["WEIGHT_PATTERNS", "TEACHER_LOSS", "TEACHER_UPDATER", "TeacherError", "check_teacher_dir",
+           "load_teacher_config", "load_teacher", "teacher_config", "new_teacher", "teacher_settings",
+           "TeacherProgress", "teacher_loop", "train_teacher"]
 
 #: files any one of which holds a Hugging Face model's weights
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: the plugins a trained teacher's loop uses: plain next-token cross-entropy, ω fixed at [1]
+TEACHER_LOSS, TEACHER_UPDATER = "ce", "uniform"
 
 
 class TeacherError(ValueError):
@@ -98,67 +122,57 @@ def new_teacher(hf_config, seed: int):
     return AutoModelForCausalLM.from_config(hf_config)
 
 
-def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, log=print, run_dir=None):
-    """Plain next-token training (AdamW, warm-up + cosine), the same recipe as the peers.
+def teacher_settings(cfg: WMLConfig) -> LoopSettings:
+    """The teacher's training, as ``wml run`` has always trained it (see the module's docstring)."""
+    steps = cfg.teacher_steps
+    return LoopSettings(model=TEACHER, phase="teacher", max_steps=steps, learning_rate=cfg.teacher_learning_rate,
+                        min_lr=cfg.teacher_learning_rate / 10, warmup_iters=min(cfg.warmup_iters, steps // 10),
+                        lr_decay_iters=steps, num_batches=1, train_seed=cfg.seed + 1, outer_seed=cfg.seed + 2,
+                        eval_interval=max(1, steps // 10), early_stopping=False, checkpoint_kind=checkpoint.TEACHER,
+                        metrics_file=TEACHER_METRICS_FILE, announced=False, data_parallel=False, placement=REPLICATE)
 
-    With ``run_dir``, a checkpoint is written every ``checkpoint_interval`` steps and training
-    resumes from the newest whole one, bit for bit; a signal finishes the step, writes a checkpoint
-    and stops (see :mod:`wml_framework.runtime.interrupts`)."""
-    from ..runtime import checkpoint, interrupts
-    from ..runtime.threads import ThreadGovernor
-    from .loop import _restoring_threads, autocast_for
 
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.teacher_learning_rate, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay, fused=True)
-    autocast, threads = autocast_for(device, cfg.bf16), ThreadGovernor(cfg.threads, device.type)
-    threads_before = torch.get_num_threads()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    steps, start = cfg.teacher_steps, 0
-    if run_dir is not None and checkpoint.exists(run_dir, checkpoint.TEACHER):
+class TeacherProgress:
+    """A callback that writes the teacher's progress to the run's log every tenth of its steps
+    (run observers, the usual progress display, hear the peers' steps only)."""
+
+    def __init__(self, log):
+        self.log, self.started = log, time.time()
+
+    def on_train(self, record: dict, state, control) -> None:
+        if state.model == TEACHER and (state.step % max(1, state.max_steps // 10) == 0 or state.step == state.max_steps):
+            loss = record["loss"][0]
+            self.log(f"teacher: step {state.step}/{state.max_steps} loss {'nan' if loss is None else f'{loss:.3f}'} "
+                     f"({time.time() - self.started:.0f}s)")
+
+
+def teacher_loop(model, data: TokenData, cfg: WMLConfig, device: torch.device, *, host: PluginHost, run_dir,
+                 log=print, callbacks: Sequence = ()) -> TrainingLoop:
+    """The loop that trains ``model`` as the teacher (the plugins checked as a run's are)."""
+    loss = checked_loss(host.create("loss", TEACHER_LOSS, cfg, options=cfg.plugin_options(TEACHER_LOSS)),
+                        host.get("loss", TEACHER_LOSS))
+    updater = checked_updater(host.create("updater", TEACHER_UPDATER, cfg, 1, options=cfg.plugin_options(TEACHER_UPDATER)),
+                              host.get("updater", TEACHER_UPDATER), 1)
+    return TrainingLoop(cfg, host, [model], data, Path(run_dir), device, loss=loss, updater=updater, log=log,
+                        callbacks=[TeacherProgress(log), *callbacks], settings=teacher_settings(cfg))
+
+
+def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, *, host: PluginHost, run_dir,
+                  log=print, callbacks: Sequence = ()):
+    """Train ``model`` as the teacher; returns it in eval mode.
+
+    Resumes from the newest whole ``teacher`` checkpoint in ``run_dir``, bit for bit; a signal
+    finishes the step, writes a checkpoint and raises ``Interrupted``
+    (:mod:`wml_framework.runtime.interrupts`); a model whose loss or gradient stays non-finite for
+    ``nonfinite_patience`` steps raises ``TrainingError`` naming the teacher."""
+    loop = teacher_loop(model, data, cfg, device, host=host, run_dir=run_dir, log=log, callbacks=callbacks)
+    if checkpoint.exists(run_dir, checkpoint.TEACHER):
         state = checkpoint.load(run_dir, checkpoint.TEACHER, warn=log)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        log(f"teacher: resumed at step {start}/{steps}")
-
-    def save(step: int) -> None:
-        if run_dir is not None:
-            with interrupts.deferred():
-                checkpoint.save(run_dir, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                          "gen": gen.get_state(), "torch_rng": torch.get_rng_state()},
-                                kind=checkpoint.TEACHER)
-
-    warmup = min(cfg.warmup_iters, steps // 10)
-    t0, report_every = time.time(), max(1, steps // 10)
-    saved = start
-    with interrupts.handling(), _restoring_threads(threads_before):
-        for step in range(start, steps):
-            with interrupts.deferred():
-                threads.before_step()
-                started = time.perf_counter()
-                lr = warmup_cosine(step, cfg.teacher_learning_rate, cfg.teacher_learning_rate / 10, warmup, steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
-                with autocast():
-                    logits = model(input_ids=x.to(device)).logits
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                threads.after_step(time.perf_counter() - started)
-                if (step + 1) % report_every == 0 or step + 1 == steps:
-                    log(f"teacher: step {step + 1}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
-                if (step + 1) % cfg.checkpoint_interval == 0 and step + 1 < steps:
-                    save(step + 1)
-                    saved = step + 1
-            if interrupts.pending() is not None:
-                if saved != step + 1:
-                    save(step + 1)
-                interrupts.raise_pending()
+        if "peers" in state:
+            loop.resume(state)
+            log(f"teacher: resumed at step {loop.state.step}/{cfg.teacher_steps}")
+        else:   # written by the teacher's own loop of earlier versions: another optimizer, other keys
+            checkpoint.remove(run_dir, checkpoint.TEACHER)
+            log("warning: the teacher's checkpoint is from an earlier wml and cannot be resumed; its training starts over")
+    loop.train()
     return model.eval()

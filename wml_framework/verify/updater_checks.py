@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..api import ReferencePoint
+from ..plugin_system.simplex import OffSimplex, on_simplex
 from .loss_checks import Failed, split_settings
 from .problems import OUTER_STEPS, PEER_COUNTS, make_config, outer_case, rel
 
@@ -23,17 +24,11 @@ __all__ = ["check_simplex", "UpdaterProblems", "initial_on_simplex", "step_on_si
 
 
 def check_simplex(omega, M: int, who: str) -> float:
-    if not isinstance(omega, Tensor):
-        raise Failed(f"{who} is a {type(omega).__name__}, not a tensor")
-    if tuple(omega.shape) != (M,):
-        raise Failed(f"{who} has shape {tuple(omega.shape)}, expected ({M},)")
-    w = omega.detach().to(torch.float64)
-    if not bool(torch.isfinite(w).all()):
-        raise Failed(f"{who} is not finite: {w.tolist()}")
-    if bool((w < 0).any()):
-        raise Failed(f"{who} has negative entries: {w.tolist()}")
-    if abs(float(w.sum()) - 1.0) > 1e-6:
-        raise Failed(f"{who} sums to {float(w.sum()):.6g}, not 1 (M={M})")
+    """|Σω − 1| of a ω the run's guard would accept; a ω it would refuse fails the check, in its words."""
+    try:
+        w = on_simplex(omega, M)
+    except OffSimplex as exc:
+        raise Failed(f"{who}: {exc} (M={M})") from None
     return abs(float(w.sum()) - 1.0)
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -40,10 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
-from wml_framework.api import Batch, Loss, peer_logits
+from wml_framework.api import Batch, Loss, ensemble_loss_parts, peer_logits, trainable_parameters
 
 from .hypergrad_modes import eager_attention, eval_mode
-from ..losses.ensemble import ensemble_loss_parts
 
 __all__ = ["Hypergradient", "hypergradient", "logit_grads", "mixed_omega_grad", "mixed_omega_grad_autograd"]
 
@@ -75,8 +75,9 @@ class _PeerCall(nn.Module):
         return self._forward(self.peer, inputs)
 
 
-def _trainable(peer: nn.Module) -> dict[str, Tensor]:
-    return {f"peer.{name}": p for name, p in peer.named_parameters() if p.requires_grad}
+def _call_params(peer: nn.Module) -> dict[str, Tensor]:
+    """The peer's trainable parameters, named as ``functional_call`` sees them through :class:`_PeerCall`."""
+    return {f"peer.{name}": p for name, p in trainable_parameters(peer).items()}
 
 
 def _grads_or_zeros(grads: Sequence[Optional[Tensor]], like: Sequence[Tensor]) -> list[Tensor]:
@@ -218,10 +219,17 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
     data-parallel process computes from its share of the batches: G, ∂L_2/∂ω, ∇_θL_2(θ'), L_2 and
     the second term; every process then returns the hypergradient of the whole batches.
     """
-    def reduced(*tensors):
-        if reduce_mean is not None:
-            reduce_mean(list(tensors))
-        return tensors
+    _check_choices(method, tangents, preconditioner)
+    with eval_mode(peers):
+        if method == FIRST_ORDER:
+            return _first_order(peers, forward, val, omega, reduce_mean)
+        problem = _Problem(peers, [_PeerCall(p, forward) for p in peers], [_call_params(p) for p in peers],
+                           loss, omega, train, val, inner_lr, teacher_logits, reduce_mean)
+        problem.precond = _flat_precond(preconditioner, problem.theta) if method == EXACT_ADAM else None
+        return _exact(problem, method, tangents, inner)
+
+
+def _check_choices(method: str, tangents: str, preconditioner) -> None:
     if method not in (EXACT, EXACT_ADAM, FIRST_ORDER):
         raise ValueError(f"hypergradient: method must be {EXACT!r}, {EXACT_ADAM!r} or {FIRST_ORDER!r}, got {method!r}")
     if method == EXACT_ADAM and preconditioner is None:
@@ -229,58 +237,103 @@ def hypergradient(peers: Sequence[nn.Module], loss: Loss, omega: Tensor, train: 
                          "(OuterContext.preconditioner), and none was given")
     if tangents not in (JVP, DOUBLE_VJP):
         raise ValueError(f"hypergradient: tangents must be {JVP!r} or {DOUBLE_VJP!r}, got {tangents!r}")
-    seconds: dict[str, float] = {}
-    with eval_mode(peers):
-        if method == FIRST_ORDER:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                z_val = [forward(p, val.for_peer(i)) for i, p in enumerate(peers)]
-            val_loss, direct, _ = ensemble_loss_parts(z_val, val.labels, omega)
-            direct, val_loss = _reduced_val(reduced, direct, val_loss)
-            seconds["val_grad"] = time.perf_counter() - t0
-            return Hypergradient(direct, direct, torch.zeros_like(direct), val_loss, FIRST_ORDER, seconds)
 
-        calls = [_PeerCall(p, forward) for p in peers]
-        theta = [_trainable(p) for p in peers]
-        precond = _flat_precond(preconditioner, theta) if method == EXACT_ADAM else None
-        double_vjp = tangents == DOUBLE_VJP and inner is None
-        t0 = time.perf_counter()
-        if inner is not None:
-            step = _reused_inner_step(theta, inner, inner_lr, precond)
-        else:
-            with eager_attention(peers if double_vjp else []):
-                step = _inner_step(calls, theta, train, loss, omega, inner_lr, teacher_logits, keep_graph=double_vjp,
-                                   reduce_mean=reduce_mean, precond=precond)
-        seconds["inner_grad"] = time.perf_counter() - t0
 
-        if getattr(loss, "mixed_from_logit_grads", False):
-            step.logits = None           # not needed by step 4: holding (M, n, V) less speeds up steps 2-3
+def _reducer(reduce_mean) -> Callable:
+    """``reduced(*tensors)``: averages them in place over the data-parallel processes (if any)."""
+    def reduced(*tensors):
+        if reduce_mean is not None:
+            reduce_mean(list(tensors))
+        return tensors
+    return reduced
+
+
+class _Clock:
+    """Seconds spent per phase: ``with clock("val_grad"): ...``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
         t0 = time.perf_counter()
-        direct, v_flat, val_loss = _val_step(calls, step.theta_1, val, omega)
+        try:
+            yield
+        finally:
+            self.seconds[phase] = time.perf_counter() - t0
+
+
+def _first_order(peers, forward, val: Batch, omega: Tensor, reduce_mean) -> Hypergradient:
+    """∂L_2/∂ω at θ: no virtual step, so no second term."""
+    clock = _Clock()
+    with clock("val_grad"):
+        with torch.no_grad():
+            z_val = [forward(p, val.for_peer(i)) for i, p in enumerate(peers)]
+        val_loss, direct, _ = ensemble_loss_parts(z_val, val.labels, omega)
+        direct, val_loss = _reduced_val(_reducer(reduce_mean), direct, val_loss)
+    return Hypergradient(direct, direct, torch.zeros_like(direct), val_loss, FIRST_ORDER, clock.seconds)
+
+
+@dataclass
+class _Problem:
+    """What every step of the exact hypergradient reads: the peers (wrapped for ``functional_call``),
+    their trainable parameters θ, the loss, ω, both batches, γ, and the flat preconditioner D (or None)."""
+
+    peers: Sequence[nn.Module]
+    calls: list
+    theta: list
+    loss: Loss
+    omega: Tensor
+    train: Batch
+    val: Batch
+    inner_lr: float
+    teacher_logits: Optional[Tensor]
+    reduce_mean: Optional[Callable]
+    precond: Optional[list] = None
+
+
+def _exact(pb: _Problem, method: str, tangents: str, inner) -> Hypergradient:
+    """Steps 1–4 of the module docstring, timed."""
+    clock, reduced = _Clock(), _reducer(pb.reduce_mean)
+    double_vjp = tangents == DOUBLE_VJP and inner is None
+    with clock("inner_grad"):
+        step = _step_one(pb, inner, double_vjp)
+    if getattr(pb.loss, "mixed_from_logit_grads", False):
+        step.logits = None           # not needed by step 4: holding (M, n, V) less speeds up steps 2-3
+    with clock("val_grad"):
+        direct, v_flat, val_loss = _val_step(pb.calls, step.theta_1, pb.val, pb.omega)
         reduced(*v_flat)
-        if precond is not None:          # ⟨D ⊙ ∇L_2, ∇B_j⟩: the tangents are taken along D ⊙ v
-            v_flat = [v if d is None else v * d.to(v) for v, d in zip(v_flat, precond)]
+        if pb.precond is not None:   # ⟨D ⊙ ∇L_2, ∇B_j⟩: the tangents are taken along D ⊙ v
+            v_flat = [v if d is None else v * d.to(v) for v, d in zip(v_flat, pb.precond)]
         direct, val_loss = _reduced_val(reduced, direct, val_loss)
         step.theta_1 = []
-        seconds["val_grad"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        with eager_attention(peers):
-            if inner is not None and getattr(inner, "tangents", None) is not None:
-                z_dot = inner.tangents(v_flat)           # a backward through the trainer's own step
-            elif double_vjp:
-                z_dot = _tangents_double_vjp(step, v_flat)
-            else:
-                z_dot = _tangents_jvp(calls, theta, train, v_flat)
-        del v_flat, step.graph_out
-        seconds["tangents"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        second = mixed_omega_grad(loss, step.logits, train.labels, omega, z_dot, teacher_logits,
+    with clock("tangents"):
+        z_dot = _step_three(pb, step, inner, double_vjp, v_flat)
+    del v_flat, step.graph_out
+    with clock("mixed_grad"):
+        second = mixed_omega_grad(pb.loss, step.logits, pb.train.labels, pb.omega, z_dot, pb.teacher_logits,
                                   logit_grads=[u.detach() for u in step.u])
-        seconds["mixed_grad"] = time.perf_counter() - t0
     second = reduced(second.detach().to(direct).clone())[0]
-    return Hypergradient(direct - inner_lr * second, direct, second, val_loss, method, seconds)
+    return Hypergradient(direct - pb.inner_lr * second, direct, second, val_loss, method, clock.seconds)
+
+
+def _step_one(pb: _Problem, inner, double_vjp: bool) -> _InnerStep:
+    """θ' from the trainer's own step 1 when it hands it over, else computed here."""
+    if inner is not None:
+        return _reused_inner_step(pb.theta, inner, pb.inner_lr, pb.precond)
+    with eager_attention(pb.peers if double_vjp else []):
+        return _inner_step(pb.calls, pb.theta, pb.train, pb.loss, pb.omega, pb.inner_lr, pb.teacher_logits,
+                           keep_graph=double_vjp, reduce_mean=pb.reduce_mean, precond=pb.precond)
+
+
+def _step_three(pb: _Problem, step: _InnerStep, inner, double_vjp: bool, v_flat: list) -> list[Tensor]:
+    """ż = J v: through the trainer's kept graph, through step 1's own, or by forward mode."""
+    with eager_attention(pb.peers):
+        if inner is not None and getattr(inner, "tangents", None) is not None:
+            return inner.tangents(v_flat)           # a backward through the trainer's own step
+        if double_vjp:
+            return _tangents_double_vjp(step, v_flat)
+        return _tangents_jvp(pb.calls, pb.theta, pb.train, v_flat)
 
 
 def _reduced_val(reduced, direct: Tensor, val_loss: float) -> tuple[Tensor, float]:

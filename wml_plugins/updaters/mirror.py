@@ -76,9 +76,8 @@ class MirrorUpdater:
         omega = ctx.omega.detach().to(torch.float64)
         hg = hypergradient(ctx.peers, ctx.loss, omega, ctx.train, ctx.val, ctx.inner_lr,
                            forward=ctx.forward, teacher_logits=ctx.teacher_logits, method=self.method,
-                           tangents=self.tangents, inner=getattr(ctx, "inner", None),
-                           reduce_mean=getattr(ctx, "reduce_mean", None),
-                           preconditioner=getattr(ctx, "preconditioner", None))
+                           tangents=self.tangents, inner=ctx.inner, reduce_mean=ctx.reduce_mean,
+                           preconditioner=ctx.preconditioner)
         eta = self.eta(ctx.outer_step)
         grad = hg.grad.detach().to(omega.device)
         new = mirror_step(omega, grad, eta)

@@ -2,31 +2,37 @@
 
 For each target (N/2 … N/(M+1) by default) a seeded ``bayes_opt`` search over layers, width,
 head size and FFN width (bounds from the teacher) finds the shape whose exact parameter count
-is nearest the target; shapes taken by earlier peers are penalised so all peers differ
-(method.md §6). The search prefers shapes that compute well (widths a multiple of 32, or 64 on
-a GPU; heads of 16 or more; see ``space.py``) and falls back to any shape for a target those
-cannot reach within 1%. Peers tie their input embedding and output head (``tie_embeddings``):
-at small-LM sizes the vocabulary matrices are most of the parameters, and one copy leaves the
-budget to width and depth. Peers are fresh Hugging Face models of those shapes.
+is nearest the target. The search prefers shapes that compute well (widths a multiple of 32, or
+64 on a GPU; heads of 16 or more; see ``space.py``) and falls back to any shape for a target
+those cannot reach within 1%. Peers differ as the seed card asks, in layers, heads or width:
+probes with the layers, heads and width of an earlier peer are penalised (method.md §6's
+diversity term) wherever exhaustive enumeration shows another shape within 1% of the target;
+only where none exists may a peer share them (differing in FFN width), and the init table then
+says so (``shares_layers_heads_width_with`` and a ``note`` per row). Peers tie their input
+embedding and output head (``tie_embeddings``): at small-LM sizes the vocabulary matrices are
+most of the parameters, and one copy leaves the budget to width and depth. Peers are fresh
+Hugging Face models of those shapes.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
 from wml_framework import hookimpl
 from wml_framework.api import InitResult, Option, SizableFamily, shape_string, table_row
 
-from ..common import check_family, check_targets
-from .search import search_shape
-from .space import EFFICIENT, SizingSpace, shape_key
+from ..common import check_request, check_targets
+from .search import NoFreeShape, search_shape
+from .space import ARCH, EFFICIENT, SHAPE, SizingSpace, arch_key, arch_string, key_of, shape_key
 
-__all__ = ["REACH", "BayesInitializer", "default_width_multiple", "make_bayes", "wml_register_initializers"]
+__all__ = ["REACH", "SEARCHES", "BayesInitializer", "default_width_multiple", "make_bayes", "wml_register_initializers"]
 
 REACH = 0.01   # the efficient space is used for a target it reaches within 1%
+SEARCHES = 2   # searches per peer at most: a second only where the first misses REACH
 
 
 class BayesInitializer:
@@ -57,12 +63,8 @@ class BayesInitializer:
 
     def check(self, teacher_config, family, targets, *, calibration=None) -> SizingSpace:
         """Reject impossible requests before any search; returns the space of any shape."""
-        check_family(teacher_config, family)
-        if not isinstance(family, SizableFamily):
-            raise ValueError(f"bayes: family {family.name!r} cannot be sized: it lacks count_shapes or head_dim_multiple "
-                             "(see wml_framework.api.SizableFamily)")
-        if not targets:
-            raise ValueError("bayes: no peer targets (the number of peers M must be at least 1)")
+        check_request("bayes", teacher_config, family, targets, SizableFamily,
+                      "be sized: it lacks count_shapes or head_dim_multiple")
         space = SizingSpace.from_teacher(family, self.peer_base(teacher_config))
         lowest = {k: int(v[0]) for k, v in space.values.items()}
         check_targets("bayes", targets, space.min_parameters, family.count_parameters(teacher_config),
@@ -71,32 +73,20 @@ class BayesInitializer:
         return space
 
     def build(self, teacher, family, targets, *, calibration=None, seed: int = 0) -> InitResult:
-        """Search a shape per target (in the efficient space when it reaches the target within 1%),
-        then build freshly initialised peers (seeded)."""
+        """Search a shape per target, peer by peer, avoiding what earlier peers took; then build
+        freshly initialised peers (seeded). See :meth:`_search_peer` for the order of preference."""
         targets = [int(t) for t in targets]
         any_space = self.check(teacher.config, family, targets)
         efficient = SizingSpace.from_teacher(family, self.peer_base(teacher.config), self.width_multiple)
-        results, spaces, trace, taken = [], [], [], []
+        spaces = [efficient, any_space] if efficient.kind == EFFICIENT else [any_space]
+        chosen, trace, taken = [], [], []
         for i, target in enumerate(targets):
-            space = any_space
-            if efficient.kind == EFFICIENT and efficient.exhaustive_best(target, exclude=taken)[1] <= REACH:
-                space = efficient
-            res = search_shape(space, target, init_points=self.init_points, n_iter=self.n_iter,
-                               seed=seed + 7919 * i, taken=frozenset(map(shape_key, taken)),
-                               diversity=self.diversity, peer=i)
-            if space is efficient and res.error > REACH:     # the search missed what exists: any shape then
-                fallback = search_shape(any_space, target, init_points=self.init_points, n_iter=self.n_iter,
-                                        seed=seed + 7919 * i, taken=frozenset(map(shape_key, taken)),
-                                        diversity=self.diversity, peer=i)
-                fallback.trace = res.trace + fallback.trace
-                if fallback.error < res.error:
-                    res, space = fallback, any_space
+            res, space, why = self._search_peer(i, target, spaces, taken, seed)
             taken.append(res.shape)
-            results.append(res)
-            spaces.append(space)
+            chosen.append((res, space, why))
             trace.extend(res.trace)
         peers, rows = [], []
-        for i, (res, target, space) in enumerate(zip(results, targets, spaces)):
+        for i, ((res, space, _), target) in enumerate(zip(chosen, targets)):
             config = space.config(res.shape)
             with torch.random.fork_rng():
                 torch.manual_seed(seed + i)
@@ -106,8 +96,74 @@ class BayesInitializer:
                 raise RuntimeError(f"bayes: {family.name} counted {res.parameters} parameters for "
                                    f"{shape_string(res.shape)} but the model has {count}")
             peers.append(peer)
-            rows.append({**table_row(i, shape_string(res.shape), count, target), "space": space.kind})
+            rows.append({**table_row(i, shape_string(res.shape), count, target), "space": space.kind,
+                         **_sharing(i, [c[0].shape for c in chosen], chosen[i][2])})
         return InitResult(peers=peers, rows=rows, trace=trace)
+
+    def _search_peer(self, i: int, target: int, spaces: list, taken: list, seed: int):
+        """One peer's shape: ``(SearchResult, its space, why it shares layers/heads/width or None)``.
+
+        Preference, each tried only where exhaustive enumeration shows a shape within ``REACH``:
+        the efficient space, then any shape, with layers/heads/width no earlier peer has (the seed
+        card's diversity); then the same two spaces with only the whole shape new (peers then
+        differ in FFN width alone). Last, any new shape however far (a target nothing reaches).
+        The search runs in the first of these; only if it misses ``REACH`` does a second run in
+        the next (at most ``SEARCHES`` per peer, as before peers had to differ), and the nearer
+        result is taken."""
+        any_space = spaces[-1]
+        ways = (ARCH, SHAPE) if taken else (ARCH,)     # with nothing taken the two are one search
+        plan = [(space, by) for by in ways for space in spaces
+                if space.exhaustive_best(target, exclude=taken, by=by)[1] <= REACH]
+        if not any(space is any_space and by == ways[-1] for space, by in plan):
+            plan.append((any_space, ways[-1]))
+        best, probes, missed = None, [], None
+        for space, by in plan[:SEARCHES]:
+            try:
+                res = search_shape(space, target, init_points=self.init_points, n_iter=self.n_iter,
+                                   seed=seed + 7919 * i, taken=frozenset(map(key_of(by), taken)),
+                                   diversity=self.diversity, peer=i, by=by)
+            except NoFreeShape as exc:
+                missed = exc
+                continue
+            probes.extend(res.trace)
+            if best is None or res.error < best[0].error:
+                best = (res, space, by)
+            if res.error <= REACH:
+                break
+        if best is None:
+            raise missed
+        res, space, by = best
+        res.trace = probes
+        why = None
+        if by == SHAPE and any(arch_key(t) == arch_key(res.shape) for t in taken):
+            nearest, err = min((s.exhaustive_best(target, exclude=taken, by=ARCH) for s in spaces), key=lambda b: b[1])
+            if err <= REACH:
+                why = (f"a shape of other layers, heads or width exists within {REACH:.0%} of the target "
+                       f"({shape_string(nearest)}, {err:.2%} off) but the search did not find it")
+            elif np.isfinite(err):
+                why = (f"no shape of other layers, heads or width comes within {REACH:.0%} of the target "
+                       f"{target:,}: the nearest, {shape_string(nearest)}, is {err:.2%} off")
+            else:
+                why = "every combination of layers, heads and width the teacher allows is taken by an earlier peer"
+        return res, space, why
+
+
+def _sharing(i: int, shapes: list, why) -> dict:
+    """The init table's account of diversity for peer ``i``: the peers with its layers, heads and
+    width (``shares_layers_heads_width_with``, empty when none) and, if any, a ``note`` saying why."""
+    same = [j for j, s in enumerate(shapes) if j != i and arch_key(s) == arch_key(shapes[i])]
+    out = {"shares_layers_heads_width_with": same}
+    if not same:
+        return out
+    earlier, later = [j for j in same if j < i], [j for j in same if j > i]
+    peers = lambda js: ("peer " if len(js) == 1 else "peers ") + ", ".join(map(str, js))  # noqa: E731
+    if earlier:
+        out["note"] = (f"same {arch_string(shapes[i])} as {peers(earlier)} (differs in FFN width only): "
+                       f"{why or 'no other shape was found'}")
+    else:
+        out["note"] = (f"same {arch_string(shapes[i])} as {peers(later)} (differs in FFN width only): "
+                       f"see {'its' if len(later) == 1 else 'their'} note")
+    return out
 
 
 def default_width_multiple(device: str) -> int:

@@ -3,7 +3,8 @@
 The objective is −|P − target| / target (method.md §6) minus ``diversity`` for a shape that an
 earlier peer already took (and, in the efficient space, minus 1 for a shape deeper than its
 width allows), maximised by ``bayes_opt`` over integer indices into a
-:class:`~.space.SizingSpace`.
+:class:`~.space.SizingSpace`. "Took" is judged by ``by``: the same layers, heads and width
+(``ARCH``, so that peers differ where the seed card asks) or the same whole shape (``SHAPE``).
 
 Two settings make the seed card's budget (10 random + 100 guided probes) reliable and fast,
 both through bayes_opt's public API:
@@ -33,10 +34,10 @@ from bayes_opt import BayesianOptimization, acquisition
 from sklearn.gaussian_process.kernels import Matern
 from threadpoolctl import threadpool_limits
 
-from .space import VARIABLES, SizingSpace, shape_key
+from .space import SHAPE, VARIABLES, SizingSpace, key_of
 from ..common import rel_error
 
-__all__ = ["ACQ_RANDOM_POINTS", "DISPROPORTION", "SearchResult", "search_shape"]
+__all__ = ["ACQ_RANDOM_POINTS", "DISPROPORTION", "NoFreeShape", "SearchResult", "search_shape"]
 
 ACQ_RANDOM_POINTS = 2000
 DISPROPORTION = 1.0   # objective penalty of a shape deeper than width / 16 (efficient space only)
@@ -51,6 +52,10 @@ class _GridUCB(acquisition.UpperConfidenceBound):
                                fit_gp=fit_gp, random_state=random_state)
 
 
+class NoFreeShape(ValueError):
+    """Every probe of a search hit a taken (or disproportioned) shape."""
+
+
 @dataclass
 class SearchResult:
     """The chosen shape of one peer and every probe that led to it."""
@@ -62,20 +67,23 @@ class SearchResult:
 
 
 def search_shape(space: SizingSpace, target: int, *, init_points: int, n_iter: int, seed: int,
-                 taken: frozenset = frozenset(), diversity: float = 1.0, peer: int = 0) -> SearchResult:
+                 taken: frozenset = frozenset(), diversity: float = 1.0, peer: int = 0,
+                 by: str = SHAPE) -> SearchResult:
     """Bayesian search for the shape whose exact parameter count is nearest ``target``,
-    avoiding the shapes in ``taken``. Deterministic for a given ``seed``."""
+    avoiding the keys in ``taken`` (``shape_key`` or ``arch_key`` strings, as ``by`` says).
+    Deterministic for a given ``seed``."""
     trace: list[dict] = []
+    key = key_of(by)
 
     def objective(**index) -> float:
         shape = space.shape(**index)
         count = space.count(shape)
         err = rel_error(count, target)
-        duplicate = shape_key(shape) in taken
+        duplicate = key(shape) in taken
         proportioned = space.well_proportioned(shape)
         score = -err - (diversity if duplicate else 0.0) - (0.0 if proportioned else DISPROPORTION)
         trace.append(dict(peer=peer, probe=len(trace), **shape, parameters=count, target=int(target),
-                          error=err, duplicate=duplicate, proportioned=proportioned, space=space.kind,
+                          error=err, duplicate=duplicate, avoid=by, proportioned=proportioned, space=space.kind,
                           objective=score))
         return score
 
@@ -94,8 +102,8 @@ def search_shape(space: SizingSpace, target: int, *, init_points: int, n_iter: i
 
     free = [p for p in trace if not p["duplicate"] and p["proportioned"]]
     if not free:
-        raise ValueError(f"peer {peer}: every probe of the search hit a shape another peer already has "
-                         "(or one deeper than its width allows)")
+        raise NoFreeShape(f"peer {peer}: every probe of the search hit a shape another peer already has "
+                         f"(same {by}) or one deeper than its width allows")
     best = min(free, key=lambda p: (p["error"], p["probe"]))
     shape = {k: best[k] for k in (*VARIABLES, "hidden")}
     return SearchResult(shape=shape, parameters=best["parameters"], error=best["error"], trace=trace)

@@ -26,7 +26,8 @@ import numpy as np
 
 from wml_framework.api import shape_string
 
-__all__ = ["STEPS", "MIN_VALUES", "VARIABLES", "SizingSpace", "grid_step", "shape_key"]
+__all__ = ["ARCH", "SHAPE", "STEPS", "MIN_VALUES", "VARIABLES", "SizingSpace", "arch_key", "arch_string", "grid_step",
+           "key_of", "shape_key"]
 
 #: grid steps tried for head sizes and FFN widths, coarsest first, and how many grid values
 #: each should at least offer (small teachers get a finer grid, so targets stay reachable)
@@ -37,6 +38,9 @@ VARIABLES = ("n_layer", "n_head", "head_dim", "ffn")
 #: efficient shapes: head sizes from 16 on, at most width / 16 layers, FFN widths a multiple of 8
 MIN_HEAD_DIM, WIDTH_PER_LAYER, FFN_STEP = 16, 16, 8
 ANY, EFFICIENT = "any", "efficient"
+#: how two peers' shapes may be told apart: ``ARCH`` by layers, heads and width (what the seed card
+#: varies for diversity), ``SHAPE`` by any of layers, heads, head size and FFN width
+ARCH, SHAPE = "layers/heads/width", "shape"
 
 
 @dataclass
@@ -135,18 +139,31 @@ class SizingSpace:
         _, counts = self.grid
         return int(counts[self._allowed].min())
 
-    def exhaustive_best(self, target: int, exclude=()) -> tuple[dict, float]:
-        """The best allowed shape by exhaustive enumeration, skipping the shapes (dicts) in
-        ``exclude``: the reference the Bayesian search is judged by."""
+    def exhaustive_best(self, target: int, exclude=(), by: str = SHAPE) -> tuple[dict, float]:
+        """The best allowed shape by exhaustive enumeration, skipping the shapes that equal one of
+        ``exclude`` (shape dicts) by ``by`` (``SHAPE``: the whole shape; ``ARCH``: layers, heads and
+        width): the reference the Bayesian search is judged by. The error is ``inf`` when every
+        allowed shape is excluded."""
         shapes, counts = self.grid
         err = np.where(self._allowed, np.abs(counts - target) / target, np.inf)
-        for shape in exclude:
-            row = np.array([shape[k] for k in VARIABLES])
-            err = np.where((shapes == row).all(axis=1), np.inf, err)
+        if exclude:
+            columns = _columns(shapes, by)
+            for shape in exclude:
+                row = _columns(np.array([[shape[k] for k in VARIABLES]]), by)[0]
+                err = np.where((columns == row).all(axis=1), np.inf, err)
         i = int(np.argmin(err))
         best = dict(zip(VARIABLES, (int(v) for v in shapes[i])))
         best["hidden"] = best["n_head"] * best["head_dim"]
         return best, float(err[i])
+
+
+def _columns(shapes: np.ndarray, by: str) -> np.ndarray:
+    """The columns of ``(n, 4)`` shapes (``VARIABLES`` order) that identify them by ``by``."""
+    if by == SHAPE:
+        return shapes
+    if by == ARCH:
+        return np.stack([shapes[:, 0], shapes[:, 1], shapes[:, 1] * shapes[:, 2]], axis=1)
+    raise ValueError(f"shapes are told apart by {SHAPE!r} or {ARCH!r}, not {by!r}")
 
 
 def grid_step(top: int, min_values: int, multiple: int = 1) -> int:
@@ -159,3 +176,23 @@ def grid_step(top: int, min_values: int, multiple: int = 1) -> int:
 def shape_key(shape: dict) -> str:
     """A shape's identity for the diversity term (the table's shape string)."""
     return shape_string(shape)
+
+
+def arch_key(shape: dict) -> str:
+    """What the seed card varies for diversity: layers, heads and width (``L2·H4·W128``)."""
+    return f"L{shape['n_layer']}·H{shape['n_head']}·W{shape['n_head'] * shape['head_dim']}"
+
+
+def arch_string(shape: dict) -> str:
+    """``arch_key`` in words, for the init table's notes: ``2 layers, 4 heads, width 128``."""
+    layers, heads = shape["n_layer"], shape["n_head"]
+    return (f"{layers} layer{'s' if layers != 1 else ''}, {heads} head{'s' if heads != 1 else ''}, "
+            f"width {heads * shape['head_dim']}")
+
+
+def key_of(by: str):
+    """The identity function of ``by`` (``SHAPE`` or ``ARCH``)."""
+    keys = {SHAPE: shape_key, ARCH: arch_key}
+    if by not in keys:
+        raise ValueError(f"shapes are told apart by {SHAPE!r} or {ARCH!r}, not {by!r}")
+    return keys[by]

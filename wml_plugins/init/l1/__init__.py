@@ -12,7 +12,7 @@ from __future__ import annotations
 from wml_framework import hookimpl
 from wml_framework.api import InitResult, PrunableFamily, table_row
 
-from ..common import check_family, check_targets
+from ..common import check_request, check_targets
 from .importance import IMPORTANCE_KINDS, unit_importance
 from .plan import DEFAULT_TOLERANCE, plan_pruning, smallest_parameters, validate_layer_bound
 from .slice import prune_model, removed_units, select_units
@@ -36,12 +36,8 @@ class L1Initializer:
 
     def check(self, teacher_config, family, targets, *, calibration=None) -> None:
         """Reject impossible requests before any work."""
-        check_family(teacher_config, family)
-        if not isinstance(family, PrunableFamily):
-            raise ValueError(f"l1: family {family.name!r} cannot be pruned: it does not describe its prunable units "
-                             "(see wml_framework.api.PrunableFamily)")
-        if not targets:
-            raise ValueError("l1: no peer targets (the number of peers M must be at least 1)")
+        check_request("l1", teacher_config, family, targets, PrunableFamily,
+                      "be pruned: it does not describe its prunable units")
         if self.importance == "taylor" and calibration is None:
             raise ValueError("l1: prune_importance 'taylor' needs a calibration batch (gradient × weight)")
         family.prunable_axes(teacher_config)  # raises for architectures the family cannot slice

@@ -1,6 +1,8 @@
 """``softmax_ema``: ω = softmax(−m/τ), with m an exponential moving average of each peer's own
 held-out cross-entropy. Simple and cheap; unlike ``mirror`` it ignores how the peers combine in the
 ensemble (the defect wml's method.md §10 warns about), so it is an example, not a recommendation.
+It does report that ensemble's loss, the outer objective L_2 every updater is judged by, computed
+by the contract's own ``ensemble_loss`` (so the report plots it beside mirror's).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from wml_framework import hookimpl
-from wml_framework.api import Option, OuterContext, ReferencePoint, UpdateResult, uniform_omega
+from wml_framework.api import Option, OuterContext, ReferencePoint, UpdateResult, ensemble_loss, uniform_omega
 
 
 class SoftmaxEMA:
@@ -24,25 +26,26 @@ class SoftmaxEMA:
         return uniform_omega(self.num_peers)
 
     def step(self, ctx: OuterContext) -> UpdateResult:
-        losses = torch.stack([self._held_out_loss(ctx, i) for i in range(len(ctx.peers))])
+        logits = self._held_out_logits(ctx)
+        losses = torch.stack([F.cross_entropy(z.reshape(-1, z.shape[-1]).double(), ctx.val.labels.reshape(-1),
+                                              ignore_index=-100) for z in logits])   # each peer's own CE
         self.ema = losses if self.ema is None else self.decay * self.ema + (1 - self.decay) * losses
         omega = torch.softmax(-self.ema / self.tau, dim=0)
-        return UpdateResult(omega=omega, eta=1 - self.decay, info={"ema": self.ema.tolist()})
+        val_loss = float(ensemble_loss(logits, ctx.val.labels, ctx.omega))   # the outer objective L_2, logged
+        return UpdateResult(omega=omega, eta=1 - self.decay, val_loss=val_loss, info={"ema": self.ema.tolist()})
 
     @staticmethod
-    def _held_out_loss(ctx: OuterContext, i: int) -> torch.Tensor:
-        """Peer i's token-mean cross-entropy on the held-out batch, in eval mode (then restored)."""
-        peer = ctx.peers[i]
-        modes = [(m, m.training) for m in peer.modules()]
-        peer.eval()
+    def _held_out_logits(ctx: OuterContext) -> list:
+        """Every peer's logits on the held-out batch, in eval mode (then restored)."""
+        modes = [(m, m.training) for peer in ctx.peers for m in peer.modules()]
+        for peer in ctx.peers:
+            peer.eval()
         try:
-            with torch.no_grad():
-                logits = ctx.forward(peer, ctx.val.for_peer(i))   # for_peer: inputs may differ per peer
+            with torch.no_grad():   # for_peer: the inputs may differ per peer
+                return [ctx.forward(peer, ctx.val.for_peer(i)) for i, peer in enumerate(ctx.peers)]
         finally:
             for m, training in modes:
                 m.training = training
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), ctx.val.labels.reshape(-1),
-                               ignore_index=-100)
 
     def state_dict(self) -> dict:
         return {"ema": None if self.ema is None else self.ema.tolist()}
