@@ -65,6 +65,6 @@ def tiny_loop(tmp_path: Path, **changes):
     peers = [build(tiny_llama_config(hidden=32, n_head=2), seed=i).train() for i in range(cfg.num_peers)]
     host = PluginHost()
     plugins = create_plugins(cfg, host)
-    loop = TrainingLoop(cfg, host, peers, data, tmp_path, torch.device("cpu"), loss=plugins.loss,
+    loop = TrainingLoop(cfg, host, peers, data, tmp_path, torch.device(cfg.device), loss=plugins.loss,
                         updater=plugins.updater, log=lambda m: None)
     return cfg, data, loop

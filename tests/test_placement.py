@@ -89,6 +89,7 @@ def test_a_spread_run_is_the_replicated_run(tmp_path):
     _spread_equals_replicate(tmp_path, "cpu,cpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: moves peers between the CPU and cuda:0")
 def test_a_spread_run_across_cpu_and_gpu_is_the_replicated_run(tmp_path):
     """Real transfers: one peer on the GPU, two on the CPU (the main device). Would catch: anything

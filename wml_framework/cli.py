@@ -8,7 +8,7 @@ import click
 
 from . import __version__
 
-__all__ = ["COMMANDS", "LazyGroup", "main"]
+__all__ = ["COMMANDS", "EPILOG", "LazyGroup", "main"]
 
 #: command name -> module in wml_framework.commands defining ``command``
 COMMANDS = {
@@ -36,7 +36,16 @@ class LazyGroup(click.Group):
         return module.command
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+#: the environment the commands read, shown under ``wml --help``
+EPILOG = """\b
+Environment:
+  WML_BLOCK_PLUGINS=NAME[,NAME...]  do not load the plugins of these entry-point names
+                                    (the 'plugin' column of `wml plugins`, commas or spaces);
+                                    `wml plugins` lists them as blocked. docs/plugins.md §1, §12.
+"""
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="wml")
 def main() -> None:
     """Compress a language model into a family of peers by weighted mutual learning."""

@@ -125,7 +125,7 @@ class WMLConfig:
     blimp: str = _f("default", "Folder of minimal-pair .jsonl files, or 'default' (the sample shipped), or 'none' (or '') to skip.", group="run")
     blimp_limit: int = _f(0, "Pairs per paradigm evaluated at the end (0: all).", low=0, high=10_000_000, group="run")
     checkpoint_interval: int = _f(50, "Write a resumable checkpoint every this many steps (of the peers, and of the teacher while it trains).", low=1, high=10_000_000, group="run")
-    nonfinite_patience: int = _f(3, "Consecutive steps a peer may skip for a NaN or infinite loss or gradient before the run stops.", low=1, high=1_000_000, group="run")
+    nonfinite_patience: int = _f(3, "Consecutive steps a model (a peer or the teacher) may skip for a NaN or infinite loss or gradient, and consecutive outer steps the updater may skip for a non-finite ω, before the run stops.", low=1, high=1_000_000, group="run")
     seed: int = _f(1337, "Seed of every random choice (data order, initialisation, Bayesian search).", low=0, high=2**32 - 1, group="run")
     device: str = _f("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"], group="run")
     peer_placement: str = _f("replicate", "'replicate': every peer on this process's device; 'spread': peers on different devices of this process (largest first onto the least-loaded), for peers that do not fit on one device together (docs/distributed.md).", choices=["replicate", "spread"], group="run")

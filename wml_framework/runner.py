@@ -9,37 +9,37 @@ created, and checked, before any work starts.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from .runtime import checkpoint, distributed, interrupts
 from . import config as cfgmod
-from .api import Batch, Event, Loss, Updater
-from .runtime.atomic import atomic_directory, atomic_write_json
+from .api import Batch, Event
 from .config import WMLConfig
-from .text.corpus import CorpusError, plan_corpus
 from .evaluation.models import resolve_device, train_dtype
-from .runtime.placement import SPREAD, check_devices, device_names, rank_devices
-from .training.peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
-from .plugin_system.host import PluginHost
-from .runtime.run_layout import RunLayout, peer_name
+from .evaluation.run_reader import read_jsonl
+from .evaluation.scoring import EvaluationError, evaluate, headline, write_eval_json
+from .plugin_system.host import PluginError, PluginHost
+from .runtime import checkpoint, distributed, interrupts
+from .runtime.placement import SPREAD, check_devices, device_names, rank_device
+from .runtime.run_layout import RunLayout
+from .runtime.run_lock import locked
+from .text.corpus import CorpusError, plan_corpus
+from .text.tokenizer import load_tokenizer, with_bos
+from .text.tokens import TokenData, prepare_for
+from .training.callbacks import TrainerControl, TrainerState, dispatch
 from .training.export import export, print_summary, save_model, weights_fingerprint
 from .training.families import family_for
+from .training.loop import TrainingLoop, truncate_metrics
+from .training.peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
+from .training.run_plugins import RunPlugins, create_plugins
 from .training.teacher import (check_teacher_dir, load_teacher, load_teacher_config, new_teacher, teacher_config,
                                train_teacher)
-from .training.callbacks import TrainerControl, TrainerState, dispatch
-from .runtime.run_lock import locked
-from .evaluation.run_reader import read_jsonl
-from .text.tokenizer import with_bos
-from .text.tokens import TokenData, prepare_for
-from .training.loop import TrainingLoop, truncate_metrics
+from .report import write_report
 
 __all__ = ["MIN_POSITIONS", "RESUME_KEYS", "RunError", "default_run_dir", "RunPlugins", "create_plugins",
            "WMLTrainer", "start", "resume"]
@@ -57,32 +57,6 @@ class RunError(ValueError):
 
 def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-@dataclass
-class RunPlugins:
-    """The plugin objects of one run, made before any work."""
-
-    loss: Loss
-    updater: Updater
-    initializer: object
-
-
-def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
-    """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
-    arguments fails here, before the teacher is trained."""
-    from .plugin_system.guards import checked_initializer, checked_loss, checked_updater
-
-    options = cfg.plugin_options
-    loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
-    updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
-    initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
-    from .evaluation.scoring import make_evaluators
-
-    make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
-    return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
-                      checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count),
-                      checked_initializer(initializer, host.get("initializer", cfg.init)))
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -168,7 +142,7 @@ class WMLTrainer:
                 if self.config_changed:
                     cfgmod.save(self.cfg, self.layout.config)
             dist.barrier()                        # the other ranks start once the folder is checked and locked
-            device = _rank_device(resolve_device(self.cfg.device), dist, self.cfg)
+            device = rank_device(resolve_device(self.cfg.device), dist, self.cfg.peer_placement, self.cfg.peer_devices)
             torch.manual_seed(self.cfg.seed)
             t_start = time.time()
             teacher, data = self._prepare_teacher(device, plugins)
@@ -200,12 +174,11 @@ class WMLTrainer:
             if self.config_changed:
                 cfgmod.save(self.cfg, self.layout.config)
             torch.manual_seed(self.cfg.seed)
-            self._prepare_teacher(_rank_device(resolve_device(self.cfg.device), dist, self.cfg), plugins)
+            self._prepare_teacher(rank_device(resolve_device(self.cfg.device), dist, self.cfg.peer_placement, self.cfg.peer_devices), plugins)
         return self.layout.teacher
 
     def evaluate(self, **options) -> dict:
         """Score every peer, the ensemble and the teacher (``wml eval``); writes ``eval.json``."""
-        from .evaluation.scoring import evaluate, write_eval_json
 
         cfg, dist = self.cfg, distributed.current()
         with (locked(self.run_dir) if dist.is_main else contextlib.nullcontext()), interrupts.handling():
@@ -218,8 +191,6 @@ class WMLTrainer:
 
     def report(self):
         """Plots and ``report.md`` of the run (``wml report``)."""
-        from .report import write_report
-
         if not distributed.current().is_main:
             return None
         with locked(self.run_dir), interrupts.handling():
@@ -305,8 +276,6 @@ class WMLTrainer:
             raise RunError(f"config key 'block_size': value {cfg.block_size} is not allowed with teacher {cfg.teacher!r}; "
                            f"expected at most its {limit} positions")
         try:
-            from .text.tokenizer import load_tokenizer
-
             tokenizer = load_tokenizer(cfg.teacher)
         except (OSError, ValueError, TypeError):
             raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model") from None
@@ -346,8 +315,6 @@ class WMLTrainer:
         dist.barrier()
         teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
         if source == "given":                     # the tokenizer rank 0 tokenized with: the same cache entry
-            from .text.tokenizer import load_tokenizer
-
             tokenizer = with_bos(load_tokenizer(cfg.teacher))
         return teacher.to(device).eval(), prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer,
                                                       log=log, plan=self.corpus)
@@ -433,16 +400,6 @@ class WMLTrainer:
         return loop
 
 
-def _rank_device(device: torch.device, dist: "distributed.Context", cfg: Optional[WMLConfig] = None) -> torch.device:
-    """Each rank's own GPU (``cuda:LOCAL_RANK``; with ``peer_placement = "spread"``, the first of the
-    GPUs it spreads over); CPU ranks share the CPU."""
-    if device.type == "cuda" and cfg is not None and cfg.peer_placement == SPREAD and not device_names(cfg.peer_devices):
-        return rank_devices([], torch.device("cuda", 0))[0]      # one process (several are refused in prepare)
-    if device.type == "cuda" and dist.active:
-        return torch.device("cuda", dist.local_rank)
-    return device
-
-
 # -- the command line's entry points ---------------------------------------------------------
 
 def start(cfg: WMLConfig, out_dir=None, log=print, *, host: Optional[PluginHost] = None,
@@ -461,11 +418,6 @@ def resume(run_dir, log=print, *, host: Optional[PluginHost] = None, callbacks: 
 
 
 def _finish(trainer: WMLTrainer) -> Path:
-    from .evaluation.scoring import headline
-
-    from .evaluation.scoring import EvaluationError
-    from .plugin_system.host import PluginError
-
     trainer.train()
     try:
         result = trainer.evaluate()  # after the peers are safely on disk: a failure here loses no training

@@ -17,7 +17,6 @@ import click
 from .. import config as cfgmod
 from ..plugin_system.host import PluginHost, PluginWarning, get_host
 
-_REPORTED: set[int] = set()
 #: errors of the file system that are the machine's, not the program's: one line, not a traceback
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
@@ -28,12 +27,9 @@ def host() -> PluginHost:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)
         h = get_host()
-    if id(h) not in _REPORTED:
-        _REPORTED.add(id(h))
-        for failure in h.failures:
-            click.echo(f"warning: {failure.line()}; skipped", err=True)
-        for note in h.notes:
-            click.echo(f"warning: {note}", err=True)
+    if not h.reported:
+        for line in h.report_lines():
+            click.echo(f"warning: {line}", err=True)
     return h
 
 

@@ -22,6 +22,10 @@ from ..runtime.run_layout import RunLayout, is_model_dir
 from ..training.progress import RunProgress
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
+from ..evaluation.scoring import EvaluationError
+from ..plugin_system.host import PluginError
+from ..runner import RunError, WMLTrainer
+from ..training.loop import TrainingError
 
 __all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "run_compare"]
 
@@ -106,8 +110,6 @@ def _teacher_scored(plan: ComparePlan) -> bool:
 
 def _teacher(plan: ComparePlan, make_host, say) -> Path:
     """The teacher every member shares: the one given, or one trained once in ``teacher_run/``."""
-    from ..runner import WMLTrainer
-
     if plan.teacher_given or is_model_dir(plan.teacher_dir):
         return plan.teacher_dir
     host = _member_host(make_host, "teacher")
@@ -127,11 +129,6 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
 
 def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> Optional[str]:
     """Train (or resume), evaluate and report one member; returns why it failed, or None."""
-    from ..evaluation.scoring import EvaluationError
-    from ..plugin_system.host import PluginError
-    from ..runner import RunError, WMLTrainer
-    from ..training.loop import TrainingError
-
     layout = RunLayout(member.run_dir)
     host = _member_host(make_host, member.name)
     expected = plan.member_config(member, host=host)

@@ -18,6 +18,7 @@ from torch import nn
 from ..api import peer_logits
 from .models import evaluating, max_positions, mix_logits, model_device, normalised_weights, resolve_device
 from ..runtime.progress import progress_bar
+from ..runtime.distributed import current
 
 __all__ = ["block_starts", "heldout_losses", "perplexity"]
 
@@ -88,7 +89,6 @@ def perplexity(model: nn.Module, tokens: Sequence[int] | np.ndarray, block_size:
                desc: str = "perplexity") -> dict:
     """One model's held-out loss and ppl = exp(loss) over non-overlapping blocks of ``tokens``
     (in a data-parallel run each process scores its share of the blocks; all get the total)."""
-    from ..runtime.distributed import current
 
     dist = current()
     out = heldout_losses([model], np.asarray(tokens), block_size, batch_size, max_blocks, device=device,

@@ -3,8 +3,10 @@
 A sentence's score is the sum of its token log-probabilities with BOS prepended, so the first
 word is scored too (method.md §9); sentences are batched by length with right padding and an
 attention mask, under ``no_grad`` and in eval mode, and summed in float64. A pair passes when
-log P(good) > log P(bad) (a tie fails); accuracy is reported per file, per ``UID`` when the
-lines carry one, and as the macro average over paradigms.
+log P(good) ≥ log P(bad): the model chooses the sentence with the higher log-probability, and a tie
+chooses the first of the pair, the good one (:func:`chooses_good`), as the BabyLM pipeline does; the
+accuracy and the predictions file follow this one rule. Accuracy is reported per file, per ``UID``
+when the lines carry one, and as the macro average over paradigms.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..text.tokenizer import encode_with_bos, pad_token_id
 
 __all__ = ["sequence_logprobs", "sentence_logprobs", "MinimalPair", "MinimalPairSet", "minimal_pair_files",
            "read_minimal_pairs", "pair_logprobs", "summarize_pairs", "score_minimal_pairs",
-           "BLIMP_SUPPLEMENT", "babylm_predictions"]
+           "BLIMP_SUPPLEMENT", "babylm_predictions", "chooses_good"]
 
 
 def sequence_logprobs(model: nn.Module, sequences: Sequence[Sequence[int]], *, batch_size: int = 64,
@@ -172,6 +174,15 @@ def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[MinimalPair], **k
     return good, bad
 
 
+def chooses_good(good, bad) -> np.ndarray:
+    """Whether the model chooses the good sentence of each pair: log P(good) ≥ log P(bad). A tie
+    goes to the good sentence, the first of the pair, as in the BabyLM pipeline: it lists a pair as
+    ``[sentence_good, sentence_bad]`` with label 0 and takes ``torch.max(…, dim=1)``, whose index is
+    the first of equal values (so a tie there counts as correct too). Both the accuracy
+    (:func:`summarize_pairs`) and the predictions (:func:`babylm_predictions`) use this rule."""
+    return np.asarray(good, dtype=np.float64) >= np.asarray(bad, dtype=np.float64)
+
+
 def _accuracy_table(keys: Sequence[str], correct: np.ndarray) -> dict[str, dict]:
     table: dict[str, dict] = {}
     for key in sorted(set(keys)):
@@ -186,7 +197,7 @@ def summarize_pairs(pairs: Sequence[MinimalPair], good: np.ndarray, bad: np.ndar
 
     The macro average is over paradigms: UIDs when every pair carries one (method.md §9),
     files otherwise; ``paradigm_key`` says which."""
-    correct = np.asarray(good) > np.asarray(bad)
+    correct = chooses_good(good, bad)
     by_file = _accuracy_table([p.file for p in pairs], correct)
     with_uid = bool(pairs) and all(p.uid is not None for p in pairs)
     by_uid = _accuracy_table([p.uid for p in pairs], correct) if with_uid else {}
@@ -229,13 +240,14 @@ BLIMP_SUPPLEMENT = ("hypernym", "qa_congruence_easy", "qa_congruence_tricky", "s
 def babylm_predictions(pairs: Sequence[MinimalPair], good: np.ndarray, bad: np.ndarray) -> dict:
     """The ``blimp`` and ``blimp_supplement`` sections of a BabyLM 2024 submission's predictions JSON
     (what the pipeline's ``collect_results.py`` writes): per paradigm file, one ``{"id": "<file>_<index>",
-    "pred": " <chosen sentence>"}`` per example, the sentence with the higher log-probability (a tie
-    picks the first choice, the good sentence, as ``numpy.argmax`` does there) and the leading space
-    of the pipeline's continuation."""
+    "pred": " <chosen sentence>"}`` per example, the sentence :func:`chooses_good` picks (the higher
+    log-probability; a tie picks the first choice, the good sentence, as the pipeline does) and the
+    leading space of the pipeline's continuation."""
     out: dict[str, dict] = {"blimp": {}, "blimp_supplement": {}}
-    for pair, g, b in sorted(zip(pairs, good, bad), key=lambda t: (t[0].file, t[0].index)):
+    picks = chooses_good(good, bad)
+    for pair, good_chosen in sorted(zip(pairs, picks), key=lambda t: (t[0].file, t[0].index)):
         section = "blimp_supplement" if pair.file in BLIMP_SUPPLEMENT else "blimp"
-        chosen = pair.good if g >= b else pair.bad
+        chosen = pair.good if good_chosen else pair.bad
         out[section].setdefault(pair.file, {"predictions": []})["predictions"].append(
             {"id": f"{pair.file}_{pair.index}", "pred": " " + chosen})
     return out

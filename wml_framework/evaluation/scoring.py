@@ -21,6 +21,9 @@ from ..runtime.atomic import atomic_write_text
 from ..plugin_system.host import PluginError, PluginHost, get_host, resolve_options
 from ..runtime.run_layout import RunLayout, is_model_dir, is_run_dir
 from ..runtime.threads import parse_threads
+from ..text.tokenizer import load_tokenizer as _load_tokenizer
+from .models import count_parameters, load_model, resolve_device
+from .run_reader import load_run
 
 __all__ = ["DISPLAY", "EvaluationError", "choose_threads", "make_evaluators", "evaluate", "headline",
            "write_eval_json", "merge_eval_results", "default_json_path"]
@@ -70,9 +73,6 @@ def _base_config(run_dir: Path | None, log: Callable[[str], None]) -> cfgmod.WML
 
 def _scorers(path: Path, device, log, teacher: bool = True) -> tuple[list[dict], dict]:
     """(name, role, model, tokenizer, path, ω) of everything to score, and facts about the run."""
-    from .models import load_model
-    from .run_reader import load_run
-    from ..text.tokenizer import load_tokenizer as _load_tokenizer
 
     def load_tokenizer(folder):
         try:
@@ -135,8 +135,6 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
     part for printing, which :func:`write_eval_json` leaves out). ``evaluators``: names of
     evaluator plugins to run; default: every registered one. ``teacher=False`` leaves a run's
     teacher out (``wml compare`` scores its one teacher once)."""
-    from .models import count_parameters, resolve_device
-
     host = host or get_host()
     path = Path(path).expanduser()
     run_dir = path if is_run_dir(path) else None

@@ -19,13 +19,27 @@ from ..runtime.distributed import is_peer_failure
 from .host import Entry, PluginError
 from .simplex import SIMPLEX_TOL, OffSimplex, on_simplex
 
-__all__ = ["SIMPLEX_TOL", "NonFiniteOmega", "check_simplex", "jsonable", "GuardedLoss", "GuardedUpdater",
+__all__ = ["SIMPLEX_TOL", "NonFiniteOmega", "at_step", "check_simplex", "jsonable", "GuardedLoss", "GuardedUpdater",
            "GuardedInitializer", "checked_initializer", "checked_loss", "checked_updater"]
 
 
 class NonFiniteOmega(PluginError):
     """An updater produced NaN or infinite weights (usually from a diverging peer): the run skips
     that outer step and keeps ω, rather than stopping."""
+
+
+def at_step(exc: PluginError, where: str) -> PluginError:
+    """``exc`` saying when it happened: ``where`` (``"step 4"``) is added to the thing that failed
+    (``updater 'x' step(), at step 4: ω sums to 2``), once; the class and the problem are kept."""
+    if getattr(exc, "step", None) is not None:
+        return exc
+    hook = f"{exc.hook}, at {where}"
+    try:
+        out = type(exc)(exc.plugin, hook, exc.problem)
+    except TypeError:              # a subclass with a constructor of its own
+        out = PluginError(exc.plugin, hook, exc.problem)
+    out.step = where
+    return out
 
 
 def _fail(entry: Entry, what: str, problem: str) -> PluginError:

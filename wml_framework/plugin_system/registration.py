@@ -42,10 +42,19 @@ _OPTION_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 class PluginError(RuntimeError):
     """A plugin misbehaved; the message names the plugin and the hook."""
 
-    def __init__(self, plugin: str, hook: str, problem: str):
+    def __init__(self, plugin: str, hook: str, problem: str, *, package: str = "", where: str = ""):
         self.plugin, self.hook, self.problem = plugin, hook, problem
-        where = f"hook {hook!r}" if hook.startswith("wml_") or hook in ("register", "entry point") else hook
-        super().__init__(f"plugin {plugin!r} failed in {where}: {problem}")
+        if not where:
+            where = "in " + (f"hook {hook!r}" if hook.startswith("wml_") or hook in ("register", "entry point") else hook)
+        origin = f" ({package})" if package else ""
+        super().__init__(f"plugin {plugin!r}{origin} failed {where}: {problem}")
+
+    @classmethod
+    def creating(cls, entry: "Entry", problem: str) -> "PluginError":
+        """A factory that raised: named as what failed (``creating loss 'x'``), not as the
+        registration hook, which ran long before and succeeded."""
+        return cls(entry.plugin, f"creating {entry.kind} {entry.name!r}", problem, package=entry.distribution,
+                   where=f"creating {entry.kind} {entry.name!r}")
 
 
 class PluginSettingsError(PluginError):
@@ -84,12 +93,30 @@ class FailureReason(str, enum.Enum):
     NAME_OF_TWO_PLUGINS = "name of two plugins"
     #: two things of different kinds declare options under one name: neither is used
     OPTION_NAMESPACE = "option namespace"
+    #: a third-party entry point named like a built-in plugin of wml: the built-in is loaded, it is not
+    PLUGIN_NAME_OF_BUILTIN = "plugin name of a built-in"
+    #: a third-party registration of a name a built-in registers: the built-in keeps the name, the
+    #: newcomer's other names stay usable
+    NAME_OF_BUILTIN = "name of a built-in"
 
     @property
     def breaks_plugin(self) -> bool:
-        """Whether the plugin is kept out of its other hooks too: true unless only a name it
-        registered was also taken by another plugin."""
-        return self is not FailureReason.NAME_OF_TWO_PLUGINS
+        """Whether the plugin is kept out of its other hooks too: false when only one of its names
+        could not be used (taken by another plugin, a built-in, or an option namespace)."""
+        return self not in (FailureReason.NAME_OF_TWO_PLUGINS, FailureReason.NAME_OF_BUILTIN,
+                            FailureReason.OPTION_NAMESPACE)
+
+    @property
+    def shared(self) -> bool:
+        """Whether one problem is recorded for each plugin involved (a name they all claim): it is
+        reported once."""
+        return self in (FailureReason.NAME_OF_TWO_PLUGINS, FailureReason.OPTION_NAMESPACE)
+
+    @property
+    def skips_plugin(self) -> bool:
+        """Whether the whole plugin is left out (so a warning says it is skipped); the other
+        reasons say in their own words what is not used."""
+        return self in (FailureReason.IMPORT, FailureReason.REGISTER, FailureReason.HOOK)
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,10 @@ class PluginFailure:
 
     def line(self) -> str:
         return f"plugin {self.plugin!r} ({self.distribution}) failed in {self.hook!r}: {self.problem}"
+
+    def warning(self) -> str:
+        """The line a command prints for it: :meth:`line`, and whether the plugin is skipped."""
+        return self.line() + ("; the plugin is skipped" if self.reason.skips_plugin else "")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["device_names", "check_devices", "rank_devices", "assign", "peer_placement"]
+__all__ = ["device_names", "check_devices", "rank_devices", "rank_device", "assign", "peer_placement"]
 
 REPLICATE, SPREAD = "replicate", "spread"
 
@@ -80,3 +80,13 @@ def peer_placement(peers: Sequence[torch.nn.Module], placement: str, names: Sequ
     devices = rank_devices(names, main, local_rank, local_world)
     return assign([sum(p.numel() for p in peer.parameters()) for peer in peers], devices)
 
+
+def rank_device(device: torch.device, dist, placement: str, peer_devices: str) -> torch.device:
+    """This process's main device: each rank's own GPU (``cuda:LOCAL_RANK``; with ``placement =
+    "spread"`` and no ``peer_devices``, the first of the GPUs it spreads over); CPU ranks share the
+    CPU. ``dist`` is the :class:`~wml_framework.runtime.distributed.Context` of this process."""
+    if device.type == "cuda" and placement == SPREAD and not device_names(peer_devices):
+        return rank_devices([], torch.device("cuda", 0))[0]      # one process (several are refused before work)
+    if device.type == "cuda" and dist.active:
+        return torch.device("cuda", dist.local_rank)
+    return device

@@ -62,6 +62,9 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
         "peers": peers, "omega": omega, "ensemble_val_loss": final["ensemble_val_loss"],
         "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
         "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
+        # run observers that raised and were not called again (the training itself is unaffected)
+        "observer_failures": [{k: f[k] for k in ("plugin", "event", "step", "error")}
+                              for f in loop.host.observer_failures(run_dir)],
         "config": {k: cfg[k] for k in ("init", "updater", "loss", "hypergradient")},
         "teacher": None if teacher is None else {
             "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
@@ -96,7 +99,14 @@ def print_summary(summary: dict, log) -> None:
         log(f"{p['name']:<10} {p['parameters']:>10,} {p['omega']:>7.3f} {p['val_loss']:>14.4f}{mark}")
     log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>14.4f}")
     best_single = min(p["val_loss"] for p in summary["peers"])
-    verdict = "below" if summary["ensemble_val_loss"] < best_single else "NOT below"
-    log(f"ensemble held-out loss is {verdict} every single peer's ({summary['ensemble_val_loss']:.4f} vs best {best_single:.4f})")
+    ens, best = f"{summary['ensemble_val_loss']:.4f}", f"{best_single:.4f}"
+    # compared as printed: values that print alike are called equal, never "below" or "NOT below"
+    verdict = ("equal to the best single peer's" if ens == best else
+               "below every single peer's" if summary["ensemble_val_loss"] < best_single else "NOT below every single peer's")
+    log(f"ensemble held-out loss is {verdict} ({ens} vs best {best})")
     uniform = 1.0 / len(summary["omega"])
     log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
+    for f in summary.get("observer_failures", []):
+        at = f" at step {f['step']}" if f.get("step") is not None else ""
+        log(f"warning: run observer plugin {f['plugin']!r} failed on event {f['event']!r}{at} ({f['error']}) and heard "
+            "nothing after it; the training and its outputs are complete")

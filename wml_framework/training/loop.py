@@ -29,8 +29,8 @@ from ..runtime.atomic import append_jsonl, fsync_file
 from .callbacks import TrainerControl, TrainerState, dispatch
 from ..config import WMLConfig
 from ..evaluation.heldout import heldout_losses
-from ..plugin_system.guards import NonFiniteOmega
-from ..plugin_system.host import PluginHost
+from ..plugin_system.guards import NonFiniteOmega, at_step
+from ..plugin_system.host import PluginError, PluginHost
 from ..runtime.run_layout import RunLayout
 from .forward import autocast_for, deterministic_forward
 from .loop_settings import LoopSettings
@@ -234,11 +234,11 @@ class TrainingLoop:
         kept = [[p.grad for p in peer.parameters()] for peer in self.peers]
         for peer in self.peers:
             peer.zero_grad(set_to_none=True)
-        problem = None
+        problem, refused = None, None
         try:
             result = self.updater.step(ctx)
         except NonFiniteOmega as exc:
-            problem = exc.problem
+            problem, refused = exc.problem, exc
         finally:
             for peer, grads in zip(self.peers, kept):
                 for p, g in zip(peer.parameters(), grads):
@@ -246,9 +246,18 @@ class TrainingLoop:
         if self.dist.active:          # skipped on one rank: skipped on all (the collectives stay in step)
             problem = next((p for p in self.dist.gather(problem) if p is not None), None)
         if problem is not None:
+            st.nonfinite_outer += 1
+            if st.nonfinite_outer >= c.nonfinite_patience:
+                who = (f"plugin {refused.plugin!r} ({refused.hook})" if refused is not None
+                       else "the updater (on another process of the run)")
+                raise TrainingError(
+                    f"{who} returned a non-finite ω in {st.nonfinite_outer} consecutive outer steps (the last at "
+                    f"step {st.step + 1}: {problem}); stopping. The checkpoints before it are intact: fix the "
+                    "updater (or what feeds it: a diverging peer, a learning rate too high) and resume, or start again.")
             self.log(f"warning: step {st.step + 1}: outer step skipped, ω kept: {problem}")
             return {"kind": "outer", "step": st.step + 1, "omega": st.omega.tolist(), "eta": 0.0, "grad": None,
                     "val_loss": None, "info": {}, "skipped": problem}
+        st.nonfinite_outer = 0
         for note in self.updater.notes:
             if note not in self._noted:
                 self._noted.add(note)
@@ -284,6 +293,7 @@ class TrainingLoop:
         return {
             "step": st.step, "tokens": st.tokens, "omega": st.omega, "best_val": st.best_val,
             "bad_evals": st.bad_evals, "stopped_early": st.stopped_early, "nonfinite": list(st.nonfinite),
+            "nonfinite_outer": st.nonfinite_outer,
             "peer_configs": [p.config.to_dict() for p in self.peers],
             "peers": [p.state_dict() for p in self.peers],
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -306,7 +316,8 @@ class TrainingLoop:
             torch.cuda.set_rng_state_all(s["cuda_rng"])  # dropout masks on the GPU resume identically
         self.state = TrainState(step=s["step"], tokens=s["tokens"], omega=s["omega"], best_val=s["best_val"],
                                 bad_evals=s["bad_evals"], stopped_early=s["stopped_early"],
-                                nonfinite=list(s.get("nonfinite", [0] * len(self.peers))))
+                                nonfinite=list(s.get("nonfinite", [0] * len(self.peers))),
+                                nonfinite_outer=int(s.get("nonfinite_outer", 0)))
 
     def resume(self, s: dict) -> None:
         """Continue from checkpoint ``s``: its state, and this loop's records cut back to its step
@@ -339,7 +350,8 @@ class TrainingLoop:
         run on every rank (they see the same, reduced, records, so a callback's stop or save is the
         same decision everywhere)."""
         if self.dist.is_main and self.settings.announced:
-            self.host.emit(event, {**payload, "run_dir": str(self.run_dir), "total_steps": self.settings.max_steps})
+            self.host.emit(event, {**payload, "run_dir": str(self.run_dir), "total_steps": self.settings.max_steps},
+                           log=self.log)
         if self.callbacks:
             dispatch(self.callbacks, event, payload, self.trainer_state(), self.control)
         if self.dist.active and self.callbacks:   # a callback's decision on one rank is every rank's
@@ -374,7 +386,7 @@ class TrainingLoop:
         with interrupts.handling(), _restoring_threads(threads_before):
             self._emit(Event.RUN_START, {"step": st.step, "num_peers": len(self.peers)})
             if st.step == 0:
-                with interrupts.deferred():
+                with interrupts.deferred(), self._naming_the_step(0):
                     self._log(self.evaluate())
                     self.save_checkpoint()  # from here on the run resumes instead of rebuilding its peers
                 self._stop_if_signalled()
@@ -390,33 +402,42 @@ class TrainingLoop:
         """One optimizer step of every peer, as :meth:`train` takes it: every ``outer_every`` steps
         an ω update comes between the backward and the optimizer step (so it describes the step
         being taken); then the records, and the evaluation and checkpoint when they are due."""
-        c, s, st, ctl = self.cfg, self.settings, self.state, self.control
-        self.threads.before_step()
-        t0 = time.perf_counter()
-        outer_due = self.updater.needs_validation and (st.step + 1) % c.outer_every == 0
-        omega_used = st.omega.tolist()
-        means, last = self.accumulate(capture=outer_due and self.offers_inner_gradients)
-        outer = self.outer_step(last) if outer_due else None
-        means = means.cpu()
-        skipped = self.optimizer_steps(means[2])
-        st.tokens += s.num_batches * c.batch_size * c.block_size
-        record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "lr": self.lr(st.step),
-                  "ce": finite_or_none(means[0].tolist()), "kl": finite_or_none(means[1].tolist()),
-                  "loss": finite_or_none(means[2].tolist()), "omega": omega_used, "skipped": skipped,
-                  "tokens_per_s": s.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)}
-        self.threads.after_step(time.perf_counter() - t0, comparable=outer is None)
-        record["threads"] = torch.get_num_threads()
-        st.step += 1
-        self._log(record)
-        if outer is not None:
-            self._log(outer)
-        if st.step % s.eval_interval == 0 or st.step == s.max_steps or ctl.should_evaluate:
-            ctl.should_evaluate = False
-            self._evaluate_and_log()
-        if (st.step % c.checkpoint_interval == 0 or st.step == s.max_steps or st.stopped_early
-                or ctl.should_save or ctl.should_stop):
-            ctl.should_save = False
-            self.save_checkpoint()
+        with self._naming_the_step(self.state.step + 1):
+            c, s, st, ctl = self.cfg, self.settings, self.state, self.control
+            self.threads.before_step()
+            t0 = time.perf_counter()
+            outer_due = self.updater.needs_validation and (st.step + 1) % c.outer_every == 0
+            omega_used = st.omega.tolist()
+            means, last = self.accumulate(capture=outer_due and self.offers_inner_gradients)
+            outer = self.outer_step(last) if outer_due else None
+            means = means.cpu()
+            skipped = self.optimizer_steps(means[2])
+            st.tokens += s.num_batches * c.batch_size * c.block_size
+            record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "lr": self.lr(st.step),
+                      "ce": finite_or_none(means[0].tolist()), "kl": finite_or_none(means[1].tolist()),
+                      "loss": finite_or_none(means[2].tolist()), "omega": omega_used, "skipped": skipped,
+                      "tokens_per_s": s.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)}
+            self.threads.after_step(time.perf_counter() - t0, comparable=outer is None)
+            record["threads"] = torch.get_num_threads()
+            st.step += 1
+            self._log(record)
+            if outer is not None:
+                self._log(outer)
+            if st.step % s.eval_interval == 0 or st.step == s.max_steps or ctl.should_evaluate:
+                ctl.should_evaluate = False
+                self._evaluate_and_log()
+            if (st.step % c.checkpoint_interval == 0 or st.step == s.max_steps or st.stopped_early
+                    or ctl.should_save or ctl.should_stop):
+                ctl.should_save = False
+                self.save_checkpoint()
+
+    @contextlib.contextmanager
+    def _naming_the_step(self, step: int):
+        """A plugin's error inside the block says which step it came at (``…, at step 4: …``)."""
+        try:
+            yield
+        except PluginError as exc:
+            raise at_step(exc, f"teacher step {step}" if self.settings.model == "teacher" else f"step {step}") from exc
 
     def _stop_if_signalled(self) -> None:
         if self.dist.active:          # a signal to one rank stops them all, at the same step

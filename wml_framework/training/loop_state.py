@@ -16,7 +16,8 @@ __all__ = ["TrainingError", "TrainState", "LastMicroBatch"]
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a model keeps producing non-finite values); says which model and step."""
+    """Training cannot go on (a model, or the updater, keeps producing non-finite values); says which
+    model or updater plugin, and the step."""
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainState:
     bad_evals: int = 0
     stopped_early: bool = False
     nonfinite: list = field(default_factory=list)   # per model: consecutive steps skipped for NaN/inf
+    nonfinite_outer: int = 0                         # consecutive outer steps skipped for a non-finite ω
 
 
 @dataclass

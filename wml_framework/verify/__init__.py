@@ -46,6 +46,7 @@ class CheckResult:
     tolerance: Optional[float]
     passed: bool
     detail: str = ""
+    note: str = ""      # what the check could not cover (printed once as a note, whether it passed or not)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,9 +87,10 @@ class _Recorder:
         except Exception as exc:  # noqa: BLE001 - a raising plugin is a failed check, named
             self.fail(check, tol, exc)
 
-    def run_many(self, group: str, tol: float, fn: Callable[[], dict]) -> None:
+    def run_many(self, group: str, tol: float, fn: Callable[[], dict], notes: Optional[list] = None) -> None:
         """Several values computed together, one row each (a value may come with where its worst
-        case was); if the computation raises, one failed row."""
+        case was); if the computation raises, one failed row. ``notes`` (filled by ``fn``) go on every row."""
+        first = len(self.results)
         try:
             for check, value in fn().items():
                 err, where = value if isinstance(value, tuple) else (value, "")
@@ -97,6 +99,8 @@ class _Recorder:
                 self.add(f"{group}: {check}", err, tol, detail)
         except Exception as exc:  # noqa: BLE001
             self.fail(group, tol, exc)
+        for row in self.results[first:]:
+            row.note = "; ".join(notes or [])
 
 
 def _library_dirs() -> tuple:
@@ -154,8 +158,11 @@ def _check_loss(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
     rec.run("finite on ±1e4 logits (float32)", None, lambda: L.extreme(loss, torch.float32, seed))
     rec.run("finite on ±1e4 logits (bfloat16)", None, lambda: L.extreme(loss, torch.bfloat16, seed))
     for point in entry.references:
+        notes: list[str] = []
         rec.run_many(f"reference: {point.name}", point.tolerance,
-                     lambda point=point: L.check_reference(make, point, seed, lambda o: resolve_options(entry, o)))
+                     lambda point=point, notes=notes: L.check_reference(make, point, seed,
+                                                                        lambda o: resolve_options(entry, o), notes),
+                     notes)
     return rec.results
 
 
@@ -205,12 +212,19 @@ def _initial_reference(probs: "U.UpdaterProblems", point) -> dict[str, float]:
 
 
 def unverified(results: list[CheckResult], host: PluginHost) -> list[str]:
-    """Notes for the checked losses and updaters that declare no reference point: verify can tell
-    their gradients are consistent, not that they compute the function they were meant to."""
+    """Notes on what verify could not check: the losses and updaters that declare no reference point
+    (verify can tell their gradients are consistent, not that they compute the function they were
+    meant to), and the reference points held at a setting verify would otherwise vary."""
     checked = {(r.kind, r.name) for r in results if r.kind in ("loss", "updater")}
-    return [f"{kind} {name!r} declares no reference point: verify checked that it is self-consistent, not that "
-            "it computes the intended function (see docs/plugins.md §10)"
-            for kind, name in sorted(checked) if not host.get(kind, name).references]
+    notes = [f"{kind} {name!r} declares no reference point: verify checked that it is self-consistent, not that "
+             "it computes the intended function (see docs/plugins.md §10)"
+             for kind, name in sorted(checked) if not host.get(kind, name).references]
+    for r in results:
+        for note in filter(None, r.note.split("; ")):
+            line = f"{r.kind} {r.name!r}: {note} (see docs/plugins.md §10)"
+            if line not in notes:
+                notes.append(line)
+    return notes
 
 
 def run_checks(host: Optional[PluginHost] = None, *, seed: int = 0, names: Optional[list[str]] = None) -> list[CheckResult]:

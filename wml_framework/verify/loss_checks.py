@@ -10,7 +10,7 @@ Reference points: what the plugin declared it equals, at T = 1 and two other set
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,9 +21,12 @@ from .problems import LOSS_VARIANTS, LossCase, fd_error, loss_cases, make_config
 
 __all__ = ["FD_STEP", "Failed", "call", "grad", "result_shapes", "grad_logits_fd", "stop_gradient",
            "grad_omega_fd", "mixed_fd", "mixed_closed_form", "logit_grads_fd", "ignored_positions",
-           "token_mean", "extreme", "reference_values", "check_reference", "split_settings"]
+           "token_mean", "extreme", "reference_values", "check_reference", "computed_with", "split_settings",
+           "VARIED"]
 
 FD_STEP = 1e-5
+#: the config keys verify varies itself (LOSS_VARIANTS): a reference point need not pin them
+VARIED = tuple(LOSS_VARIANTS[0])
 
 
 class Failed(Exception):
@@ -257,15 +260,36 @@ def reference_values(loss, p: LossCase, expected: dict) -> dict[str, float]:
     return out
 
 
-def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: Callable = dict) -> dict[str, float]:
+def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: Callable = dict,
+                    notes: Optional[list] = None) -> dict[str, float]:
     """Worst error per compared value over every problem and every setting of LOSS_VARIANTS.
 
-    ``make(config, options)`` creates the loss; ``resolve(options)`` fills in the declared defaults."""
+    ``make(config, options)`` creates the loss; ``resolve(options)`` fills in the declared defaults.
+    A setting LOSS_VARIANTS varies that the point pins (``"temperature": 1.0``) is still varied when
+    the point's values change with it (the point computes with it, so it holds at any value; pinned,
+    a loss missing its T² would pass at T = 1): the point is checked at the pinned value and at
+    verify's others. A pinned setting the point's values do not change with is kept, and a line
+    saying what goes unchecked is appended to ``notes``."""
     config_keys, options = split_settings(point)
     options = resolve(options)
-    worst: dict[str, tuple] = {}
+    released = computed_with(point, config_keys, options, seed)
+    if notes is not None:
+        for key in sorted(released):
+            notes.append(f"reference point {point.name!r} pins {key} = {config_keys[key]!r} but computes with it: "
+                         f"it is checked at {key} = {config_keys[key]!r} and at verify's other values")
+        for key in sorted(set(config_keys) & set(VARIED) - released):
+            notes.append(f"reference point {point.name!r} pins {key} = {config_keys[key]!r} and its values do not "
+                         f"change with it, so it is checked at {key} = {config_keys[key]!r} only: a loss that "
+                         f"mishandles {key} (a missing T², a swapped α) can pass it")
+    settings_list: list[dict] = []
     for variant in LOSS_VARIANTS:
-        cfg = make_config(3, **{**variant, **config_keys})
+        for free in ((), released):
+            settings = {**variant, **{k: v for k, v in config_keys.items() if k not in free}}
+            if settings not in settings_list:
+                settings_list.append(settings)
+    worst: dict[str, tuple] = {}
+    for settings in settings_list:
+        cfg = make_config(3, **settings)
         loss = make(cfg, options)
         for case in loss_cases(seed):
             expected = point.expected(case.as_problem(cfg, options))
@@ -274,6 +298,38 @@ def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: C
                     where = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("temperature", "loss_alpha", "kd_temperature", "kd_alpha"))
                     worst[key] = (err, f"worst at M={len(case.logits)}, {where}")
     return worst
+
+
+def computed_with(point: ReferencePoint, config_keys: dict, options: dict, seed: int) -> set[str]:
+    """The settings of VARIED that ``point`` pins and computes with: moving one to another value
+    verify tries changes what the point returns on some problem. A point that raises at the other
+    value needs its pin (it is kept)."""
+    found = set()
+    for key in sorted(set(config_keys) & set(VARIED)):
+        other = next(v[key] for v in LOSS_VARIANTS if v[key] != config_keys[key])
+        pinned = make_config(3, **{**LOSS_VARIANTS[0], **config_keys})
+        moved = make_config(3, **{**LOSS_VARIANTS[0], **config_keys, key: other})
+        try:
+            if any(_differ(point.expected(case.as_problem(pinned, options)), point.expected(case.as_problem(moved, options)))
+                   for case in loss_cases(seed)):
+                found.add(key)
+        except Exception:  # noqa: BLE001 - it cannot compute at the other value: it needs the pin
+            continue
+    return found
+
+
+def _differ(a, b) -> bool:
+    """Whether two reference values (dicts, lists, arrays, numbers) differ anywhere."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        return not (isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys()) or any(
+            _differ(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and any(isinstance(x, (list, tuple, np.ndarray)) for x in a):
+        return not isinstance(b, (list, tuple)) or len(a) != len(b) or any(_differ(x, y) for x, y in zip(a, b))
+    try:
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):
+        return a != b
+    return x.shape != y.shape or not np.array_equal(x, y)
 
 
 def split_settings(point: ReferencePoint) -> tuple[dict, dict]:

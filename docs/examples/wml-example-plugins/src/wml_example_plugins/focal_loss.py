@@ -58,14 +58,16 @@ def make_focal_wml(cfg, *, gamma: float) -> FocalWML:
 
 
 def equals_wml(problem) -> dict:
-    """At γ = 0 the loss is wml_reference's WML loss: values, parts and gradients."""
+    """At γ = 0 the loss is wml_reference's WML loss: values, every part it reports, and gradients.
+    The temperature and α are the problem's (verify tries three of each), never pinned here."""
     import wml_reference as R
 
     c, zs, y, w = problem.config, problem.logits, problem.labels, problem.omega
     kl = np.array([[R.kl_div(zs[j], zs[i], y, c.temperature) if i != j else 0.0 for j in range(len(zs))]
                    for i in range(len(zs))])
     return {"per_peer": R.wml_losses(zs, y, w, c.loss_alpha, c.temperature),
-            "kl": kl @ w, "grad_logits": R.wml_losses_grad(zs, y, w, c.loss_alpha, c.temperature),
+            "ce": [R.cross_entropy(z, y) for z in zs], "kl": kl @ w,
+            "grad_logits": R.wml_losses_grad(zs, y, w, c.loss_alpha, c.temperature),
             "grad_omega": c.loss_alpha * kl.sum(axis=0)}
 
 

@@ -1,0 +1,39 @@
+"""The plugin objects of one run (loss, updater, initializer), made and checked before any work:
+a factory that rejects its settings fails before the teacher trains, not hours later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api import Loss, Updater
+from ..config import WMLConfig
+from ..evaluation.scoring import make_evaluators
+from ..plugin_system.guards import checked_initializer, checked_loss, checked_updater
+from ..plugin_system.host import PluginHost
+from .teacher import TEACHER_LOSS, TEACHER_UPDATER
+
+__all__ = ["RunPlugins", "create_plugins"]
+
+
+@dataclass
+class RunPlugins:
+    """The plugin objects of one run, made before any work."""
+
+    loss: Loss
+    updater: Updater
+    initializer: object
+
+
+def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
+    """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
+    arguments fails here, before the teacher is trained."""
+    options = cfg.plugin_options
+    loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
+    updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
+    initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
+    make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
+    if not cfg.teacher:                  # the teacher's own loss and updater, before its training is due
+        host.get("loss", TEACHER_LOSS), host.get("updater", TEACHER_UPDATER)
+    return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
+                      checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count),
+                      checked_initializer(initializer, host.get("initializer", cfg.init)))
