@@ -25,14 +25,13 @@ import torch
 
 from wml_framework.evaluation import minimal_pairs, models
 from wml_framework.evaluation.scoring import choose_threads
+from wml_framework.runtime.atomic import replace_doc_section
 from wml_framework.text.corpus import default_blimp_dir
 from wml_framework.text.tokenizer import encode_with_bos
 from wml_framework.text.tokens import prepare
-from wml_framework.runtime.atomic import replace_doc_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic models the tests use
 from eval_synthetic import repeat_pairs, tiny_llama  # noqa: E402
-
 
 
 def replace_section(doc: Path, body: str) -> None:

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from wml_framework.text.tokenizer import train_tokenizer
 from wml_framework.runtime.atomic import atomic_write_json, atomic_write_text
+from wml_framework.text.tokenizer import train_tokenizer
 
 _NAMES = ["Alice", "Tom", "the queen", "the rabbit", "a girl", "the wolf", "some boys", "the king", "Gretel", "the cat"]
 _VERBS_SG = ["sees", "likes", "finds", "helps", "watches", "calls"]

@@ -50,8 +50,8 @@ def tiny_loop(tmp_path: Path, **changes):
     Returns (config, token data, loop)."""
     import numpy as np
     import torch
-
     from helpers_models import build, tiny_llama_config
+
     from wml_framework.plugin_system.host import PluginHost
     from wml_framework.runner import create_plugins
     from wml_framework.text.tokens import TokenData

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
+from run_helpers import read_metrics, tiny_config
 
 import wml_framework
-from run_helpers import read_metrics, tiny_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

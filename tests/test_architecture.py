@@ -159,6 +159,7 @@ def test_old_import_paths_still_work_with_a_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         from wml_framework.heldout import block_starts  # noqa: F401 - the path plugins were told to use
+
         from wml_framework import tokens
     from wml_framework.evaluation.heldout import block_starts as new
     from wml_framework.text.tokens import prepare_for

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from run_helpers import tiny_config
+
 from wml_framework import hookimpl
-from wml_framework.training import loop as trainer
 from wml_framework.plugin_system.host import PluginHost
 from wml_framework.runner import WMLTrainer
+from wml_framework.training import loop as trainer
 
 
 def cpu_bf16(device, bf16):

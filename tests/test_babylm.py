@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from run_helpers import TINY
+
 from wml_framework.cli import main
 from wml_framework.text.corpus import CorpusError, iter_documents, plan_corpus
 
@@ -132,7 +132,11 @@ def test_a_run_on_the_babylm_layout_uses_dev_as_its_held_out_text(babylm_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", ["peers/peer_0", "champion", "teacher"])
 def test_exported_folders_load_in_the_babylm_pipeline(babylm_run, folder):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from wml_framework.evaluation import minimal_pairs
 

@@ -9,7 +9,6 @@ Would catch: the captured share not divided by ``num_batches`` (the last micro-b
 from __future__ import annotations
 
 import torch
-
 from run_helpers import tiny_loop
 
 

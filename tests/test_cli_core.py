@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from click.testing import CliRunner
 
 from wml_framework import __version__

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from run_helpers import TINY, read_metrics, toy_corpus
+
 from wml_framework import config as cfgmod
 from wml_framework import hookimpl
 from wml_framework.api import LossResult
 from wml_framework.cli import main
-from wml_framework.compare import BUILTIN_METHODS, make_plan, parse_methods
+from wml_framework.compare import make_plan, parse_methods
 from wml_framework.compare.plan import check_or_save
 from wml_framework.compare.stats import mean_std, paired_difference
 from wml_framework.plugin_system.host import PluginHost

@@ -12,9 +12,9 @@ import math
 
 import pytest
 import torch
-
 from helpers_models import build, tiny_gpt2_config, tiny_llama_config
 from run_helpers import tiny_loop
+
 from wml_framework.api import Batch
 from wml_plugins.losses.wml import WMLLoss
 from wml_plugins.updaters.hypergrad import hypergradient

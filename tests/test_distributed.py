@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from run_helpers import TINY, read_metrics
 
 pytestmark = pytest.mark.slow          # real torchrun launches: the full suite only

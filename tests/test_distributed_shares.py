@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from run_helpers import tiny_loop
+
 from wml_framework.runtime import distributed
 from wml_framework.runtime.distributed import Context, DistributedError
 

@@ -10,14 +10,19 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from eval_synthetic import (
+    synthetic_pairs,
+    synthetic_sentences,
+    write_minimal_pairs,
+    write_synthetic_run,
+)
 
 from wml_framework import hookimpl
-from wml_framework.evaluation import minimal_pairs, models
-from wml_framework.text import tokenizer
 from wml_framework.cli import main
+from wml_framework.evaluation import minimal_pairs, models
 from wml_framework.plugin_system import host as plugins
 from wml_framework.plugin_system.host import PluginHost
-from eval_synthetic import synthetic_pairs, synthetic_sentences, write_minimal_pairs, write_synthetic_run
+from wml_framework.text import tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +171,23 @@ def test_merging_keeps_models_scored_only_before():
     merged = merge_eval_results(old, new)
     assert merged["models"] == {"x": {"a": 1, "b": 3, "seconds": {"a": 0.1, "b": 0.2}}, "y": {"a": 2}}
     assert merge_eval_results(None, new) is new
+
+
+class NotCallableEvaluatorPlugin:
+    @hookimpl
+    def wml_register_evaluators(self, register):
+        register("not_callable", lambda cfg, **_options: 42)
+
+
+def test_an_evaluator_factory_that_makes_no_callable_is_named_as_what_failed(workspace, monkeypatch):
+    """Would catch: the failure blamed on the registration hook, which ran long before and succeeded."""
+    host = PluginHost()
+    monkeypatch.setattr(plugins, "_HOST", host)
+    host.register(NotCallableEvaluatorPlugin(), "not-callable-test")
+    result = CliRunner().invoke(main, ["eval", str(workspace["run"] / "champion"), "--evaluator", "not_callable"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "creating evaluator 'not_callable'" in result.output and "not callable: 42" in result.output
+    assert "wml_register_evaluators" not in result.output
 
 
 @pytest.mark.slow

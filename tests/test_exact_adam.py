@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from run_helpers import tiny_loop
+from test_hypergradient import linear_problem
 
 import wml_reference as R
-from test_hypergradient import linear_problem
-from run_helpers import tiny_loop
+from wml_framework.api import AdamPreconditioner
 from wml_framework.training.adam_precond import adam_preconditioner, peer_diagonal
-from wml_framework.api import AdamPreconditioner, Batch
 from wml_plugins.losses.wml import WMLLoss
 from wml_plugins.updaters.hypergrad import DOUBLE_VJP, JVP, hypergradient
 

@@ -17,15 +17,15 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from click.testing import CliRunner
-
 from run_helpers import TINY, read_metrics
-from wml_framework.plugin_system import host as plugins
+
 from wml_framework.cli import main
+from wml_framework.plugin_system import host as plugins
 from wml_framework.plugin_system.host import PluginHost
 from wml_framework.verify import run_checks
 
@@ -124,10 +124,10 @@ def test_the_example_updater_reports_the_outer_objective_of_the_contract(example
     Would catch: an outer objective a plugin cannot reach through the contract, or one that differs
     from wml_reference's (a mixture of probabilities instead of logits, ω ignored, a sum for a mean)."""
     import torch
+    from wml_example_plugins.softmax_ema import make_softmax_ema
 
     import wml_reference as R
     from wml_framework.verify.problems import make_config, outer_case
-    from wml_example_plugins.softmax_ema import make_softmax_ema
 
     for M in (1, 3):
         cfg = make_config(M)
@@ -143,12 +143,14 @@ def test_the_example_updater_reports_the_outer_objective_of_the_contract(example
     pytest.param("kl_i = kl_i + w[j] *", "gamma = 0 equals wml_reference", marks=pytest.mark.slow),  # ω ignored
     pytest.param("* (T * T) / n", "gamma = 0 equals wml_reference", marks=pytest.mark.slow),         # T² dropped
     ("torch.pow(1.0 - log_p.exp(), self.gamma)", "gamma = 2: focal CE term"),   # γ ignored
+    ("ce.append(focal.detach())", "gamma = 0 equals wml_reference.wml_losses: ce"),  # the loss reported as its CE
 ])
 def test_a_wrong_formula_fails_verify_only_through_a_reference_point(example, tmp_path, mutation, failing):
     """Each mutant keeps its gradients consistent with its own values, so every generic check passes;
     only the reference points the plugin declared can tell it computes the wrong function."""
     replacement = {"KL_SIGN = 1.0": "KL_SIGN = -1.0", "kl_i = kl_i + w[j] *": "kl_i = kl_i + (1.0 / len(zs)) *",
-                   "* (T * T) / n": "/ n", "torch.pow(1.0 - log_p.exp(), self.gamma)": "torch.ones_like(log_p)"}
+                   "* (T * T) / n": "/ n", "torch.pow(1.0 - log_p.exp(), self.gamma)": "torch.ones_like(log_p)",
+                   "ce.append(focal.detach())": "ce.append(per_peer[-1].detach())"}
     src = EXAMPLE / "src" / "wml_example_plugins" / "focal_loss.py"
     text = src.read_text()
     assert mutation in text
@@ -164,6 +166,52 @@ def test_a_wrong_formula_fails_verify_only_through_a_reference_point(example, tm
     generic = [r for r in results if not r.check.startswith("reference")]
     assert generic and all(r.passed for r in generic), [(r.check, r.detail) for r in generic if not r.passed]
     assert any(not r.passed and failing in r.check for r in results)
+
+
+YOURS = """
+from wml_framework import hookimpl
+
+@hookimpl
+def wml_register_losses(register):
+    register("focal_wml", lambda cfg: None, help="your own focal loss")
+    register("yours", lambda cfg: None, help="another loss of yours")
+"""
+
+
+def test_your_own_plugin_named_like_an_example_one(example, monkeypatch):
+    """Your own ``focal_wml`` installed beside the example's: neither is used, in one line naming both
+    packages and which plugin to block; every other name of both stays usable; blocking the
+    example's plugin gives the name to yours; blocking the loss's name instead says which to block.
+
+    Would catch: either one silently winning (a run's results would depend on what else is
+    installed), the line printed once per plugin, the example's updater or your other loss lost,
+    or a block list naming a loss that silently blocks nothing."""
+    site = example / "site"
+    (site / "wml_example_plugins_yours.py").write_text(YOURS)
+    info = site / "yours-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: yours\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[wml]\nyour_focal = wml_example_plugins_yours\n")
+    monkeypatch.delenv("WML_BLOCK_PLUGINS", raising=False)
+
+    data = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).stdout)
+    names = {kind: {r["name"] for r in rows} for kind, rows in data["plugins"].items()}
+    assert "focal_wml" not in names["loss"] and {"yours", "wml"} <= names["loss"] and "softmax_ema" in names["updater"]
+    assert sorted((f["plugin"], f["reason"]) for f in data["failed"]) == [
+        ("example_focal", "name of two plugins"), ("your_focal", "name of two plugins")]
+    monkeypatch.setattr(plugins, "_HOST", None)
+    asked = CliRunner().invoke(main, ["config", "--loss", "focal_wml"])
+    assert asked.exit_code == 2 and asked.output.count("is registered by plugin") == 1, asked.output
+    assert "(wml-example-plugins 0.1.0)" in asked.output and "(yours 1.0)" in asked.output
+    assert "WML_BLOCK_PLUGINS=example_focal or WML_BLOCK_PLUGINS=your_focal" in asked.output
+
+    monkeypatch.setenv("WML_BLOCK_PLUGINS", "example_focal")
+    assert PluginHost().get("loss", "focal_wml").distribution == "yours 1.0"
+    monkeypatch.setenv("WML_BLOCK_PLUGINS", "focal_wml")
+    monkeypatch.setattr(plugins, "_HOST", None)
+    mistaken = CliRunner().invoke(main, ["config"])
+    assert mistaken.exit_code == 0, mistaken.output
+    assert "block the entry-point name 'example_focal' or 'your_focal' instead" in mistaken.stderr
 
 
 def test_the_docs_quote_the_example_files_verbatim():

@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers_models import tiny_gpt2_config, tiny_llama_config
 from transformers import AutoModelForCausalLM
 
 from wml_framework.plugin_system.host import get_host
-from helpers_models import tiny_gpt2_config, tiny_llama_config
 
 N_RANDOM = 60
 

@@ -7,18 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers_models import build, tiny_gpt2_config, tiny_llama_config
 from torch.func import functional_call
 
 import wml_reference as R
-from helpers_models import build, tiny_gpt2_config, tiny_llama_config
+from wml_framework.api import Batch, ensemble_loss, trainable_parameters
 from wml_framework.verify.problems import linear_peers
-from wml_framework.api import Batch
-from wml_plugins.updaters.hypergrad import DOUBLE_VJP, JVP, hypergradient
-from wml_plugins.updaters.hypergrad_modes import attn_implementation
 from wml_plugins.losses.ce import CELoss
-from wml_framework.api import ensemble_loss, trainable_parameters
 from wml_plugins.losses.kd import KDLoss
 from wml_plugins.losses.wml import WMLLoss
+from wml_plugins.updaters.hypergrad import DOUBLE_VJP, JVP, hypergradient
+from wml_plugins.updaters.hypergrad_modes import attn_implementation
 
 
 def linear_problem(M: int, seed: int):

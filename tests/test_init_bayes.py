@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from helpers_models import tiny_gpt2_config, tiny_llama_config
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from wml_framework import config as cfgmod
-from wml_framework.plugin_system.host import PluginError, get_host
 from wml_framework.api import peer_targets
+from wml_framework.plugin_system.host import PluginError, get_host
 from wml_plugins.init.bayes.search import search_shape
-from wml_plugins.init.bayes.space import ARCH, VARIABLES, SizingSpace, arch_key, grid_step, shape_key
-from helpers_models import tiny_gpt2_config, tiny_llama_config
+from wml_plugins.init.bayes.space import (
+    ARCH,
+    VARIABLES,
+    SizingSpace,
+    arch_key,
+    grid_step,
+    shape_key,
+)
 
 SEED_CARD = cfgmod.from_dict({}, check_plugins=False)   # bayesian_init_points 10, bayesian_n_iter 100
 

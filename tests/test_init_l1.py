@@ -7,15 +7,27 @@ import math
 
 import pytest
 import torch
+from helpers_models import (
+    build,
+    lm_batch,
+    lm_loss,
+    tiny_gpt2_config,
+    tiny_llama_config,
+    toy_corpus,
+    train_tiny,
+)
 from transformers import AutoModelForCausalLM
 
 from wml_framework import config as cfgmod
-from wml_framework.plugin_system.host import PluginError, get_host
 from wml_framework.api import peer_targets
-from wml_plugins.init.l1.importance import Importance, calibration_gradients, unit_importance
+from wml_framework.plugin_system.host import PluginError, get_host
+from wml_plugins.init.l1.importance import (
+    Importance,
+    calibration_gradients,
+    unit_importance,
+)
 from wml_plugins.init.l1.plan import min_kept, plan_pruning, smallest_parameters
 from wml_plugins.init.l1.slice import prune_model, select_units
-from helpers_models import build, lm_batch, lm_loss, tiny_gpt2_config, tiny_llama_config, toy_corpus, train_tiny
 
 DEFAULTS = cfgmod.from_dict({}, check_plugins=False)     # prune_importance 'l1', layer_bound 0.9
 VOCAB = 256

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers_models import (
+    build,
+    corpus_text,
+    tiny_gpt2_config,
+    tiny_llama_config,
+    toy_corpus,
+    word_tokenizer,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wml_framework.cli import main
-from helpers_models import build, corpus_text, tiny_gpt2_config, tiny_llama_config, toy_corpus, word_tokenizer
 
 VOCAB = 128
 

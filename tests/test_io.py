@@ -5,7 +5,13 @@ import stat
 
 import pytest
 
-from wml_framework.runtime.atomic import append_jsonl, atomic_directory, atomic_write_json, atomic_write_text, replace_doc_section
+from wml_framework.runtime.atomic import (
+    append_jsonl,
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    replace_doc_section,
+)
 
 
 def test_atomic_file_has_umask_mode_and_replaces(tmp_path):

@@ -16,13 +16,12 @@ import torch
 
 import wml_reference as R
 from wml_framework import config
-from wml_framework.api import LossResult
+from wml_framework.api import LossResult, ensemble_loss
 from wml_framework.plugin_system.host import get_host
-from wml_plugins.updaters.hypergrad import mixed_omega_grad_autograd
 from wml_plugins.losses.ce import CELoss
-from wml_framework.api import ensemble_loss
 from wml_plugins.losses.kd import KDLoss
 from wml_plugins.losses.wml import WMLLoss, wml_peer_losses
+from wml_plugins.updaters.hypergrad import mixed_omega_grad_autograd
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from run_helpers import read_metrics, tiny_loop
+
 from wml_framework import config as cfgmod
 from wml_framework.api import peer_logits
-from wml_framework.runtime.placement import assign, check_devices, device_names, peer_placement, rank_devices
+from wml_framework.runtime.placement import (
+    assign,
+    check_devices,
+    device_names,
+    peer_placement,
+    rank_devices,
+)
 
 
 def test_largest_peer_first_onto_the_least_loaded_device():

@@ -14,12 +14,12 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-
 from run_helpers import read_metrics, tiny_config
+
 from wml_framework import WMLTrainer, hookimpl
-from wml_framework.plugin_system import host as plugins
 from wml_framework.api import UpdateResult, uniform_omega
 from wml_framework.cli import main
+from wml_framework.plugin_system import host as plugins
 from wml_framework.plugin_system.host import PluginError, PluginHost
 
 
@@ -358,6 +358,7 @@ def test_an_updaters_own_notes_and_the_guards_are_each_logged_once(tmp_path):
     """Would catch: the run reading notes only from the guard (a plugin's own warnings lost), or
     logging a note at every outer step."""
     from run_helpers import tiny_loop
+
     from wml_framework.plugin_system.guards import checked_updater
 
     class Noting(Updater):

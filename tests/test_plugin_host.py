@@ -6,7 +6,12 @@ import textwrap
 import pytest
 
 from wml_framework import hookimpl
-from wml_framework.plugin_system.host import KIND_HOOKS, PluginError, PluginHost, UnknownPluginError
+from wml_framework.plugin_system.host import (
+    KIND_HOOKS,
+    PluginError,
+    PluginHost,
+    UnknownPluginError,
+)
 
 
 def _fake_distribution(root, dist_name, module_name, body, ep_name):
@@ -287,13 +292,13 @@ def test_a_plugin_that_fails_in_one_hook_is_not_used_in_the_others():
 def test_asking_for_a_name_a_broken_plugin_would_provide_says_so(fake_site, monkeypatch):
     from click.testing import CliRunner
 
-    from wml_framework.plugin_system import host as plugins
     from wml_framework.cli import main
+    from wml_framework.plugin_system import host as plugins
 
     _fake_distribution(fake_site, "fake-wml-a", "fake_wml_a", PLUGIN_BODY, "sharpen_a")
     _fake_distribution(fake_site, "fake-wml-b", "fake_wml_b", PLUGIN_BODY.replace("test updater", "twin"), "sharpen_b")
-    monkeypatch.setattr(plugins, "_HOST", None)
     for args in (["config", "--updater", "sharpen"], ["config", "--set", "updater=sharpen"]):
+        monkeypatch.setattr(plugins, "_HOST", None)            # each command is a process of its own
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and "'sharpen'" in result.output, result.output
         assert "not loaded" in result.output and "registered by plugin 'sharpen_a'" in result.output

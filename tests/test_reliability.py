@@ -21,21 +21,20 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from run_helpers import TINY, read_metrics, tiny_config
-from wml_framework.runtime import checkpoint
+
 from wml_framework import hookimpl
-from wml_framework.plugin_system import host as plugins
 from wml_framework.api import LossResult
 from wml_framework.cli import main
+from wml_framework.plugin_system import host as plugins
 from wml_framework.plugin_system.host import PluginHost
 from wml_framework.runner import WMLTrainer
+from wml_framework.runtime import checkpoint
 from wml_framework.training.loop import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from kill_resume import differences  # noqa: E402
-
 
 SMALL = dict(max_steps=8, lr_decay_iters=8, eval_interval=4, checkpoint_interval=2, teacher_steps=12, blimp="")
 
@@ -428,23 +427,17 @@ def test_a_resume_keeps_the_early_stopping_state(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_sigterm_to_a_real_process_checkpoints_and_exits_143(tmp_path, corpus):
-    import time
-
-    cfg = _cli_config(tmp_path, corpus, max_steps=400, lr_decay_iters=400, checkpoint_interval=1000)
+    """SIGTERM (what a scheduler sends) arrives during step 3 of a real ``wml run`` process, between
+    two periodic checkpoints. Would catch: a signal that kills the process mid-step, a stop that loses
+    the steps since the last checkpoint, an exit code a scheduler would not read as "terminated"."""
+    cfg = _cli_config(tmp_path, corpus, checkpoint_interval=1000)
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "wml_framework.cli", "run", "--config", str(cfg), "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (run / "metrics.jsonl").exists() and '"kind": "train"' in (run / "metrics.jsonl").read_text():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at_event.py"), "SIGTERM@train:step=3",
+                           "run", "--config", str(cfg), "--out", str(run)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 143, proc.stderr[-2000:]
     steps = [r["step"] for r in read_metrics(run) if r["kind"] == "train"]
-    assert checkpoint.load(run)["step"] == steps[-1] > 0          # nothing since the last step is lost
-    assert f"wml run --resume {run}" in err
+    assert checkpoint.load(run)["step"] == steps[-1] == 3          # nothing since the last step is lost
+    assert f"wml run --resume {run}" in proc.stderr
 
 
 # ------------------------------------------------------------------ bad input: one line, non-zero exit, no partial output

@@ -9,14 +9,20 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from eval_synthetic import synthetic_sentences, write_synthetic_run
 from matplotlib.colors import to_hex
 
 from wml_framework.cli import main
 from wml_framework.evaluation.scoring import evaluate, write_eval_json
 from wml_framework.report import write_report
-from wml_framework.report.plots import ENSEMBLE_COLOR, PLOTS, TEACHER_COLOR, make_figures, peer_color
+from wml_framework.report.plots import (
+    ENSEMBLE_COLOR,
+    PLOTS,
+    TEACHER_COLOR,
+    make_figures,
+    peer_color,
+)
 from wml_framework.report.run_data import load_run_data, result_rows
-from eval_synthetic import synthetic_sentences, write_synthetic_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

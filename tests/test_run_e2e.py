@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from run_helpers import TINY, tiny_config
+from run_helpers import read_metrics as _read_metrics
 
 from wml_framework import hookimpl, runner
 from wml_framework.cli import main
 from wml_framework.plugin_system.host import PluginHost
-
-from run_helpers import TINY, read_metrics as _read_metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -162,27 +162,18 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_ctrl_c_then_resume_from_the_command_line(tmp_path, corpus):
-    """A real interrupt (SIGINT) mid-run: exit 130 with the resume hint, then --resume finishes it."""
-    import signal
-    import time
-
+    """A real interrupt (SIGINT, as Ctrl-C sends) during step 10: exit 130 with the resume hint, then
+    --resume finishes it. The moment is an event of the run (its 10th step), not a time."""
     cfg_file = tmp_path / "tiny.toml"
-    values = {**TINY, "max_steps": 150, "lr_decay_iters": 150, "blimp": ""}
+    values = {**TINY, "max_steps": 24, "lr_decay_iters": 24, "blimp": ""}
     cfg_file.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
     run_dir = tmp_path / "sigint"
     env = {**os.environ, "WML_CACHE_DIR": str(tmp_path / "cache")}
     base = [sys.executable, "-m", "wml_framework.cli", "run"]
-    proc = subprocess.Popen([*base, "--config", str(cfg_file), "--corpus", str(corpus), "--out", str(run_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and sum(1 for line in metrics.read_text().splitlines() if '"kind": "train"' in line) >= 10:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    killer = [sys.executable, str(Path(__file__).parent / "kill_at_event.py"), "SIGINT@train:step=10", "run"]
+    proc = subprocess.run([*killer, "--config", str(cfg_file), "--corpus", str(corpus), "--out", str(run_dir)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    err = proc.stderr
     assert proc.returncode == 130, err[-2000:]
     assert f"wml run --resume {run_dir}" in err
     assert not (run_dir / "summary.json").exists()
@@ -190,9 +181,9 @@ def test_ctrl_c_then_resume_from_the_command_line(tmp_path, corpus):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed at step" in done.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 150
+    assert summary["steps"] == 24
     steps = [r["step"] for r in _read_metrics(run_dir) if r["kind"] == "train"]
-    assert steps == list(range(1, 151)), "every step logged exactly once across the interruption"
+    assert steps == list(range(1, 25)), "every step logged exactly once across the interruption"
 
 
 @pytest.mark.slow

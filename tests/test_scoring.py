@@ -10,15 +10,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from eval_synthetic import (
+    save_model,
+    synthetic_sentences,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_tokenizer,
+    write_synthetic_run,
+)
 
 from wml_framework.evaluation import heldout, minimal_pairs, run_reader
-
-from wml_framework.text import tokenizer
 from wml_framework.evaluation import models as wml_models
 from wml_framework.runtime.run_layout import RunLayout
+from wml_framework.text import tokenizer
 from wml_framework.text.corpus import default_blimp_dir
-from eval_synthetic import (save_model, synthetic_sentences, tiny_gpt2, tiny_llama, tiny_tokenizer,
-                                        write_synthetic_run)
 
 TOL = 1e-4
 
@@ -170,17 +175,17 @@ def test_accuracy_per_file_per_uid_and_macro_average():
              P("g", "b", "file_a", 4, "u2"), P("g", "b", "file_b", 1, "u3"), P("g", "b", "file_b", 2, "u3"),
              P("g", "b", "file_b", 3, "u3")]
     good = np.array([-1.0, -5.0, -2.0, -3.0, -1.0, -1.0, -4.0])
-    bad = np.array([-2.0, -4.0, -2.0, -4.0, -2.0, -2.0, -5.0])  # pair 3 is a tie: a tie fails
+    bad = np.array([-2.0, -4.0, -2.0, -4.0, -2.0, -2.0, -5.0])  # pair 3 is a tie: the good sentence is chosen
     s = minimal_pairs.summarize_pairs(pairs, good, bad)
-    assert s["files"]["file_a"] == {"pairs": 4, "correct": 2, "accuracy": 0.5}
+    assert s["files"]["file_a"] == {"pairs": 4, "correct": 3, "accuracy": 0.75}
     assert s["files"]["file_b"] == {"pairs": 3, "correct": 3, "accuracy": 1.0}
-    assert s["uids"]["u1"]["accuracy"] == 0.5 and s["uids"]["u2"]["accuracy"] == 0.5 and s["uids"]["u3"]["accuracy"] == 1.0
+    assert s["uids"]["u1"]["accuracy"] == 0.5 and s["uids"]["u2"]["accuracy"] == 1.0 and s["uids"]["u3"]["accuracy"] == 1.0
     assert s["paradigm_key"] == "UID"
-    assert s["macro_accuracy"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
-    assert s["micro_accuracy"] == pytest.approx(5 / 7) and s["correct"] == 5 and s["pairs"] == 7
+    assert s["macro_accuracy"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert s["micro_accuracy"] == pytest.approx(6 / 7) and s["correct"] == 6 and s["pairs"] == 7
     no_uid = [P(p.good, p.bad, p.file, p.line) for p in pairs]
     s2 = minimal_pairs.summarize_pairs(no_uid, good, bad)
-    assert s2["paradigm_key"] == "file" and s2["uids"] == {} and s2["macro_accuracy"] == pytest.approx(0.75)
+    assert s2["paradigm_key"] == "file" and s2["uids"] == {} and s2["macro_accuracy"] == pytest.approx(0.875)
 
 
 def test_limit_is_per_file_and_sources_are_checked(tmp_path):
@@ -350,3 +355,35 @@ def test_babylm_predictions_have_the_submission_format():
     assert out == {"blimp": {"transitive": {"predictions": [{"id": "transitive_0", "pred": " g0"},
                                                               {"id": "transitive_1", "pred": " b1"}]}},
                    "blimp_supplement": {"turn_taking": {"predictions": [{"id": "turn_taking_0", "pred": " g0"}]}}}
+
+
+def test_a_tie_chooses_the_good_sentence_in_the_accuracy_and_in_the_predictions(tmp_path, tok, llama):
+    """One documented rule (docs/evaluation.md), the BabyLM pipeline's: a tie chooses the first
+    sentence of the pair, the good one. A model whose logits are all zero gives every sentence of n
+    tokens exactly n·log(1/V): pairs of one length tie exactly, a shorter sentence wins.
+
+    Would catch: an accuracy that counts a tie as wrong while the predictions file, from the same
+    scores, says the good sentence was chosen (or the other way round)."""
+    import copy
+
+    from wml_plugins.evaluators.minimal_pairs import MinimalPairsEvaluator
+
+    flat = copy.deepcopy(llama)
+    with torch.no_grad():
+        flat.get_output_embeddings().weight.zero_()
+    candidates = [("The cat sees the dog.", "The cat see the dog."), ("Alice likes the garden.", "Alice like the garden."),
+                  ("A dog runs.", "A dog run."), ("Tom sees it.", "Tom see it.")]
+    lengths = lambda pair: [len(ids) for ids in bos_ids(tok, pair)]   # noqa: E731
+    tied = next(p for p in candidates if len(set(lengths(p))) == 1)
+    longer_good = ("The cat sees the old dog in the garden.", "Cats see.")
+    assert lengths(longer_good)[0] > lengths(longer_good)[1]
+    write_jsonl(tmp_path / "pairs.jsonl", [json.dumps({"sentence_good": g, "sentence_bad": b}) for g, b in (tied, longer_good)])
+    good, bad = minimal_pairs.pair_logprobs(flat, tok, minimal_pairs.read_minimal_pairs(tmp_path).pairs)
+    assert good[0] == bad[0] and good[1] < bad[1]          # an exact tie, and a pair the bad sentence wins
+
+    evaluator = MinimalPairsEvaluator(tmp_path / "pairs.jsonl", predictions_dir=str(tmp_path / "preds"))
+    result = evaluator(flat, tok, name="flat")
+    preds = json.loads((tmp_path / "preds" / "flat.json").read_text())["blimp"]["pairs"]["predictions"]
+    assert [p["pred"] for p in preds] == [" " + tied[0], " " + longer_good[1]]
+    assert result["correct"] == 1 and result["micro_accuracy"] == 0.5
+    assert list(minimal_pairs.chooses_good(good, bad)) == [True, False]

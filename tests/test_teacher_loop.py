@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers_models import build, tiny_llama_config
 from run_helpers import read_metrics, tiny_config
+
 from wml_framework import config as cfgmod
 from wml_framework import hookimpl
 from wml_framework.plugin_system.host import PluginHost

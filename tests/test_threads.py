@@ -86,6 +86,7 @@ def test_parse_threads_refuses_what_is_not_a_count(spec):
 @pytest.mark.slow
 def test_a_run_restores_the_callers_thread_count(tmp_path, corpus):
     from run_helpers import tiny_config
+
     from wml_framework.runner import WMLTrainer
 
     torch.set_num_threads(1)

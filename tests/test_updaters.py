@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 import wml_reference as R
-from wml_framework.verify.problems import linear_peers
 from wml_framework import config
 from wml_framework.api import Batch, OuterContext
 from wml_framework.plugin_system.host import PluginError, get_host
-from wml_plugins.losses.wml import WMLLoss
 from wml_framework.training.schedules import warmup_cosine
+from wml_framework.verify.problems import linear_peers
+from wml_plugins.losses.wml import WMLLoss
 from wml_plugins.updaters.mirror import MirrorUpdater, mirror_step
 
 

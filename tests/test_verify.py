@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from wml_framework import hookimpl
-
-from wml_framework.plugin_system import host as plugins
 from wml_framework.api import LossResult, UpdateResult, uniform_omega
 from wml_framework.cli import main
+from wml_framework.plugin_system import host as plugins
 from wml_framework.plugin_system.host import PluginHost
 from wml_framework.verify import CheckResult, format_table, run_checks
 
@@ -286,16 +285,16 @@ def _constant_eta_mirror(cfg, num_peers):
 class BlindSpots:
     @hookimpl
     def wml_register_losses(self, register):
-        from wml_plugins.losses import references as loss_refs
         from wml_framework.api import ReferencePoint
+        from wml_plugins.losses import references as loss_refs
 
         register("offset-at-t1", OffsetAtUnitTemperature, references=[ReferencePoint("= wml_reference", loss_refs.wml)])
         register("shared-helper", lambda cfg: SharedWrongHelper())
 
     @hookimpl
     def wml_register_updaters(self, register):
-        from wml_plugins.updaters import references as upd_refs
         from wml_framework.api import ReferencePoint
+        from wml_plugins.updaters import references as upd_refs
 
         register("constant-eta", _constant_eta_mirror,
                  references=[ReferencePoint("= wml_reference", upd_refs.mirror_exact, {"loss": "wml"})])
@@ -343,8 +342,8 @@ def _adam_variant(broken: str):
 class BrokenAdam:
     @hookimpl
     def wml_register_updaters(self, register):
-        from wml_plugins.updaters import references as upd_refs
         from wml_framework.api import ReferencePoint
+        from wml_plugins.updaters import references as upd_refs
 
         for name in ("sgd", "sqrt"):
             register(f"adam-{name}", _adam_variant(name), references=[
@@ -362,3 +361,127 @@ def test_broken_adam_aware_hypergradients_fail_verify():
         assert not v[(name, "reference: = wml_reference: grad")].passed
         assert not v[(name, "reference: = differences: grad")].passed
         assert v[(name, "reference: = wml_reference: eta")].passed
+
+
+# ------------------------------------------------------------------ what a reference point's settings hide
+
+class WMLWithoutTSquared:
+    """The WML loss with its KL term missing the T² factor, in plain torch (so every generic check
+    passes): right at T = 1 only."""
+
+    needs_teacher = False
+
+    def __init__(self, cfg):
+        self.alpha, self.T = cfg.loss_alpha, cfg.temperature
+
+    def __call__(self, logits, labels, omega, teacher_logits=None):
+        zs, y = _ce_rows(logits, labels)
+        n, w, T = max(len(y), 1), omega.double(), self.T
+        targets = [F.log_softmax(z.detach() / T, -1) for z in zs]
+        per, ce, kl = [], [], []
+        for i, z in enumerate(zs):
+            ce_i = F.cross_entropy(z, y, reduction="sum") / n
+            log_s = F.log_softmax(z / T, -1)
+            kl_i = torch.zeros((), dtype=z.dtype)
+            for j, q in enumerate(targets):
+                if j != i:
+                    kl_i = kl_i + w[j] * (q.exp() * (q - log_s)).sum() / n      # no * T * T
+            per.append((1 - self.alpha) * ce_i + self.alpha * kl_i)
+            ce.append(ce_i.detach())
+            kl.append(kl_i.detach())
+        per = torch.stack(per)
+        return LossResult(per.sum(), per, torch.stack(ce), torch.stack(kl))
+
+
+def _wml_at_unit_temperature(p) -> dict:
+    """A point written for T = 1 only: its values do not change with the configured temperature."""
+    import wml_reference as R
+
+    return {"per_peer": R.wml_losses(p.logits, p.labels, p.omega, p.config.loss_alpha, 1.0)}
+
+
+class PinnedPoints:
+    @hookimpl
+    def wml_register_losses(self, register):
+        from wml_framework.api import ReferencePoint
+        from wml_plugins.losses import references as loss_refs
+        from wml_plugins.losses.wml import WMLLoss
+
+        pinned = ReferencePoint("= wml_reference", loss_refs.wml, {"temperature": 1.0})   # the docs' old example
+        register("no-t-squared", WMLWithoutTSquared, references=[pinned])
+        register("wml-pinned", WMLLoss.from_config, references=[
+            pinned, ReferencePoint("written for T = 1", _wml_at_unit_temperature, {"temperature": 1.0})])
+
+
+def test_a_reference_point_pinning_the_temperature_still_catches_a_missing_t_squared():
+    """Would catch (issue 21 §7): a point that pins ``"temperature": 1.0`` stopping verify from
+    varying T, so that a loss without its T² passed every check. A point that computes with T is
+    checked at verify's other temperatures too; one written for T = 1 only keeps its pin (no false
+    failure) and verify says what went unchecked."""
+    from wml_framework.verify import unverified
+
+    host = PluginHost()
+    host.register(PinnedPoints(), "pinned_points")
+    results = run_checks(host, names=["no-t-squared", "wml-pinned"])
+    v = _verdicts(results)
+    generic = [r for r in results if r.name == "no-t-squared" and not r.check.startswith("reference")]
+    assert generic and all(r.passed for r in generic)                       # self-consistent, as the issue says
+    for part in ("per_peer", "kl", "grad_logits (ω const)", "grad_omega"):
+        assert not v[("no-t-squared", f"reference: = wml_reference: {part}")].passed, part
+    assert v[("no-t-squared", "reference: = wml_reference: ce")].passed
+    assert "temperature=1.0," not in v[("no-t-squared", "reference: = wml_reference: per_peer")].detail  # found at T ≠ 1
+    right = [r for r in results if r.name == "wml-pinned"]
+    assert right and all(r.passed for r in right), [(r.check, r.detail) for r in right if not r.passed]
+    notes = unverified(results, host)
+    assert any("'wml-pinned'" in n and "'written for T = 1' pins temperature = 1.0" in n and "checked at temperature = 1.0 only" in n
+               for n in notes), notes
+    assert any("'no-t-squared'" in n and "computes with it" in n for n in notes), notes
+
+
+class CountingUpdater:
+    """ω = uniform at its first step, then ever further from it: a reused updater would show."""
+
+    needs_validation = True
+
+    def __init__(self, num_peers):
+        self.num_peers, self.calls = num_peers, 0
+
+    def initial_omega(self):
+        return uniform_omega(self.num_peers)
+
+    def step(self, ctx):
+        self.calls += 1
+        w = torch.arange(1, self.num_peers + 1, dtype=torch.float64) ** (self.calls - 1)
+        return UpdateResult(omega=w / w.sum(), info={"calls": self.calls})
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.calls = state["calls"]
+
+
+def _first_step_of_a_fresh_updater(problem) -> dict:
+    import numpy as np
+
+    M = len(problem.weights)
+    return {"omega": np.full(M, 1.0 / M), "info": {"calls": 1}}
+
+
+class Counting:
+    @hookimpl
+    def wml_register_updaters(self, register):
+        from wml_framework.api import ReferencePoint
+
+        register("counting", lambda cfg, M: CountingUpdater(M),
+                 references=[ReferencePoint("first step", _first_step_of_a_fresh_updater)])
+
+
+def test_every_updater_reference_point_is_checked_on_a_fresh_updater():
+    """docs/plugins.md §10 promises it: each problem (each M, each outer step) gets a new updater,
+    so a point describes one step from the initial state."""
+    host = PluginHost()
+    host.register(Counting(), "counting")
+    v = _verdicts(run_checks(host, names=["counting"]))
+    assert v[("counting", "reference: first step: omega")].passed
+    assert v[("counting", "reference: first step: omega")].max_rel_error == 0.0

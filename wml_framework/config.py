@@ -29,11 +29,16 @@ else:  # pragma: no cover
 import tomli_w
 
 from .api import Option
+from .plugin_system.host import PluginHost, get_host, resolve_options
+from .plugin_system.validation import (
+    ConfigError,
+    allowed,
+    close_matches,
+    validate_value,
+)
 from .runtime.atomic import atomic_write_text
 from .runtime.placement import device_names
 from .runtime.threads import parse_threads
-from .plugin_system.host import PluginHost, get_host, resolve_options
-from .plugin_system.validation import ConfigError, allowed, close_matches, validate_value
 
 __all__ = ["ConfigError", "PLURAL", "ALIASES", "NUMBER_AS_TEXT", "WMLConfig", "PRESETS", "FIELDS", "from_dict", "load",
            "read_toml", "parse_overrides", "dumps", "save", "markdown_table"]

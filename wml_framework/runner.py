@@ -24,6 +24,7 @@ from .evaluation.models import resolve_device, train_dtype
 from .evaluation.run_reader import read_jsonl
 from .evaluation.scoring import EvaluationError, evaluate, headline, write_eval_json
 from .plugin_system.host import PluginError, PluginHost
+from .report import write_report
 from .runtime import checkpoint, distributed, interrupts
 from .runtime.placement import SPREAD, check_devices, device_names, rank_device
 from .runtime.run_layout import RunLayout
@@ -35,11 +36,22 @@ from .training.callbacks import TrainerControl, TrainerState, dispatch
 from .training.export import export, print_summary, save_model, weights_fingerprint
 from .training.families import family_for
 from .training.loop import TrainingLoop, truncate_metrics
-from .training.peers import PeerPlan, build_peers, peers_from_configs, plan_peers, write_init_files
+from .training.peers import (
+    PeerPlan,
+    build_peers,
+    peers_from_configs,
+    plan_peers,
+    write_init_files,
+)
 from .training.run_plugins import RunPlugins, create_plugins
-from .training.teacher import (check_teacher_dir, load_teacher, load_teacher_config, new_teacher, teacher_config,
-                               train_teacher)
-from .report import write_report
+from .training.teacher import (
+    check_teacher_dir,
+    load_teacher,
+    load_teacher_config,
+    new_teacher,
+    teacher_config,
+    train_teacher,
+)
 
 __all__ = ["MIN_POSITIONS", "RESUME_KEYS", "RunError", "default_run_dir", "RunPlugins", "create_plugins",
            "WMLTrainer", "start", "resume"]
@@ -201,7 +213,8 @@ class WMLTrainer:
         """Announce a stage of the run to observers (``phase`` events) and callbacks (``on_phase``)."""
         payload = {"phase": name}
         if distributed.current().is_main:
-            self.host.emit(Event.PHASE, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps})
+            self.host.emit(Event.PHASE, {**payload, "run_dir": str(self.run_dir), "total_steps": self.cfg.max_steps},
+                           log=self.log)
         dispatch(self.callbacks, Event.PHASE, payload, self._phase_state(name), TrainerControl())
 
     def _phase_state(self, name: str) -> TrainerState:

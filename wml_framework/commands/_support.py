@@ -98,14 +98,14 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from ..runtime.distributed import DistributedError
         from ..evaluation.scoring import EvaluationError
         from ..plugin_system.host import PluginError, PluginSettingsError
-        from ..runtime.run_lock import RunLockedError
         from ..runner import RunError
+        from ..runtime.distributed import DistributedError
+        from ..runtime.run_lock import RunLockedError
         from ..training.families import UnknownFamilyError
-        from ..training.teacher import TeacherError
         from ..training.loop import TrainingError
+        from ..training.teacher import TeacherError
 
         try:
             with warnings.catch_warnings():

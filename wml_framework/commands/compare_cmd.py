@@ -28,8 +28,8 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
     the same peers, teacher, data order and token budget for several seeds, and compare them."""
     from .. import config as cfgmod
     from ..compare import make_plan, parse_methods, run_compare
-    from ..runtime.interrupts import Interrupted
     from ..plugin_system.host import PluginHost
+    from ..runtime.interrupts import Interrupted
 
     if loss or updater:
         raise click.UsageError("--loss and --updater are chosen by each method; name methods with --methods "

@@ -60,7 +60,12 @@ def command(path, blimp, corpus, limit, block_size, overrides, device, threads, 
     """Score a model folder, or a run's peers, ensemble and teacher, with every evaluator."""
     import torch
 
-    from ..evaluation.scoring import choose_threads, default_json_path, evaluate, write_eval_json
+    from ..evaluation.scoring import (
+        choose_threads,
+        default_json_path,
+        evaluate,
+        write_eval_json,
+    )
 
     try:
         n_threads = choose_threads(threads)

@@ -16,11 +16,11 @@ import click
 
 from .. import config as cfgmod
 from ..runtime.atomic import atomic_directory
-from ._support import host, one_line_errors, plugin_option, resolve_config
-from ..training.peers import build_peers, plan_peers, write_init_files
 from ..runtime.run_layout import peer_name
 from ..training.families import family_for
+from ..training.peers import build_peers, plan_peers, write_init_files
 from ..training.teacher import load_teacher_config
+from ._support import host, one_line_errors, plugin_option, resolve_config
 
 __all__ = ["calibration_batch", "save_peers", "format_table", "command"]
 

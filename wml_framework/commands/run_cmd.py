@@ -22,10 +22,9 @@ __all__ = ["command", "launch"]
 @one_line_errors
 def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, out, resume_dir, nproc) -> None:
     """Train a family of peers with weighted mutual learning."""
-    from ..runtime import distributed
-    from .. import runner
-
     from .. import config as cfgmod
+    from .. import runner
+    from ..runtime import distributed
     from ..runtime.interrupts import Interrupted
 
     log = distributed.main_only(lambda msg: click.echo(msg, err=True))  # progress to stderr, results to stdout

@@ -12,9 +12,9 @@ method and their 95% confidence intervals.
     plots.py    the comparison's figures
 """
 
+from .execute import run_compare
 from .methods import BUILTIN_METHODS, DEFAULT_METHODS, Method, parse_methods
 from .plan import ComparePlan, Member, make_plan
-from .execute import run_compare
 
 __all__ = ["BUILTIN_METHODS", "DEFAULT_METHODS", "Method", "parse_methods", "ComparePlan", "Member", "make_plan",
            "run_compare"]

@@ -16,16 +16,15 @@ from typing import Callable, Optional
 
 from .. import config as cfgmod
 from .. import hookimpl
+from ..evaluation.scoring import EvaluationError
+from ..plugin_system.host import PluginError, PluginHost
+from ..runner import RunError, WMLTrainer
 from ..runtime.atomic import atomic_write_json
-from ..plugin_system.host import PluginHost
 from ..runtime.run_layout import RunLayout, is_model_dir
+from ..training.loop import TrainingError
 from ..training.progress import RunProgress
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
-from ..evaluation.scoring import EvaluationError
-from ..plugin_system.host import PluginError
-from ..runner import RunError, WMLTrainer
-from ..training.loop import TrainingError
 
 __all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "run_compare"]
 

@@ -7,8 +7,17 @@ May import: :mod:`wml_framework.config`, :mod:`wml_framework.plugin_system`, :mo
 :mod:`wml_framework.api`, :mod:`wml_framework.runtime`. Not training: a trained model is all it needs.
 """
 
-from .scoring import (DISPLAY, EvaluationError, choose_threads, default_json_path, evaluate, headline,
-                      make_evaluators, merge_eval_results, write_eval_json)
+from .scoring import (
+                      DISPLAY,
+                      EvaluationError,
+                      choose_threads,
+                      default_json_path,
+                      evaluate,
+                      headline,
+                      make_evaluators,
+                      merge_eval_results,
+                      write_eval_json,
+)
 
 __all__ = ["DISPLAY", "EvaluationError", "choose_threads", "default_json_path", "evaluate", "headline",
            "make_evaluators", "merge_eval_results", "write_eval_json"]

@@ -16,9 +16,16 @@ import torch
 from torch import nn
 
 from ..api import peer_logits
-from .models import evaluating, max_positions, mix_logits, model_device, normalised_weights, resolve_device
-from ..runtime.progress import progress_bar
 from ..runtime.distributed import current
+from ..runtime.progress import progress_bar
+from .models import (
+    evaluating,
+    max_positions,
+    mix_logits,
+    model_device,
+    normalised_weights,
+    resolve_device,
+)
 
 __all__ = ["block_starts", "heldout_losses", "perplexity"]
 

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from ..api import peer_logits
-from .models import evaluating, max_positions, model_device, resolve_device
+from ..runtime.distributed import current
 from ..runtime.progress import progress_bar
 from ..text.tokenizer import encode_with_bos, pad_token_id
+from .models import evaluating, max_positions, model_device, resolve_device
 
 __all__ = ["sequence_logprobs", "sentence_logprobs", "MinimalPair", "MinimalPairSet", "minimal_pair_files",
            "read_minimal_pairs", "pair_logprobs", "summarize_pairs", "score_minimal_pairs",
@@ -159,7 +160,6 @@ def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | N
 def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[MinimalPair], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """log P(good) and log P(bad) of each pair (both sides batched together). In a data-parallel
     run each process scores every n-th pair and all of them get every score, in order."""
-    from ..runtime.distributed import current
 
     dist = current()
     mine = list(pairs)[dist.rank::dist.world]

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, read_toml
-from .models import EnsembleLM, load_model
 from ..runtime.run_layout import RunLayout, is_model_dir, is_run_dir
 from ..text.tokenizer import load_tokenizer
+from .models import EnsembleLM, load_model
 
 __all__ = ["LoadedRun", "read_jsonl", "read_json", "run_omega", "load_run", "read_run_config"]
 

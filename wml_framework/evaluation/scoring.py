@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .. import config as cfgmod
-from ..runtime.atomic import atomic_write_text
 from ..plugin_system.host import PluginError, PluginHost, get_host, resolve_options
+from ..runtime.atomic import atomic_write_text
 from ..runtime.run_layout import RunLayout, is_model_dir, is_run_dir
 from ..runtime.threads import parse_threads
 from ..text.tokenizer import load_tokenizer as _load_tokenizer
@@ -116,8 +116,7 @@ def make_evaluators(cfg: cfgmod.WMLConfig, names: Sequence[str], host: PluginHos
             continue
         if not callable(evaluator):
             entry = host.get("evaluator", name)
-            raise PluginError(entry.plugin, "wml_register_evaluators", f"evaluator {name!r}: the object its factory "
-                                                                      f"made is not callable: {evaluator!r}")
+            raise PluginError.creating(entry, f"the object its factory made is not callable: {evaluator!r}")
         active[name] = evaluator
     return active
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from ..api import FastPathLoss, InitResult, LossResult, UpdateResult, Updater
+from ..api import FastPathLoss, InitResult, LossResult, Updater, UpdateResult
 from ..runtime.distributed import is_peer_failure
 from .host import Entry, PluginError
 from .simplex import SIMPLEX_TOL, OffSimplex, on_simplex
@@ -31,14 +31,14 @@ class NonFiniteOmega(PluginError):
 def at_step(exc: PluginError, where: str) -> PluginError:
     """``exc`` saying when it happened: ``where`` (``"step 4"``) is added to the thing that failed
     (``updater 'x' step(), at step 4: ω sums to 2``), once; the class and the problem are kept."""
-    if getattr(exc, "step", None) is not None:
+    if getattr(exc, "when", None) is not None:
         return exc
     hook = f"{exc.hook}, at {where}"
     try:
         out = type(exc)(exc.plugin, hook, exc.problem)
     except TypeError:              # a subclass with a constructor of its own
         out = PluginError(exc.plugin, hook, exc.problem)
-    out.step = where
+    out.when = where
     return out
 
 

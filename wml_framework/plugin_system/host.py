@@ -4,7 +4,9 @@ Built-in plugins and third-party ones arrive by the same road: the ``wml`` entry
 The registry is a name table per kind (timm-style ``names`` / ``get`` / ``create``). A plugin
 that fails to load, raises in a hook or claims a name another plugin also claims is recorded as a
 :class:`PluginFailure` naming the plugin, its package and the hook; the healthy plugins stay
-usable, and asking for a name the broken plugin would have provided says why it is missing.
+usable, and asking for a name the broken plugin would have provided says why it is missing. A
+built-in keeps its names (a newcomer's claim is refused); a name two third-party plugins claim
+goes to neither (:meth:`PluginHost._settle`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,21 @@ from typing import Any, Callable, Mapping, Optional
 import pluggy
 
 from .. import hookspecs
-from .registration import (KIND_HOOKS, Entry, FailureReason, PluginError, PluginFailure, PluginSettingsError,
-                           PluginWarning, UnknownPluginError, check_hooks, hook_in, make_register,
-                           option_namespace_conflicts, resolve_options)
+from .registration import (
+    KIND_HOOKS,
+    Entry,
+    FailureReason,
+    PluginError,
+    PluginFailure,
+    PluginSettingsError,
+    PluginWarning,
+    UnknownPluginError,
+    check_hooks,
+    hook_in,
+    make_register,
+    option_namespace_conflicts,
+    resolve_options,
+)
 from .validation import close_matches
 
 __all__ = ["PluginHost", "get_host", "reset_host", "resolve_options", "blocked_plugins",
@@ -144,6 +158,7 @@ class PluginHost:
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self._sources.pop(name, None)
+        self._builtin.discard(name)
         self._tables = None
 
     # -- calling hooks, one implementation at a time so errors can name the plugin ---
@@ -265,12 +280,13 @@ class PluginHost:
     def failure_note(self, kind: str, name: str) -> str:
         """'; not loaded: …' naming the broken plugins that might have provided ``name`` (or ''); once
         the command line has printed the warnings, it names them and points there instead of repeating."""
-        related = [f for f in _unique(self.failures) if (kind, name) in f.names or not f.names]
+        related = [f for f in self.failures if (kind, name) in f.names or not f.names]
         if not related:
             return ""
         if self._reported:
-            return f"; not loaded: {', '.join(dict.fromkeys(_who(f) for f in related))} (see the warning above)"
-        return f"; not loaded: {'; '.join(f.line() for f in related)}"
+            who = dict.fromkeys(f"plugin {f.plugin!r} ({f.distribution})" for f in related)
+            return f"; not loaded: {', '.join(who)} (see the warning above, or `wml plugins`)"
+        return f"; not loaded: {'; '.join(f.line() for f in _unique(related))}"
 
     # -- what the command line reports ------------------------------------------------
     def report_lines(self) -> list[str]:
@@ -391,10 +407,6 @@ def _unique(failures: list[PluginFailure]) -> list[PluginFailure]:
             seen.add(key)
             out.append(f)
     return out
-
-
-def _who(failure: PluginFailure) -> str:
-    return failure.problem.split(";")[0] if failure.reason.shared else f"plugin {failure.plugin!r} ({failure.distribution})"
 
 
 # ----------------------------------------------------------------------------- the process-wide host

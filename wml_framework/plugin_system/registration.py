@@ -102,9 +102,10 @@ class FailureReason(str, enum.Enum):
     @property
     def breaks_plugin(self) -> bool:
         """Whether the plugin is kept out of its other hooks too: false when only one of its names
-        could not be used (taken by another plugin, a built-in, or an option namespace)."""
+        could not be used (taken by another plugin, a built-in, or an option namespace), and for an
+        entry point refused its built-in's name (the plugin of that name is the built-in, unharmed)."""
         return self not in (FailureReason.NAME_OF_TWO_PLUGINS, FailureReason.NAME_OF_BUILTIN,
-                            FailureReason.OPTION_NAMESPACE)
+                            FailureReason.OPTION_NAMESPACE, FailureReason.PLUGIN_NAME_OF_BUILTIN)
 
     @property
     def shared(self) -> bool:

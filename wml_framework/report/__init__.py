@@ -13,7 +13,14 @@ from pathlib import Path
 from ..runtime.atomic import atomic_write_text
 from ..runtime.run_layout import RunLayout
 from .plots import PLOTS, make_figures, peer_color, save_figure
-from .run_data import ACCURACY_FIELDS, Row, RunData, evaluator_with, load_run_data, result_rows
+from .run_data import (
+    ACCURACY_FIELDS,
+    Row,
+    RunData,
+    evaluator_with,
+    load_run_data,
+    result_rows,
+)
 
 __all__ = ["Report", "write_report", "load_run_data", "peer_color"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.run_layout import RunLayout
 from ..evaluation.run_reader import read_json, read_jsonl, run_omega
+from ..runtime.run_layout import RunLayout
 
 __all__ = ["RunData", "load_run_data", "Row", "LOSS_FIELDS", "ACCURACY_FIELDS", "evaluator_with",
            "result_rows"]

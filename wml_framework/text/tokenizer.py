@@ -22,7 +22,14 @@ def train_tokenizer(docs, vocab_size: int):
     """Byte-level BPE trained on ``docs`` (any iterable of texts: streamed, never held whole), wrapped
     as a PreTrainedTokenizerFast that prepends BOS to every encoding (so a sentence's first word is
     scored too, also by pipelines that rely on the tokenizer for it)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

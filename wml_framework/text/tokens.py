@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from ..runtime.atomic import atomic_directory, atomic_write_json
-from .corpus import DOC_RULE_VERSION, CorpusPlan, cache_dir, files_fingerprint, iter_documents, plan_corpus, total_bytes
+from .corpus import (
+    DOC_RULE_VERSION,
+    CorpusPlan,
+    cache_dir,
+    files_fingerprint,
+    iter_documents,
+    plan_corpus,
+    total_bytes,
+)
 from .tokenizer import document_encoder, tokenizer_fingerprint, train_tokenizer
 
 __all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks",

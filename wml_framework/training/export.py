@@ -11,6 +11,8 @@ import torch
 from ..runtime import distributed
 from ..runtime.atomic import atomic_directory, atomic_write_json
 from ..runtime.run_layout import RunLayout, peer_name
+from ..text.tokenizer import bos_token_id
+from ..text.tokens import TokenData
 from .families import shape_of
 from .loop import TrainingLoop
 
@@ -23,7 +25,6 @@ def save_model(model, tokenizer, path: Path) -> None:
     needs ``pad_token_id`` to batch sentences of different lengths)."""
     from transformers.utils import logging as hf_logging
 
-    from ..text.tokenizer import bos_token_id
 
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -108,5 +109,5 @@ def print_summary(summary: dict, log) -> None:
     log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
     for f in summary.get("observer_failures", []):
         at = f" at step {f['step']}" if f.get("step") is not None else ""
-        log(f"warning: run observer plugin {f['plugin']!r} failed on event {f['event']!r}{at} ({f['error']}) and heard "
-            "nothing after it; the training and its outputs are complete")
+        log(f"warning: the run observer {f['plugin']!r} heard nothing after it failed on event {f['event']!r}{at} "
+            f"({f['error']}); the training and its outputs are complete")

@@ -20,25 +20,32 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..runtime import checkpoint, distributed, interrupts
-from .adam_precond import adam_preconditioner
-from ..runtime.placement import device_names, peer_placement
-from ..api import Batch, Event, InnerGradients, OuterContext, peer_logits, trainable_parameters
-from .attention import eager_attention
-from ..runtime.atomic import append_jsonl, fsync_file
-from .callbacks import TrainerControl, TrainerState, dispatch
+from ..api import (
+    Batch,
+    Event,
+    InnerGradients,
+    OuterContext,
+    peer_logits,
+    trainable_parameters,
+)
 from ..config import WMLConfig
 from ..evaluation.heldout import heldout_losses
 from ..plugin_system.guards import NonFiniteOmega, at_step
 from ..plugin_system.host import PluginError, PluginHost
+from ..runtime import checkpoint, distributed, interrupts
+from ..runtime.atomic import append_jsonl, fsync_file
+from ..runtime.placement import device_names, peer_placement
 from ..runtime.run_layout import RunLayout
+from ..runtime.threads import ThreadGovernor
+from ..text.tokens import TokenData
+from .adam_precond import adam_preconditioner
+from .attention import eager_attention
+from .callbacks import TrainerControl, TrainerState, dispatch
 from .forward import autocast_for, deterministic_forward
 from .loop_settings import LoopSettings
 from .loop_state import LastMicroBatch, TrainingError, TrainState
 from .records import finite_or_none, truncate_metrics, truncate_records
 from .schedules import warmup_cosine
-from ..runtime.threads import ThreadGovernor
-from ..text.tokens import TokenData
 
 __all__ = ["TrainingError", "TrainState", "finite_or_none", "LastMicroBatch", "deterministic_forward",
            "autocast_for", "TrainingLoop", "truncate_metrics"]

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..api import Batch, InitResult, peer_targets
-from ..runtime.atomic import atomic_write_json
 from ..config import WMLConfig
+from ..runtime.atomic import atomic_write_json
 from ..runtime.run_layout import RunLayout
 
 __all__ = ["PeerPlan", "plan_peers", "build_peers", "write_init_files", "peers_from_configs"]

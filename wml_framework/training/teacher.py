@@ -74,7 +74,6 @@ def load_teacher_config(path: str | Path):
 def load_teacher(path: str | Path, dtype=torch.float32):
     """Model (eval mode) and, when the folder has one, its tokenizer (else ``None``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     p = check_teacher_dir(path)

@@ -24,7 +24,7 @@ from ..plugin_system.host import Entry, PluginHost, get_host, resolve_options
 from . import loss_checks as L
 from . import updater_checks as U
 from .loss_checks import Failed
-from .problems import loss_cases, make_config
+from .problems import loss_cases, make_config, rel
 
 __all__ = ["TOL_FD", "TOL_EXACT", "TOL_FAST", "CheckResult", "unverified", "run_checks", "format_table"]
 
@@ -200,8 +200,6 @@ def _check_updater(host: PluginHost, entry: Entry, seed: int) -> list[CheckResul
 
 def _initial_reference(probs: "U.UpdaterProblems", point) -> dict[str, float]:
     """For an updater that is never stepped: its initial ω against the point's ω."""
-    from .problems import rel
-
     config_keys, options = L.split_settings(point)
     options = resolve_options(probs.entry, options)
     worst = 0.0

@@ -17,7 +17,17 @@ import torch
 from torch import Tensor
 
 from ..api import IGNORE_INDEX, ReferencePoint
-from .problems import LOSS_VARIANTS, LossCase, fd_error, loss_cases, make_config, rel, simplex, labels
+from ..config import FIELDS
+from .problems import (
+    LOSS_VARIANTS,
+    LossCase,
+    fd_error,
+    labels,
+    loss_cases,
+    make_config,
+    rel,
+    simplex,
+)
 
 __all__ = ["FD_STEP", "Failed", "call", "grad", "result_shapes", "grad_logits_fd", "stop_gradient",
            "grad_omega_fd", "mixed_fd", "mixed_closed_form", "logit_grads_fd", "ignored_positions",
@@ -280,7 +290,8 @@ def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: C
         for key in sorted(set(config_keys) & set(VARIED) - released):
             notes.append(f"reference point {point.name!r} pins {key} = {config_keys[key]!r} and its values do not "
                          f"change with it, so it is checked at {key} = {config_keys[key]!r} only: a loss that "
-                         f"mishandles {key} (a missing T², a swapped α) can pass it")
+                         f"mishandles {key} ({'a missing T²' if 'temperature' in key else 'α and 1 − α swapped'}) "
+                         "can pass it")
     settings_list: list[dict] = []
     for variant in LOSS_VARIANTS:
         for free in ((), released):
@@ -334,7 +345,6 @@ def _differ(a, b) -> bool:
 
 def split_settings(point: ReferencePoint) -> tuple[dict, dict]:
     """A reference point's settings as (config keys, plugin options)."""
-    from ..config import FIELDS
 
     config_keys = {k: v for k, v in point.settings.items() if "." not in k and k in FIELDS}
     options = {k.split(".", 1)[-1]: v for k, v in point.settings.items() if k not in config_keys}

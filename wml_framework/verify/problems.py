@@ -13,7 +13,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..api import IGNORE_INDEX, AdamPreconditioner, Batch, LossProblem, OuterContext, OuterProblem
+from .. import config
+from ..api import (
+    IGNORE_INDEX,
+    AdamPreconditioner,
+    Batch,
+    LossProblem,
+    OuterContext,
+    OuterProblem,
+)
 
 __all__ = ["PEER_COUNTS", "LOSS_VARIANTS", "OUTER_STEPS", "make_config", "LossCase", "simplex", "labels",
            "loss_cases", "linear_peers", "OuterCase", "outer_case", "rel", "fd_error"]
@@ -31,7 +39,6 @@ OUTER_STEPS = (0, 1, 3, 12, 40)
 
 def make_config(num_peers: int, **extra):
     """A valid config for a problem with ``num_peers`` peers (``extra`` wins)."""
-    from .. import config
 
     values = dict(num_peers=num_peers, loss_alpha=0.35, temperature=1.7, kd_alpha=0.6,
                   kd_temperature=2.5, fixed_omega=[float(k + 1) for k in range(num_peers)],

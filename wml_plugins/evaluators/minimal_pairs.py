@@ -56,8 +56,8 @@ class MinimalPairsEvaluator:
         """``<predictions_dir>/<model>.json``: this model's choices in the BabyLM submission format."""
         import json
 
-        from wml_framework.runtime.atomic import atomic_write_text
         from wml_framework.evaluation.minimal_pairs import babylm_predictions
+        from wml_framework.runtime.atomic import atomic_write_text
 
         path = self.predictions_dir / f"{name}.json"
         atomic_write_text(path, json.dumps(babylm_predictions(self.pairs.pairs, good, bad)) + "\n")

@@ -14,8 +14,16 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from wml_framework.api import (IGNORE_INDEX, ScoredLogits, autocast_off, full_precision, omega_vector, rowdot,
-                               scored_logits, unscore)
+from wml_framework.api import (
+    IGNORE_INDEX,
+    ScoredLogits,
+    autocast_off,
+    full_precision,
+    omega_vector,
+    rowdot,
+    scored_logits,
+    unscore,
+)
 
 __all__ = ["ScoredLogits", "scored_logits", "select_rows_like", "unscore", "full_precision", "autocast_off",
            "rowdot", "omega_vector", "OmegaFree"]

@@ -17,7 +17,13 @@ from torch import Tensor
 
 from wml_framework.api import LossResult
 
-from .common import OmegaFree, autocast_off, omega_vector, scored_logits, select_rows_like
+from .common import (
+    OmegaFree,
+    autocast_off,
+    omega_vector,
+    scored_logits,
+    select_rows_like,
+)
 
 __all__ = ["kd_peer_losses", "KDLoss"]
 

@@ -35,7 +35,14 @@ from torch.autograd.function import once_differentiable
 
 from wml_framework.api import LossResult
 
-from .common import autocast_off, full_precision, omega_vector, rowdot, scored_logits, unscore
+from .common import (
+    autocast_off,
+    full_precision,
+    omega_vector,
+    rowdot,
+    scored_logits,
+    unscore,
+)
 
 __all__ = ["wml_peer_losses", "wml_logit_grads", "wml_mixed_omega_grad",
            "wml_mixed_omega_grad_from_logit_grads", "WMLLoss"]

@@ -41,7 +41,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
-from wml_framework.api import Batch, Loss, ensemble_loss_parts, peer_logits, trainable_parameters
+from wml_framework.api import (
+    Batch,
+    Loss,
+    ensemble_loss_parts,
+    peer_logits,
+    trainable_parameters,
+)
 
 from .hypergrad_modes import eager_attention, eval_mode
 

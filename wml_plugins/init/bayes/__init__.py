@@ -27,7 +27,16 @@ from wml_framework.api import InitResult, Option, SizableFamily, shape_string, t
 
 from ..common import check_request, check_targets
 from .search import NoFreeShape, search_shape
-from .space import ARCH, EFFICIENT, SHAPE, SizingSpace, arch_key, arch_string, key_of, shape_key
+from .space import (
+    ARCH,
+    EFFICIENT,
+    SHAPE,
+    SizingSpace,
+    arch_key,
+    arch_string,
+    key_of,
+    shape_key,
+)
 
 __all__ = ["REACH", "SEARCHES", "BayesInitializer", "default_width_multiple", "make_bayes", "wml_register_initializers"]
 

@@ -34,8 +34,8 @@ from bayes_opt import BayesianOptimization, acquisition
 from sklearn.gaussian_process.kernels import Matern
 from threadpoolctl import threadpool_limits
 
-from .space import SHAPE, VARIABLES, SizingSpace, key_of
 from ..common import rel_error
+from .space import SHAPE, VARIABLES, SizingSpace, key_of
 
 __all__ = ["ACQ_RANDOM_POINTS", "DISPROPORTION", "NoFreeShape", "SearchResult", "search_shape"]
 

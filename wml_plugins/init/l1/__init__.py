@@ -14,7 +14,12 @@ from wml_framework.api import InitResult, PrunableFamily, table_row
 
 from ..common import check_request, check_targets
 from .importance import IMPORTANCE_KINDS, unit_importance
-from .plan import DEFAULT_TOLERANCE, plan_pruning, smallest_parameters, validate_layer_bound
+from .plan import (
+    DEFAULT_TOLERANCE,
+    plan_pruning,
+    smallest_parameters,
+    validate_layer_bound,
+)
 from .slice import prune_model, removed_units, select_units
 
 __all__ = ["L1Initializer", "make_l1", "wml_register_initializers"]
