@@ -9,7 +9,10 @@ method and their 95% confidence intervals.
     plan.py     the members of a comparison and their configurations, checked before any work
     execute.py  the teacher, then each member (skipping finished ones, resuming an interrupted one)
     results.py  reading the members back, statistics, comparison.json and comparison.md
+    measures.py the quality measures read from each member (a leaf the tables and plots share)
     plots.py    the comparison's figures
+
+May import: :mod:`wml_framework.runner` and everything below it; it is a recipe built of runs.
 """
 
 from .execute import run_compare

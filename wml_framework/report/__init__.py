@@ -3,6 +3,9 @@
 Reads what the trainer and ``wml eval`` leave in a run folder (``summary.json``,
 ``metrics.jsonl``, ``eval.json``) and copes with any of them missing or partial: a plot
 whose data is absent is left out and the report says why.
+
+May import: :mod:`wml_framework.evaluation` (reading runs) and :mod:`wml_framework.runtime`; nothing
+of training: a report is made from files.
 """
 
 from __future__ import annotations

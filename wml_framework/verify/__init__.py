@@ -8,6 +8,9 @@ checked against the reference points it declared when it registered (the built-i
 ``wml_reference``, the float64 NumPy oracle). Nothing here knows a plugin by name.
 
 ``run_checks(host) -> list[CheckResult]`` is the API; the command only formats it.
+
+May import: :mod:`wml_framework.config`, :mod:`wml_framework.plugin_system`, :mod:`wml_framework.api`;
+nothing of training or evaluation: the checks build their own small problems.
 """
 
 from __future__ import annotations
