@@ -5,7 +5,11 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-python3 -m pip wheel -q --no-deps -w "$work/dist" "$root"
+# from a clean copy of the files git knows (tracked, or new and not ignored): a stale build/ or
+# *.egg-info in the checkout cannot slip a module into the wheel or hide one the build misses
+mkdir "$work/src"
+git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && xargs -0 cp --parents -t "$work/src" 2>/dev/null || true)
+python3 -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q -c "$root/constraints.txt" "$work"/dist/wml_framework-*.whl
 cd "$work"                                   # nothing of the checkout is importable from here

@@ -2,7 +2,9 @@
 # The GPU path in one go, for a machine with one CUDA GPU (under 8 minutes on one H200-class GPU):
 #   1. the tests marked `cuda` (autocast in bf16, peers placed on cuda:0, …);
 #   2. bench_train.py --device cuda in bf16 on the default peers and on the peers of a ~100M teacher;
-#   3. a 50-step `wml run` in bf16, with peer_placement = replicate and = spread;
+#   3. a 50-step `wml run` in bf16, with peer_placement = replicate and = spread (on a machine of one
+#      GPU, spread places every peer on cuda:0 as replicate does: it checks the code path, not a speed-up;
+#      with several GPUs visible it spreads them);
 # then writes what it measured to the `gpu-check` section of docs/performance.md.
 #
 #   bash benchmarks/gpu_check.sh            (from the repository root, the project installed)
@@ -32,6 +34,7 @@ step run_spread wml run "${run_args[@]}" --set peer_placement=spread --out "$log
 
 python - "$log" <<'PY'
 import json, subprocess, sys
+import torch
 from pathlib import Path
 from wml_framework.runtime.atomic import replace_doc_section
 
@@ -52,7 +55,8 @@ for name in ("run-replicate", "run-spread"):
     s = log / name / "summary.json"
     if s.exists():
         summary = json.loads(s.read_text())
-        body.append(f"`wml run` 50 steps, {name[4:]}: {summary['elapsed_s']} s, ensemble held-out loss "
+        body.append(f"`wml run` 50 steps, {name[4:]} (GPUs visible: {torch.cuda.device_count()}): "
+                    f"{summary['elapsed_s']} s, ensemble held-out loss "
                     f"{summary['ensemble_val_loss']:.4f}, ω {[round(w, 3) for w in summary['omega']]}")
 replace_doc_section(Path("docs/performance.md"), "gpu-check", "\n".join(body))
 print("\n".join(body))

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-WALL_CLOCK = {"tokens_per_s", "elapsed_s", "threads"}   # threads: chosen by timing (wml_framework.runtime.threads)
+WALL_CLOCK = {"tokens_per_s", "elapsed_s", "threads", "seconds", "created", "weights"}
+# threads: chosen by timing (wml_framework.runtime.threads); eval.json: when and how long each score took,
+# and the stamp of the weight files (their modification times)
 
 
 def _cli() -> list[str]:
@@ -39,7 +41,9 @@ def _strip(value):
 
 
 def differences(a: Path, b: Path) -> list[str]:
-    """What differs between two finished run folders (empty when identical)."""
+    """What differs between two finished run folders (empty when identical): every peer tensor,
+    ``summary.json``, ``metrics.jsonl``, the teacher's weights and ``teacher_metrics.jsonl`` where
+    a run trained it, and ``eval.json`` where both sides have one (wall-clock fields aside)."""
     from safetensors.torch import load_file
 
     out = []
@@ -54,10 +58,26 @@ def differences(a: Path, b: Path) -> list[str]:
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     if _strip(sa) != _strip(sb):
         out.append("summary.json differs" + ("" if sa.get("omega") == sb.get("omega") else " (ω too)"))
-    ma, mb = ([_strip(json.loads(line)) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (a, b))
-    if ma != mb:
-        first = next((i for i, (x, y) in enumerate(zip(ma, mb)) if x != y), min(len(ma), len(mb)))
-        out.append(f"metrics.jsonl differs ({len(ma)} vs {len(mb)} records; first difference at record {first})")
+    for records in ("metrics.jsonl", "teacher_metrics.jsonl"):
+        if not (a / records).exists() and not (b / records).exists():
+            continue            # a given teacher: no teacher records
+        ma, mb = ([_strip(json.loads(line)) for line in (d / records).read_text().splitlines()] if (d / records).exists()
+                  else [] for d in (a, b))
+        if ma != mb:
+            first = next((i for i, (x, y) in enumerate(zip(ma, mb)) if x != y), min(len(ma), len(mb)))
+            out.append(f"{records} differs ({len(ma)} vs {len(mb)} records; first difference at record {first})")
+    ta, tb = (d / "teacher" / "model.safetensors" for d in (a, b))
+    if ta.exists() or tb.exists():
+        if not (ta.exists() and tb.exists()):
+            out.append("teacher/ is missing on one side")
+        else:
+            wa, wb = load_file(ta), load_file(tb)
+            out += [f"teacher/{k}: values differ" for k in wa if k not in wb or not bool((wa[k] == wb[k]).all())]
+    ea, eb = (d / "eval.json" for d in (a, b))
+    if ea.exists() and eb.exists():         # one side may not have been evaluated (a training-only reference)
+        scores = [_strip(json.loads(e.read_text().replace(str(d), "RUN"))) for e, d in ((ea, a), (eb, b))]
+        if scores[0] != scores[1]:
+            out.append("eval.json differs")
     return out
 
 

@@ -100,10 +100,17 @@ def _launch_two(args: list[str], run: Path, until_step: int) -> subprocess.Popen
     """``wml run --nproc 2 ARGS`` in the background, returned once it has logged ``until_step``."""
     launcher = subprocess.Popen([sys.executable, "-m", "wml_framework", "run", "--nproc", "2", *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(r["kind"] == "train" and r["step"] >= until_step
-                                             for r in (read_metrics(run) if (run / "metrics.jsonl").exists() else [])):
+
+    def reached() -> bool:
+        return any(r["kind"] == "train" and r["step"] >= until_step
+                   for r in (read_metrics(run) if (run / "metrics.jsonl").exists() else []))
+
+    deadline = time.time() + 300        # not when to kill (that is the step): how long a stuck launcher may take
+    while not reached():
         assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        if time.time() > deadline:
+            launcher.kill()
+            pytest.fail(f"the run did not log step {until_step} within 300 s (a stuck launcher)")
         time.sleep(0.2)
     return launcher
 

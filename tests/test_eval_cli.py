@@ -167,10 +167,36 @@ def test_merging_keeps_models_scored_only_before():
     from wml_framework.evaluation import merge_eval_results
 
     old = {"settings": {"evaluators": ["a"]}, "models": {"x": {"a": 1, "seconds": {"a": 0.1}}, "y": {"a": 2}}}
-    new = {"settings": {"evaluators": ["b"]}, "models": {"x": {"b": 3, "seconds": {"b": 0.2}}}}
+    new = {"settings": {"evaluators": ["b"]}, "models": {"x": {"b": 3, "seconds": {"b": 0.2}}}}     # no path, no stamps: alike
     merged = merge_eval_results(old, new)
     assert merged["models"] == {"x": {"a": 1, "b": 3, "seconds": {"a": 0.1, "b": 0.2}}, "y": {"a": 2}}
     assert merge_eval_results(None, new) is new
+
+
+def test_results_of_other_weights_or_another_folder_are_not_merged(workspace, tmp_path, monkeypatch):
+    """Would catch: a run resumed and trained further keeping the minimal-pair numbers of its earlier
+    weights, and a file written with ``--json-out`` for one folder mixing in another folder's models."""
+    import os
+    import shutil
+
+    from wml_framework.evaluation import merge_eval_results
+
+    run = tmp_path / "run"
+    shutil.copytree(workspace["run"], run)
+    assert run_cli("eval", run, "--corpus", workspace["corpus"], "--limit", 3, "--set", "perplexity.max_blocks=2",
+                   "--block-size", 16).exit_code == 0
+    weights = run / "peers" / "peer_1" / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))   # peer_1 exported anew
+    host = PluginHost()
+    monkeypatch.setattr(plugins, "_HOST", host)
+    host.register(CountingEvaluatorPlugin(), "counting-test")
+    assert run_cli("eval", run, "--evaluator", "vocab_size").exit_code == 0
+    after = json.loads((run / "eval.json").read_text())
+    assert after["settings"]["evaluators"] == ["vocab_size"]
+    assert all("perplexity" not in m and "minimal_pairs" not in m for m in after["models"].values())
+    old = {"path": "runs/a", "settings": {"evaluators": ["x"]}, "models": {"peer_0": {"x": 1, "weights": "s"}}}
+    other = {"path": "runs/b", "settings": {"evaluators": ["y"]}, "models": {"peer_0": {"y": 2, "weights": "s"}}}
+    assert merge_eval_results(old, other) is other
 
 
 class NotCallableEvaluatorPlugin:

@@ -139,6 +139,21 @@ def test_blocked_plugins_are_listed_with_their_package(site, monkeypatch):
     assert all(o["plugin"] != "run_log" for o in data["observers"]) and data["notes"] == []
 
 
+def test_blocking_the_updater_the_teacher_is_trained_with_is_one_line_before_any_work(site, monkeypatch, tmp_path):
+    """The docs' way to replace a built-in (block its plugin) takes ``uniform`` away, which a run that
+    trains its teacher needs. Would catch: a traceback after the data is prepared
+    (``UnknownPluginError: unknown updater 'uniform'``) instead of one line before any work."""
+    fake_distribution(site, "fake-wml-mine", "fake_wml_mine", updaters_body("my_uniform"), "mine")
+    monkeypatch.setenv("WML_BLOCK_PLUGINS", "updaters")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", "--updater", "my_uniform", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+    assert "the teacher is trained with updater 'uniform'" in errors[0] and "--teacher" in errors[0]
+    assert not out.exists()
+
+
 def test_a_block_list_name_that_is_no_plugin_is_warned_about(site, monkeypatch):
     """Would catch: a block list that silently blocks nothing, above all when it names what a
     plugin registers (``sharpen``) instead of the plugin's entry-point name."""

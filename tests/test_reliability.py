@@ -292,6 +292,27 @@ def test_a_kill_inside_a_checkpoint_write_resumes_to_the_same_result(tmp_path, c
     assert differences(reference, run) == []
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["data", "manifest"])
+def test_a_kill_inside_the_teachers_first_checkpoint_starts_the_teacher_over(tmp_path, corpus, reference, where):
+    """The teacher writes a checkpoint at step 0, before any training; a kill inside that write leaves no
+    whole teacher checkpoint. Would catch: every later ``--resume`` failing on it (a traceback, until
+    checkpoint/ is removed by hand), and the teacher's records of the killed start kept twice."""
+    cfg, run = _cli_config(tmp_path, corpus), tmp_path / "run"
+    cli = [sys.executable, "-m", "wml_framework.cli", "run"]
+    killed = subprocess.run([*cli, "--config", str(cfg), "--out", str(run)], capture_output=True, text=True,
+                            env={**os.environ, checkpoint.KILL_ENV: f"teacher-0:{where}"}, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    done = subprocess.run([*cli, "--resume", str(run)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if where == "manifest":                 # its bytes whole, never confirmed: found, refused, removed
+        assert "the teacher's training starts over" in done.stderr
+    records = [json.loads(line) for line in (run / "teacher_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, SMALL["teacher_steps"] + 1))
+    assert [r["step"] for r in records if r["kind"] == "eval"].count(0) == 1
+    assert differences(reference, run) == []
+
+
 class EventLog:
     """Writes down every run event of a run, by what places it in the run (name, phase, step, model)."""
 
@@ -321,10 +342,12 @@ def draw_kill_events(places: list[str], kills: int, seed: int) -> list[str]:
 
 @pytest.mark.slow
 def test_random_sigkills_then_resumes_end_exactly_like_an_uninterrupted_run(tmp_path, corpus):
-    """SIGKILL at three run events drawn from a seed (one early, one midway, one late: the teacher's
-    training, the peers', export and evaluation are all in reach), a resume after each; the run then
-    ends exactly as an uninterrupted one. Each kill is chosen by an event, so it lands at the same
-    point of the run on an idle machine and on a loaded one.
+    """SIGKILL at three run events drawn from a seed (one early, one midway, one late, among the events
+    observers hear: the phases, the peers' steps, evaluations and checkpoints, export, evaluation,
+    report; the teacher's own steps are killed in ``tests/test_teacher_loop.py``), a resume after each;
+    the run then ends exactly as an uninterrupted one: peers, teacher, records and ``eval.json``. Each
+    kill is chosen by an event, so it lands at the same point of the run on an idle machine and on a
+    loaded one.
     Would catch: a checkpoint that misses any state (RNG, optimizer, ω, early stopping, the teacher's),
     records logged twice or lost, a phase that cannot be resumed."""
     changes = dict(teacher_steps=30, max_steps=12, lr_decay_iters=12)
@@ -347,6 +370,7 @@ def test_random_sigkills_then_resumes_end_exactly_like_an_uninterrupted_run(tmp_
     done = subprocess.run([sys.executable, "-m", "wml_framework.cli", "run", "--resume", str(run)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert (reference / "eval.json").is_file() and (run / "eval.json").is_file()      # compared too
     assert differences(reference, run) == [], targets
 
 

@@ -2,7 +2,8 @@
 
 ``from wml_framework.heldout import block_starts`` (documented for plugin authors until 0.1)
 still imports; it names the new path in a :class:`DeprecationWarning`. The old name is a thin
-module that hands every attribute over to the new one, so the real module keeps its own identity.
+module that hands every attribute over to the new one, so the real module keeps its own identity
+(which also means that ``monkeypatch.setattr`` on an old path patches nothing: patch the new one).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ MOVED = {
     "validation": "plugin_system.validation",
     "trainer": "training.loop",
 }
+#: old modules whose names were split between two new ones: where the rest went
+SPLIT = {"teacher": ("training.families",)}
 _PACKAGE = __name__.rpartition(".")[0]
 
 
@@ -44,11 +47,19 @@ def load(old: str) -> types.ModuleType:
         return sys.modules[full]
     warnings.warn(f"{full} moved to {new_name(old)}; import it from there (the old path will be removed)",
                   DeprecationWarning, stacklevel=3)
-    target = importlib.import_module(new_name(old))
-    alias = types.ModuleType(full, target.__doc__)
-    alias.__getattr__ = lambda name: getattr(target, name)            # PEP 562: reads go to the real module
-    alias.__dir__ = lambda: dir(target)
-    alias.__all__ = list(getattr(target, "__all__", ()))
+    targets = [importlib.import_module(new_name(old)),
+               *(importlib.import_module(f"{_PACKAGE}.{rest}") for rest in SPLIT.get(old, ()))]
+    alias = types.ModuleType(full, targets[0].__doc__)
+
+    def read(name: str):                                  # PEP 562: reads go to the real modules
+        for target in targets:
+            if hasattr(target, name):
+                return getattr(target, name)
+        raise AttributeError(f"module {full!r} (now {new_name(old)}) has no attribute {name!r}")
+
+    alias.__getattr__ = read
+    alias.__dir__ = lambda: sorted({n for target in targets for n in dir(target)})
+    alias.__all__ = [n for target in targets for n in getattr(target, "__all__", ())]
     sys.modules[full] = alias
     return alias
 

@@ -462,8 +462,8 @@ class Updater(Protocol):
     ``uses_inner_gradients`` (False): True asks for ``OuterContext.inner``, what the inner step
     computed on ``ctx.train`` (offered only when no peer has dropout). ``uses_preconditioner``
     (False): True asks for ``OuterContext.preconditioner``, AdamW's diagonal for the step being
-    taken. ``notes`` (empty): messages the run logs once each as a warning (read after every step,
-    so an updater may add to it; a setting it ignores, a fallback it took).
+    taken. ``notes`` (empty): messages the run logs once each as a warning (read after every outer
+    step that succeeds, so an updater may add to it; a setting it ignores, a fallback it took).
     """
 
     needs_validation: bool

@@ -35,7 +35,7 @@ from .text.tokens import TokenData, prepare_for
 from .training.callbacks import TrainerControl, TrainerState, dispatch
 from .training.export import export, print_summary, save_model, weights_fingerprint
 from .training.families import family_for
-from .training.loop import TrainingLoop, truncate_metrics
+from .training.loop import TrainingLoop
 from .training.peers import (
     PeerPlan,
     build_peers,
@@ -335,6 +335,7 @@ class WMLTrainer:
     def _main_teacher(self, device, plugins: RunPlugins):
         cfg, log, saved = self.cfg, self.log, self.layout.teacher
         if (saved / "config.json").exists():
+            checkpoint.remove(self.run_dir, checkpoint.TEACHER)   # a kill after the save, before the removal
             teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
             return teacher.to(device).eval(), prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
         if cfg.teacher:
@@ -402,13 +403,7 @@ class WMLTrainer:
             raise RunError(str(exc)) from None
         peers = [p.to(train_dtype(self.cfg)) for p in peers_from_configs(state["peer_configs"])]
         loop = self._loop(peers, teacher, data, device, plugins)
-        loop.load_state_dict(state)
-        if not distributed.current().is_main:
-            pass
-        elif loop.state.step == 0:
-            self.layout.metrics.unlink(missing_ok=True)  # the step-0 evaluation is logged again
-        else:
-            truncate_metrics(self.run_dir, loop.state.step)
+        loop.resume(state)                       # its state, and metrics.jsonl cut back to its step
         self.log(f"resumed at step {loop.state.step}/{self.cfg.max_steps}")
         return loop
 

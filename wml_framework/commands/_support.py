@@ -99,19 +99,25 @@ def one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from ..evaluation.scoring import EvaluationError
-        from ..plugin_system.host import PluginError, PluginSettingsError
+        from ..plugin_system.host import (
+            PluginError,
+            PluginSettingsError,
+            UnknownPluginError,
+        )
         from ..runner import RunError
         from ..runtime.distributed import DistributedError
         from ..runtime.run_lock import RunLockedError
         from ..training.families import UnknownFamilyError
         from ..training.loop import TrainingError
+        from ..training.run_plugins import TeacherPluginsMissing
         from ..training.teacher import TeacherError
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PluginWarning)  # host() prints them as lines
                 return fn(*args, **kwargs)
-        except (cfgmod.ConfigError, RunError, TeacherError, UnknownFamilyError, EvaluationError, RunLockedError, PluginSettingsError) as exc:
+        except (cfgmod.ConfigError, RunError, TeacherError, UnknownFamilyError, EvaluationError, RunLockedError,
+                PluginSettingsError, UnknownPluginError, TeacherPluginsMissing) as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
         except (PluginError, TrainingError, DistributedError) as exc:

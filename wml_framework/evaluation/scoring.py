@@ -10,6 +10,7 @@ in a table (``columns``) and in detail (``details``).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import time
@@ -26,7 +27,8 @@ from .models import count_parameters, load_model, resolve_device
 from .run_reader import load_run
 
 __all__ = ["DISPLAY", "EvaluationError", "choose_threads", "make_evaluators", "evaluate", "headline",
-           "write_eval_json", "merge_eval_results", "default_json_path"]
+           "write_eval_json", "merge_eval_results", "same_models", "weights_stamp",
+           "default_json_path"]
 
 DISPLAY = "display"  # the part of the result that is for printing, not for eval.json
 
@@ -164,6 +166,7 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
         if "members" in row:
             entry["members"] = row["members"]
         entry["parameters"] = count_parameters(row["model"])
+        entry["weights"] = _row_stamp(row, rows)
         entry["seconds"] = {}
         columns[row["name"]] = {}
         for name, evaluator in active.items():
@@ -226,6 +229,32 @@ def write_eval_json(target: Path, result: dict) -> None:
     atomic_write_text(target, json.dumps(merge_eval_results(_read_existing(target), clean), indent=2) + "\n")
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def weights_stamp(folders: Sequence[Path], omega: Optional[Sequence[float]] = None) -> str:
+    """What identifies the weights a result was computed from, cheaply: the name, size and
+    modification time of each weight file (an export rewrites them; a copy with ``cp -p`` keeps them),
+    and for an ensemble its ω. Results of other weights are never merged into a file's (:func:`merge_eval_results`)."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for pattern in WEIGHT_FILES:
+            for f in sorted(folder.glob(pattern)):
+                st = f.stat()
+                h.update(f"{folder.name}/{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    if omega is not None:
+        h.update(repr([round(float(w), 12) for w in omega]).encode())
+    return h.hexdigest()[:16]
+
+
+def _row_stamp(row: dict, rows: list[dict]) -> str:
+    """A model's :func:`weights_stamp`; an ensemble's covers its members and their ω."""
+    if "members" not in row:
+        return weights_stamp([Path(row["path"])])
+    members = [r for r in rows if r["name"] in row["members"]]
+    return weights_stamp([Path(r["path"]) for r in members], [r["omega"] for r in members])
+
+
 def _provenance(result: dict) -> dict:
     settings = result.get("settings", {})
     shared = {k: settings[k] for k in ("device", "threads", "config") if k in settings}
@@ -241,10 +270,21 @@ def _read_existing(target: Path) -> Optional[dict]:
     return old if isinstance(old, dict) and isinstance(old.get("models"), dict) else None
 
 
+def same_models(old: dict, new: dict) -> bool:
+    """Whether two results scored the same folder and, for every model both scored, the same weights:
+    a run resumed and trained further, or another folder written to the same ``--json-out``, starts
+    the file afresh (its earlier numbers describe weights that are gone)."""
+    if old.get("path") != new.get("path"):
+        return False
+    both = set(old["models"]) & set(new["models"])
+    return all(old["models"][m].get("weights") == new["models"][m].get("weights") for m in both)
+
+
 def merge_eval_results(old: Optional[dict], new: dict) -> dict:
     """``new`` over ``old``: the evaluators ``new`` ran replace theirs, every other evaluator's results
-    stay, per model and in the file's summary sections; models only ``old`` scored stay too."""
-    if old is None:
+    stay, per model and in the file's summary sections; models only ``old`` scored stay too. When
+    the two did not score the same models (:func:`same_models`), ``new`` alone."""
+    if old is None or not same_models(old, new):
         return new
     ran = set(new.get("settings", {}).get("evaluators", []))
     kept = [n for n in old.get("settings", {}).get("evaluators", []) if n not in ran]

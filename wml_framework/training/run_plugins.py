@@ -12,7 +12,7 @@ from ..plugin_system.guards import checked_initializer, checked_loss, checked_up
 from ..plugin_system.host import PluginHost
 from .teacher import TEACHER_LOSS, TEACHER_UPDATER
 
-__all__ = ["RunPlugins", "create_plugins"]
+__all__ = ["RunPlugins", "TeacherPluginsMissing", "check_teacher_plugins", "create_plugins"]
 
 
 @dataclass
@@ -27,13 +27,27 @@ class RunPlugins:
 def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
     """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
     arguments fails here, before the teacher is trained."""
+    if not cfg.teacher:                  # the teacher's own loss and updater, before its training is due
+        check_teacher_plugins(host)
     options = cfg.plugin_options
     loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
     updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
     initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
     make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
-    if not cfg.teacher:                  # the teacher's own loss and updater, before its training is due
-        host.get("loss", TEACHER_LOSS), host.get("updater", TEACHER_UPDATER)
     return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
                       checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count),
                       checked_initializer(initializer, host.get("initializer", cfg.init)))
+
+
+class TeacherPluginsMissing(ValueError):
+    """The plugins a run trains its teacher with are not loaded (blocked, or not installed)."""
+
+
+def check_teacher_plugins(host: PluginHost) -> None:
+    """The teacher is trained by the same loop as the peers, with loss ``ce`` and updater ``uniform``:
+    when a block list (or a broken install) removed them, say so in one line, before any work."""
+    for kind, name in (("loss", TEACHER_LOSS), ("updater", TEACHER_UPDATER)):
+        if name not in host.names(kind):
+            raise TeacherPluginsMissing(
+                f"the teacher is trained with {kind} {name!r}, which is not loaded{host.failure_note(kind, name)}; "
+                f"unblock the plugin that registers it (WML_BLOCK_PLUGINS), or give a trained teacher with --teacher")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -165,13 +165,30 @@ def train_teacher(model, data: TokenData, cfg: WMLConfig, device: torch.device, 
     (:mod:`wml_framework.runtime.interrupts`); a model whose loss or gradient stays non-finite for
     ``nonfinite_patience`` steps raises ``TrainingError`` naming the teacher."""
     loop = teacher_loop(model, data, cfg, device, host=host, run_dir=run_dir, log=log, callbacks=callbacks)
-    if checkpoint.exists(run_dir, checkpoint.TEACHER):
-        state = checkpoint.load(run_dir, checkpoint.TEACHER, warn=log)
-        if "peers" in state:
-            loop.resume(state)
-            log(f"teacher: resumed at step {loop.state.step}/{cfg.teacher_steps}")
-        else:   # written by the teacher's own loop of earlier versions: another optimizer, other keys
-            checkpoint.remove(run_dir, checkpoint.TEACHER)
-            log("warning: the teacher's checkpoint is from an earlier wml and cannot be resumed; its training starts over")
+    state = _usable_checkpoint(run_dir, log)
+    if state is not None:
+        loop.resume(state)
+        log(f"teacher: resumed at step {loop.state.step}/{cfg.teacher_steps}")
+    else:                                  # a fresh start logs afresh (no record of an earlier start is kept)
+        loop.records.unlink(missing_ok=True)
     loop.train()
     return model.eval()
+
+
+def _usable_checkpoint(run_dir, log) -> Optional[dict]:
+    """The newest whole teacher checkpoint, or None (the teacher then starts over). A checkpoint of
+    an earlier wml (its own loop: other keys), or none whole (a kill inside the step-0 write leaves
+    only part of one), is removed with a warning rather than blocking every resume."""
+    if not checkpoint.exists(run_dir, checkpoint.TEACHER):
+        return None
+    try:
+        state = checkpoint.load(run_dir, checkpoint.TEACHER, warn=log)
+    except checkpoint.CheckpointError as exc:
+        checkpoint.remove(run_dir, checkpoint.TEACHER)
+        log(f"warning: the teacher's training starts over: {exc}")
+        return None
+    if "peers" not in state:
+        checkpoint.remove(run_dir, checkpoint.TEACHER)
+        log("warning: the teacher's checkpoint is from an earlier wml and cannot be resumed; its training starts over")
+        return None
+    return state
