@@ -8,6 +8,11 @@ held-out split. Evaluation on fixed blocks of the other half drives early stoppi
 logged to ``metrics.jsonl`` and announced as an event (observers, callbacks); checkpoints make runs
 resumable. The teacher ``wml run`` trains goes through this same loop (one model, the ``ce`` loss,
 ω never moved) with its own :class:`~.loop_settings.LoopSettings` (:func:`~.teacher.teacher_settings`).
+
+Over 450 lines on purpose: one step (inner accumulation, the outer step between backward and the
+optimizer step, the guarded optimizer steps, evaluation, checkpoints, signals) reads in one file,
+in order, as nanoGPT's loop does; what is not the loop itself lives beside it (state, settings,
+records, forward helpers).
 """
 
 from __future__ import annotations
