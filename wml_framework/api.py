@@ -13,6 +13,7 @@ position that is neither scored nor counted. ``docs/plugins.md`` documents each 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["IGNORE_INDEX", "Batch", "is_hf_model", "peer_logits", "trainable_parameters", "LossResult", "Loss",
+__all__ = ["IGNORE_INDEX", "Batch", "is_hf_model", "CAUSAL", "BIDIRECTIONAL", "ATTENTIONS", "native_attention",
+           "attending", "attention_bias", "model_class", "build_model", "TokenInfo", "Objective", "peer_logits", "trainable_parameters", "LossResult", "Loss",
            "FastPathLoss", "ScoredLogits", "scored_logits", "unscore", "omega_vector", "rowdot", "full_precision",
            "autocast_off", "ensemble_loss", "ensemble_loss_parts",
            "OuterContext", "AdamPreconditioner", "InnerGradients", "UpdateResult", "Updater",
@@ -74,22 +76,163 @@ def is_hf_model(model: nn.Module) -> bool:
     return hasattr(model, "config") and hasattr(model, "generate")
 
 
+# ----------------------------------------------------------------------------- models and attention
+
+#: how a position may attend: to itself and earlier positions (``CAUSAL``) or to every position
+CAUSAL, BIDIRECTIONAL = "causal", "bidirectional"
+ATTENTIONS = (CAUSAL, BIDIRECTIONAL)
+#: the module attribute :func:`attending` sets and :func:`peer_logits` reads
+_ATTENTION_ATTR = "wml_attention"
+
+
+def _masked_lm_classes() -> set:
+    from transformers import MODEL_FOR_MASKED_LM_MAPPING
+
+    return set(MODEL_FOR_MASKED_LM_MAPPING.values())
+
+
+def native_attention(model: nn.Module) -> str:
+    """How ``model`` attends when called plainly: ``BIDIRECTIONAL`` for a Hugging Face masked LM
+    (an encoder such as RoBERTa), ``CAUSAL`` for everything else (causal LMs, plain modules)."""
+    return BIDIRECTIONAL if type(model) in _masked_lm_classes() else CAUSAL
+
+
+@contextlib.contextmanager
+def attending(models: Sequence[nn.Module], attention: Optional[str]):
+    """Within the block, :func:`peer_logits` calls each of ``models`` with ``attention``
+    (``CAUSAL`` or ``BIDIRECTIONAL``; None: each model's own). How an objective that mixes both
+    (``hybrid``) makes one model attend both ways; the previous setting is restored on exit."""
+    if attention is not None and attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
+    before = [getattr(m, _ATTENTION_ATTR, None) for m in models]
+    try:
+        for m in models:
+            object.__setattr__(m, _ATTENTION_ATTR, attention)
+        yield
+    finally:
+        for m, b in zip(models, before):
+            object.__setattr__(m, _ATTENTION_ATTR, b)
+
+
+def attention_bias(model: nn.Module, inputs: Tensor) -> Optional[Tensor]:
+    """The additive 4-D mask ``(B, 1, T, T)`` (0 where a position may attend, the dtype's minimum
+    where not) that makes ``model`` attend as :func:`attending` asked, or None where that is how
+    it attends anyway. Hugging Face models take such a float mask in place of a padding mask."""
+    wanted = getattr(model, _ATTENTION_ATTR, None)
+    if wanted is None or wanted == native_attention(model):
+        return None
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    b, t = inputs.shape[0], inputs.shape[-1]
+    bias = torch.zeros(t, t, dtype=dtype, device=inputs.device)
+    if wanted == CAUSAL:
+        future = torch.ones(t, t, dtype=torch.bool, device=inputs.device).triu(1)
+        bias = bias.masked_fill(future, torch.finfo(dtype).min)
+    return bias.expand(b, 1, t, t)
+
+
+def model_class(config):
+    """The Hugging Face class of a model of ``config``: the one its ``architectures`` names, else the
+    masked-LM class of an encoder (a model type with a masked-LM class whose config is not a
+    decoder: RoBERTa, BERT, DeBERTa-v2), else the causal-LM class. Every model wml builds or
+    loads goes through here, so that peers have the teacher's kind of head."""
+    import transformers
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
+
+    for name in getattr(config, "architectures", None) or ():
+        cls = getattr(transformers, name, None)
+        if cls is not None and (cls in set(MODEL_FOR_CAUSAL_LM_MAPPING.values()) or cls in _masked_lm_classes()):
+            return cls
+    kind = type(config)
+    if kind in MODEL_FOR_MASKED_LM_MAPPING and not getattr(config, "is_decoder", False):
+        return MODEL_FOR_MASKED_LM_MAPPING[kind]
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[kind]
+    if kind in MODEL_FOR_MASKED_LM_MAPPING:
+        return MODEL_FOR_MASKED_LM_MAPPING[kind]
+    raise ValueError(f"model_type {getattr(config, 'model_type', None)!r} has neither a causal-LM nor a "
+                     "masked-LM class in transformers")
+
+
+def build_model(config) -> nn.Module:
+    """A freshly initialised model of ``config`` (of :func:`model_class`), in the default dtype;
+    on the ``meta`` device when built inside ``torch.device("meta")`` (counting without memory)."""
+    cls = model_class(config)
+    return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+
+
+# ----------------------------------------------------------------------------- objectives
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What an objective needs to know of the tokenizer: the vocabulary size, the mask token (None
+    if it has none) and the ids it must never mask or draw as random replacements (BOS, EOS, pad …)."""
+
+    vocab_size: int
+    mask_token_id: Optional[int] = None
+    special_ids: tuple = ()
+
+    @classmethod
+    def of(cls, tokenizer, vocab_size: Optional[int] = None) -> "TokenInfo":
+        """The token facts of a Hugging Face tokenizer (``vocab_size``: the model's, if larger)."""
+        n = max(len(tokenizer), int(vocab_size or 0))
+        return cls(n, getattr(tokenizer, "mask_token_id", None), tuple(sorted(set(tokenizer.all_special_ids))))
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """How a block of tokens becomes a model's inputs and labels (the causal shift, BERT masking …).
+
+    ``head``: the Hugging Face head its models have, ``"causal"`` (``AutoModelForCausalLM``) or
+    ``"masked"`` (``AutoModelForMaskedLM``). ``needs_mask_token``: True if it writes the tokenizer's
+    mask token into inputs (a run whose tokenizer has none is refused before any work).
+    ``attentions``: the attentions it asks for (``CAUSAL``, ``BIDIRECTIONAL``): a model that cannot
+    attend in one of them is refused before any work. ``scoring``: how minimal pairs are scored for
+    its models, ``"causal"`` (sum of next-token log-probabilities), ``"mlm"`` (pseudo-log-likelihood:
+    each token masked in turn) or ``"mntp"`` (each token masked in turn, predicted from the position
+    before it), as the BabyLM 2025 pipeline's backends of those names. ``loss_name``: what its
+    held-out loss is called in reports (``next-token loss``, ``masked-token loss``).
+
+    ``attention(step)``: the attention of optimizer step ``step`` (the same for all its micro-batches
+    and its outer step); ``eval_attention``: the attention of held-out evaluation.
+    ``batch(block, step, gen, tokens)``: from ``block`` (B, T+1) of token ids, the inputs (B, T) and
+    labels (B, T) of step ``step`` (``IGNORE_INDEX`` where a position is not scored; labels aligned with
+    the logits, already shifted where the objective predicts the next token). Random choices come
+    from ``gen`` only (a run's resume repeats them exactly); ``step`` is -1 for held-out evaluation.
+    """
+
+    head: str
+    needs_mask_token: bool
+    attentions: tuple
+    scoring: str
+    loss_name: str
+    eval_attention: str
+
+    def attention(self, step: int) -> str: ...
+
+    def batch(self, block: Tensor, step: int, gen: torch.Generator, tokens: TokenInfo) -> tuple[Tensor, Tensor]: ...
+
+
 def peer_logits(model: nn.Module, inputs: Any, attention_mask: Optional[Tensor] = None) -> Tensor:
     """Logits of a Hugging Face causal LM (``.logits`` of its output), of a plain module, or of any
     module that returns a tensor (an ensemble). The one way the core calls a model.
 
     A model on another device than its inputs (``peer_placement = "spread"``) gets them moved to
-    its own device, and its logits come back on the inputs' device (differentiably)."""
+    its own device, and its logits come back on the inputs' device (differentiably). Inside
+    :func:`attending`, a model asked to attend otherwise than it does by itself gets the
+    :func:`attention_bias` that makes it (when no ``attention_mask`` is given)."""
     if isinstance(inputs, (list, tuple)):
         raise TypeError("peer_logits() got a list of per-peer inputs; take one peer's inputs with "
                         "batch.for_peer(i)")
     origin = inputs.device if isinstance(inputs, Tensor) else None
+    if attention_mask is None and isinstance(inputs, Tensor):
+        attention_mask = attention_bias(model, inputs)
     home = _device_of(model)
     if origin is not None and home is not None and home != origin:
         inputs = inputs.to(home)
         attention_mask = None if attention_mask is None else attention_mask.to(home)
     if is_hf_model(model):
-        out = model(input_ids=inputs, attention_mask=attention_mask, use_cache=False)
+        cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+        out = model(input_ids=inputs, attention_mask=attention_mask, **cache)
     elif attention_mask is not None:
         out = model(inputs, attention_mask=attention_mask)
     else:
