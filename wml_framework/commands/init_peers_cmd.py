@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .. import config as cfgmod
+from ..api import model_class
 from ..runtime.atomic import atomic_directory
 from ..runtime.run_layout import peer_name
 from ..training.families import family_for
@@ -112,13 +113,12 @@ def command(init, teacher, num_peers, out, config_path, preset, overrides, calib
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()   # per-file bars would bury the table
     click.echo(f"teacher: {family.name} {family.shape_string(teacher_config)}, {plan.n_teacher:,} parameters; "
                f"initializer {cfg.init!r}, {len(plan.targets)} peers", err=True)
-    model = AutoModelForCausalLM.from_pretrained(str(teacher)).eval()
+    model = model_class(teacher_config).from_pretrained(str(teacher)).eval()
     try:
         result, trace = build_peers(cfg, plan, model, calibration=batch, log=lambda m: None)
     except ValueError as exc:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..api import peer_logits
+from ..api import model_class, peer_logits
 
 __all__ = ["DTYPES", "train_dtype", "EnsembleLM", "normalised_weights", "mix_logits", "count_parameters",
            "model_device", "max_positions", "evaluating", "resolve_device", "load_model"]
@@ -122,15 +122,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(path, device: str | torch.device | None = "cpu", dtype: torch.dtype | None = torch.float32):
-    """A Hugging Face causal LM in eval mode (float32 by default: CPU scoring of bf16 weights is slow and coarse)."""
-    from transformers import AutoModelForCausalLM
+    """A Hugging Face language model (causal or masked: :func:`~wml_framework.api.model_class` of its
+    config) in eval mode (float32 by default: CPU scoring of bf16 weights is slow and coarse)."""
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()      # a per-file bar per model would bury our own output
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = model_class(AutoConfig.from_pretrained(str(path))).from_pretrained(str(path), dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

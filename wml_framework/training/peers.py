@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..api import Batch, InitResult, peer_targets
+from ..api import Batch, InitResult, build_model, peer_targets
 from ..config import WMLConfig
 from ..runtime.atomic import atomic_write_json
 from ..runtime.run_layout import RunLayout
@@ -76,6 +76,6 @@ def write_init_files(out_dir: Path, result: InitResult, trace: dict) -> None:
 
 def peers_from_configs(configs: list) -> list:
     """Fresh models of saved peer configs (a checkpoint's), to load the saved weights into."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    return [AutoModelForCausalLM.from_config(AutoConfig.for_model(**conf)) for conf in configs]
+    return [build_model(AutoConfig.for_model(**conf)) for conf in configs]

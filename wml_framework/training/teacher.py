@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..api import build_model, model_class
 from ..config import WMLConfig
 from ..plugin_system.guards import checked_loss, checked_updater
 from ..plugin_system.host import PluginHost
@@ -73,19 +74,19 @@ def load_teacher_config(path: str | Path):
 
 def load_teacher(path: str | Path, dtype=torch.float32):
     """Model (eval mode) and, when the folder has one, its tokenizer (else ``None``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     p = check_teacher_dir(path)
     quiet = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # its load report is ours to give, in one line
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, output_loading_info=True)
+        model, info = model_class(load_teacher_config(p)).from_pretrained(p, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         if "mismatched" in str(exc):
             raise TeacherError(f"teacher {str(p)!r}: its weights do not match its config.json (tensor shapes differ)") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TeacherError(f"teacher {str(p)!r} cannot be loaded as a causal LM: {first}") from None
+        raise TeacherError(f"teacher {str(p)!r} cannot be loaded as a language model: {first}") from None
     finally:
         hf_logging.set_verbosity(quiet)
     problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys", "unexpected_keys") and v}
@@ -115,10 +116,8 @@ def teacher_config(family, cfg: WMLConfig, tokenizer, max_positions: int):
 
 def new_teacher(hf_config, seed: int):
     """A freshly initialised model of ``hf_config`` (seeded)."""
-    from transformers import AutoModelForCausalLM
-
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(hf_config)
+    return build_model(hf_config)
 
 
 def teacher_settings(cfg: WMLConfig) -> LoopSettings:

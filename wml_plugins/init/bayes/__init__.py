@@ -20,10 +20,16 @@ import copy
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
 
 from wml_framework import hookimpl
-from wml_framework.api import InitResult, Option, SizableFamily, shape_string, table_row
+from wml_framework.api import (
+    InitResult,
+    Option,
+    SizableFamily,
+    build_model,
+    shape_string,
+    table_row,
+)
 
 from ..common import check_request, check_targets
 from .search import NoFreeShape, search_shape
@@ -99,7 +105,7 @@ class BayesInitializer:
             config = space.config(res.shape)
             with torch.random.fork_rng():
                 torch.manual_seed(seed + i)
-                peer = AutoModelForCausalLM.from_config(config).to(teacher.dtype).eval()
+                peer = build_model(config).to(teacher.dtype).eval()
             count = sum(p.numel() for p in peer.parameters())
             if count != res.parameters:  # the analytic count is the search's whole premise
                 raise RuntimeError(f"bayes: {family.name} counted {res.parameters} parameters for "

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM
+
+from wml_framework.api import build_model
 
 from .importance import Importance
 from .plan import PrunePlan
@@ -80,7 +81,7 @@ def prune_model(model, family, kept: KeptUnits, plan: PrunePlan):
                                   ffn=plan.ffn, hidden=plan.hidden)
     state = sliced_state(model, family, kept)
     with torch.random.fork_rng():  # the random init is overwritten; keep the caller's RNG as it was
-        pruned = AutoModelForCausalLM.from_config(config)
+        pruned = build_model(config)
     pruned = pruned.to(device=next(model.parameters()).device, dtype=model.dtype)
     expected = dict(pruned.named_parameters())
     if set(expected) != set(state):
