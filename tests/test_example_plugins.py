@@ -86,7 +86,8 @@ def test_a_run_made_of_the_example_plugins_with_options_from_the_command_line(ex
     result = CliRunner().invoke(main, [*args, "--init", "shallow", "--loss", "focal_wml", "--updater", "softmax_ema"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"] == {"init": "shallow", "updater": "softmax_ema", "loss": "focal_wml", "hypergradient": "exact"}
+    assert summary["config"] == {"init": "shallow", "updater": "softmax_ema", "loss": "focal_wml", "hypergradient": "exact",
+                                 "objective": "causal"}
     assert json.loads((out / "teacher" / "config.json").read_text())["model_type"] == "mistral"
     assert json.loads((out / "init_trace.json").read_text())["initializer"] == "shallow"
     outer = [r for r in read_metrics(out) if r["kind"] == "outer"]

@@ -92,8 +92,12 @@ def _masked_lm_classes() -> set:
 
 
 def native_attention(model: nn.Module) -> str:
-    """How ``model`` attends when called plainly: ``BIDIRECTIONAL`` for a Hugging Face masked LM
-    (an encoder such as RoBERTa), ``CAUSAL`` for everything else (causal LMs, plain modules)."""
+    """How ``model`` attends when called plainly: what its ``wml_native_attention`` attribute says
+    (a wrapper of other models, like an ensemble, says its members'), else ``BIDIRECTIONAL`` for a
+    Hugging Face masked LM (an encoder such as RoBERTa), ``CAUSAL`` for everything else."""
+    declared = getattr(model, "wml_native_attention", None)
+    if declared in ATTENTIONS:
+        return declared
     return BIDIRECTIONAL if type(model) in _masked_lm_classes() else CAUSAL
 
 
@@ -173,7 +177,10 @@ class TokenInfo:
 
     @classmethod
     def of(cls, tokenizer, vocab_size: Optional[int] = None) -> "TokenInfo":
-        """The token facts of a Hugging Face tokenizer (``vocab_size``: the model's, if larger)."""
+        """The token facts of a Hugging Face tokenizer (``vocab_size``: if larger; alone when there is
+        no tokenizer, as for synthetic token streams)."""
+        if tokenizer is None:
+            return cls(int(vocab_size or 0))
         n = max(len(tokenizer), int(vocab_size or 0))
         return cls(n, getattr(tokenizer, "mask_token_id", None), tuple(sorted(set(tokenizer.all_special_ids))))
 

@@ -68,6 +68,7 @@ class WMLConfig:
     init: str = _f("bayes", "Peer initializer plugin (`wml plugins`).", plugin="initializer", group="plugins")
     updater: str = _f("mirror", "Peer-weight (ω) updater plugin.", plugin="updater", group="plugins")
     loss: str = _f("wml", "Inner-loop loss plugin.", plugin="loss", group="plugins")
+    objective: str = _f("causal", "Training objective plugin: 'causal' (next token), 'masked' (BERT/RoBERTa masking) or 'hybrid' (GPT-BERT: causal and masked next-token steps); docs/objectives.md.", plugin="objective", group="plugins")
     num_peers: int = _f(4, "Number of peers M; targets are N/2 … N/(M+1) of the teacher's N.", low=1, high=16, group="plugins")
     peer_fractions: list = _f([], "Explicit peer sizes as fractions of the teacher (overrides num_peers).", group="plugins")
 
@@ -83,7 +84,7 @@ class WMLConfig:
 
     # -- teacher -----------------------------------------------------------------------
     teacher: str = _f("", "Hugging Face model directory of the teacher; empty: train one first.", group="teacher")
-    teacher_family: str = _f("llama", "Model family of the teacher trained when none is given.", plugin="family", group="teacher")
+    teacher_family: str = _f("auto", "Model family of the teacher trained when none is given; 'auto': llama for a causal objective, roberta for a masked or hybrid one.", plugin="family", group="teacher")
     teacher_n_layer: int = _f(4, "Layers of the trained teacher.", low=1, high=64, group="teacher")
     teacher_n_embd: int = _f(128, "Hidden size of the trained teacher.", low=8, high=8192, group="teacher")
     teacher_n_head: int = _f(4, "Attention heads of the trained teacher.", low=1, high=128, group="teacher")
@@ -217,7 +218,7 @@ def _check_plugins(cfg: WMLConfig, host: "PluginHost", dropped: Optional[list] =
         if kind and f.type == "str":
             valid = host.names(kind)
             value = getattr(cfg, f.name)
-            if value not in valid:
+            if value not in valid and not (value == "auto" == f.default):
                 raise ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; "
                                   f"expected one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}"
                                   + host.failure_note(kind, value))

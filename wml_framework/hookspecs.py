@@ -11,7 +11,7 @@ was registered. The types are in :mod:`wml_framework.api`; ``docs/plugins.md`` h
 import pluggy
 
 __all__ = ["PROJECT", "wml_register_model_families", "wml_register_initializers", "wml_register_losses",
-           "wml_register_updaters", "wml_register_evaluators", "wml_run_event"]
+           "wml_register_updaters", "wml_register_evaluators", "wml_register_objectives", "wml_run_event"]
 
 PROJECT = "wml"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -47,6 +47,12 @@ def wml_register_evaluators(register):
     """Register evaluators: a factory ``make(config, **options)`` returning an
     :class:`~wml_framework.api.Evaluator` (``evaluator(model, tokenizer, ...) -> dict``), or None
     when the configuration gives it nothing to score."""
+
+
+@hookspec
+def wml_register_objectives(register):
+    """Register training objectives: a factory ``make(config, **options)`` returning an
+    :class:`~wml_framework.api.Objective` (``batch(block, step, gen, tokens) -> (inputs, labels)``)."""
 
 
 @hookspec

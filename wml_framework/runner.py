@@ -33,9 +33,24 @@ from .text.corpus import CorpusError, plan_corpus
 from .text.tokenizer import load_tokenizer, with_bos
 from .text.tokens import TokenData, prepare_for
 from .training.callbacks import TrainerControl, TrainerState, dispatch
-from .training.export import export, print_summary, save_model, weights_fingerprint
+from .training.export import (
+    export,
+    print_summary,
+    save_model,
+    stamp_objective,
+    weights_fingerprint,
+)
 from .training.families import family_for
 from .training.loop import TrainingLoop
+from .training.objective_fit import (
+    ObjectiveMismatch,
+    check_attentions,
+    check_head,
+    check_mask_token,
+    default_family,
+    probe_config,
+    probe_model,
+)
 from .training.peers import (
     PeerPlan,
     build_peers,
@@ -255,6 +270,8 @@ class WMLTrainer:
         plugins = create_plugins(cfg, self.host)
         if cfg.teacher and not self.layout.teacher.exists():
             self._check_given_teacher(plugins)
+        elif not cfg.teacher and not self.layout.teacher.exists():
+            self._check_teacher_family(plugins)
         _check_writable(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log(f"{'resuming' if self.resuming else 'run folder:'} {self.run_dir}")
@@ -295,8 +312,35 @@ class WMLTrainer:
         if len(tokenizer) > hf_config.vocab_size:
             raise RunError(f"teacher {cfg.teacher!r}: its tokenizer has {len(tokenizer):,} tokens but its embedding only "
                            f"{hf_config.vocab_size:,} rows; token ids past {hf_config.vocab_size - 1} would index nothing")
+        who = f"teacher {cfg.teacher!r}"
+        try:
+            check_head(cfg.objective, plugins.objective, hf_config, who)
+            check_mask_token(cfg.objective, plugins.objective, tokenizer, f"the tokenizer of {who}")
+        except ObjectiveMismatch as exc:
+            raise RunError(str(exc)) from None
         self._given_teacher = load_teacher(cfg.teacher, dtype=train_dtype(cfg))   # weights that do not fit the config fail here, before work
+        try:
+            check_attentions(cfg.objective, plugins.objective, self._given_teacher[0], who)
+        except ObjectiveMismatch as exc:
+            raise RunError(str(exc)) from None
         self._plan(plugins, hf_config)
+
+    def _check_teacher_family(self, plugins: RunPlugins) -> None:
+        """The family of the teacher a run trains exists and fits the objective (head, attentions),
+        told in one line before any work, by a one-layer model of the family."""
+        cfg, objective = self.cfg, plugins.objective
+        name = default_family(cfg, objective)
+        if name not in self.host.names("family"):
+            raise RunError(f"config key 'teacher_family': {name!r} (for objective {cfg.objective!r}) is not a "
+                           f"registered family; registered: {', '.join(self.host.names('family'))}"
+                           + self.host.failure_note("family", name))
+        config = probe_config(self.host.create("family", name))
+        who = f"a {name} teacher (teacher_family {cfg.teacher_family!r})"
+        try:
+            check_head(cfg.objective, objective, config, who)
+            check_attentions(cfg.objective, objective, probe_model(config), who)
+        except ObjectiveMismatch as exc:
+            raise RunError(str(exc)) from None
 
     def _plan(self, plugins: RunPlugins, hf_config, calibration: Optional[Batch] = None) -> PeerPlan:
         """The initializer's check of the peers asked for. Before the data is ready, a placeholder
@@ -330,7 +374,8 @@ class WMLTrainer:
         if source == "given":                     # the tokenizer rank 0 tokenized with: the same cache entry
             tokenizer = with_bos(load_tokenizer(cfg.teacher))
         return teacher.to(device).eval(), prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer,
-                                                      log=log, plan=self.corpus)
+                                                      log=log, plan=self.corpus,
+                                                      mask_token=plugins.objective.needs_mask_token)
 
     def _main_teacher(self, device, plugins: RunPlugins):
         cfg, log, saved = self.cfg, self.log, self.layout.teacher
@@ -346,16 +391,19 @@ class WMLTrainer:
             tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
             data = prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
         else:
-            data = prepare_for(cfg, log=log, plan=self.corpus)
-            family = self.host.create("family", cfg.teacher_family)
+            data = prepare_for(cfg, log=log, plan=self.corpus, mask_token=plugins.objective.needs_mask_token)
+            family_name = default_family(cfg, plugins.objective)
+            family = self.host.create("family", family_name)
             hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
             self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains
             self._phase("teacher")
             teacher = new_teacher(hf_config, cfg.seed).to(train_dtype(cfg))
             n = sum(p.numel() for p in teacher.parameters())
-            log(f"teacher: training a {cfg.teacher_family} teacher of {n:,} parameters for {cfg.teacher_steps} steps")
+            log(f"teacher: training a {family_name} teacher of {n:,} parameters for {cfg.teacher_steps} steps "
+                f"(objective {cfg.objective})")
             teacher = train_teacher(teacher, data, cfg, device, host=self.host, run_dir=self.run_dir, log=log,
                                     callbacks=self.callbacks)
+            stamp_objective(teacher, cfg.objective, cfg.plugin_options(cfg.objective), plugins.objective)
         save_model(teacher.cpu(), data.tokenizer, saved)
         checkpoint.remove(self.run_dir, checkpoint.TEACHER)   # the saved teacher supersedes them
         return teacher.to(device).eval(), data
@@ -394,7 +442,8 @@ class WMLTrainer:
 
     def _loop(self, peers, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
         return TrainingLoop(self.cfg, self.host, peers, data, self.run_dir, device, loss=plugins.loss,
-                            updater=plugins.updater, teacher=teacher, log=self.log, callbacks=self.callbacks)
+                            updater=plugins.updater, teacher=teacher, log=self.log, callbacks=self.callbacks,
+                            objective=plugins.objective)
 
     def _resume_loop(self, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
         try:

@@ -12,7 +12,7 @@ from ..plugin_system.host import BLOCK_ENV, KIND_HOOKS, PluginHost, get_host
 __all__ = ["PLURALS", "command"]
 
 PLURALS = {"family": "model families", "initializer": "peer initializers", "loss": "losses",
-           "updater": "weight updaters", "evaluator": "evaluators"}
+           "updater": "weight updaters", "evaluator": "evaluators", "objective": "objectives"}
 
 
 @click.command("plugins", epilog=f"{BLOCK_ENV}=NAME[,NAME...] (commas or spaces) keeps the plugins of those "

@@ -12,15 +12,28 @@ import math
 import numbers
 from typing import Any, Mapping
 
+import torch
 from torch import Tensor
 
-from ..api import FastPathLoss, InitResult, LossResult, Updater, UpdateResult
+from ..api import (
+    ATTENTIONS,
+    IGNORE_INDEX,
+    FastPathLoss,
+    InitResult,
+    LossResult,
+    Updater,
+    UpdateResult,
+)
 from ..runtime.distributed import is_peer_failure
 from .host import Entry, PluginError
 from .simplex import SIMPLEX_TOL, OffSimplex, on_simplex
 
 __all__ = ["SIMPLEX_TOL", "NonFiniteOmega", "at_step", "check_simplex", "jsonable", "GuardedLoss", "GuardedUpdater",
-           "GuardedInitializer", "checked_initializer", "checked_loss", "checked_updater"]
+           "GuardedInitializer", "GuardedObjective", "HEADS", "SCORINGS", "checked_initializer", "checked_loss",
+           "checked_objective", "checked_updater"]
+
+#: what an objective's ``head`` and ``scoring`` may be (api.Objective)
+HEADS, SCORINGS = ("causal", "masked"), ("causal", "mlm", "mntp")
 
 
 class NonFiniteOmega(PluginError):
@@ -249,3 +262,74 @@ def checked_loss(loss: Any, entry: Entry) -> GuardedLoss:
 
 def checked_updater(updater: Any, entry: Entry, num_peers: int) -> GuardedUpdater:
     return updater if isinstance(updater, GuardedUpdater) else GuardedUpdater(updater, entry, num_peers)
+
+
+class GuardedObjective:
+    """An objective plugin whose declarations are checked when it is made and whose batches are
+    checked on every call (shapes, integer ids, labels in the vocabulary or ignored); errors name
+    the plugin. Its attributes are forwarded; anything else it has is reached through it."""
+
+    def __init__(self, objective: Any, entry: Entry):
+        self._objective, self._entry = objective, entry
+        problems = []
+        if getattr(objective, "head", None) not in HEADS:
+            problems.append(f"`head` must be one of {', '.join(HEADS)} (got {getattr(objective, 'head', None)!r})")
+        if getattr(objective, "scoring", None) not in SCORINGS:
+            problems.append(f"`scoring` must be one of {', '.join(SCORINGS)} (got {getattr(objective, 'scoring', None)!r})")
+        attentions = tuple(getattr(objective, "attentions", ()) or ())
+        if not attentions or any(a not in ATTENTIONS for a in attentions):
+            problems.append(f"`attentions` must name some of {', '.join(ATTENTIONS)} (got {attentions!r})")
+        if getattr(objective, "eval_attention", None) not in attentions:
+            problems.append(f"`eval_attention` must be one of its `attentions` (got {getattr(objective, 'eval_attention', None)!r})")
+        for name in ("batch", "attention"):
+            if not callable(getattr(objective, name, None)):
+                problems.append(f"it has no method `{name}`")
+        if not isinstance(getattr(objective, "needs_mask_token", None), bool):
+            problems.append("`needs_mask_token` must be True or False")
+        if problems:
+            raise _fail(entry, "factory", "the object it made is not an objective (see docs/objectives.md): "
+                                          + "; ".join(problems))
+        self.head, self.scoring, self.attentions = objective.head, objective.scoring, attentions
+        self.eval_attention, self.needs_mask_token = objective.eval_attention, objective.needs_mask_token
+        self.loss_name = str(getattr(objective, "loss_name", "") or "held-out loss")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._objective, name)
+
+    def attention(self, step: int) -> str:
+        try:
+            out = self._objective.attention(step)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
+            raise _fail(self._entry, "attention()", f"{type(exc).__name__}: {exc}") from exc
+        if out not in self.attentions:
+            raise _fail(self._entry, "attention()", f"returned {out!r} for step {step}, not one of its attentions "
+                                                    f"{self.attentions}")
+        return out
+
+    def batch(self, block, step, gen, tokens):
+        try:
+            out = self._objective.batch(block, step, gen, tokens)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
+            raise _fail(self._entry, "batch()", f"{type(exc).__name__}: {exc}") from exc
+        if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+            raise _fail(self._entry, "batch()", f"must return (inputs, labels), two tensors; got {type(out).__name__}")
+        x, y = out
+        want = (block.shape[0], block.shape[1] - 1)
+        for what, t in (("inputs", x), ("labels", y)):
+            if tuple(t.shape) != want:
+                raise _fail(self._entry, "batch()", f"{what} have shape {tuple(t.shape)}; expected {want} for a block "
+                                                    f"of shape {tuple(block.shape)}")
+            if t.dtype != torch.long:
+                raise _fail(self._entry, "batch()", f"{what} must be token ids (torch.long), got {t.dtype}")
+        vocab = tokens.vocab_size if tokens is not None else None
+        if vocab is not None and x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
+            raise _fail(self._entry, "batch()", f"inputs hold ids outside the vocabulary [0, {vocab})")
+        labelled = y[y != IGNORE_INDEX]
+        if vocab is not None and labelled.numel() and (int(labelled.min()) < 0 or int(labelled.max()) >= vocab):
+            raise _fail(self._entry, "batch()", f"labels hold ids outside the vocabulary [0, {vocab}) "
+                                                f"(use {IGNORE_INDEX} for positions not scored)")
+        return x, y
+
+
+def checked_objective(objective: Any, entry: Entry) -> GuardedObjective:
+    return objective if isinstance(objective, GuardedObjective) else GuardedObjective(objective, entry)

@@ -30,6 +30,7 @@ KIND_HOOKS: dict[str, str] = {
     "loss": "wml_register_losses",
     "updater": "wml_register_updaters",
     "evaluator": "wml_register_evaluators",
+    "objective": "wml_register_objectives",
 }
 HOOK_NAMES = sorted([*KIND_HOOKS.values(), "wml_run_event"])
 #: names an evaluator may not take: its result is stored under its name beside these keys of eval.json

@@ -15,13 +15,14 @@ import hashlib
 __all__ = ["train_tokenizer", "load_tokenizer", "tokenizer_fingerprint", "bos_token_id", "present",
            "encode_with_bos", "document_encoder", "tokenizer_adds_bos", "with_bos", "pad_token_id"]
 
-BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+BOS, EOS, PAD, MASK = "<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>"
 
 
-def train_tokenizer(docs, vocab_size: int):
+def train_tokenizer(docs, vocab_size: int, mask_token: bool = False):
     """Byte-level BPE trained on ``docs`` (any iterable of texts: streamed, never held whole), wrapped
     as a PreTrainedTokenizerFast that prepends BOS to every encoding (so a sentence's first word is
-    scored too, also by pipelines that rely on the tokenizer for it)."""
+    scored too, also by pipelines that rely on the tokenizer for it). ``mask_token``: with a mask
+    token (``<|mask|>``, id 3) for masked and hybrid objectives; without, the ids are as they always were."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -38,7 +39,7 @@ def train_tokenizer(docs, vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD], min_frequency=2,
+        vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD] + ([MASK] if mask_token else []), min_frequency=2,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator((present(d) for d in docs), trainer=trainer)
@@ -46,7 +47,8 @@ def train_tokenizer(docs, vocab_size: int):
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    extra = {"mask_token": MASK} if mask_token else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, **extra)
 
 
 def load_tokenizer(path):

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+from ..plugin_system.host import get_host
 from ..runtime.atomic import atomic_directory, atomic_write_json
 from .corpus import (
     DOC_RULE_VERSION,
@@ -32,8 +33,8 @@ from .corpus import (
 )
 from .tokenizer import document_encoder, tokenizer_fingerprint, train_tokenizer
 
-__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks",
-           "document_batches", "encode_files", "split_stream", "prepare", "prepare_for"]
+__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks", "random_rows",
+           "document_batches", "encode_files", "split_stream", "prepare", "prepare_for", "needs_mask_token"]
 
 SPLIT_CHUNK = 2048  # tokens; every k-th chunk is held out, so every book is in both splits
 MIN_SPLIT_CHUNK = 64  # smaller corpora get smaller chunks, so that ~8 of them are held out
@@ -60,10 +61,16 @@ class TokenData:
         """The second half of the held-out stream: only ever evaluated, never tuned on."""
         return heldout_halves(self.val)[1]
 
-    def batch(self, split: str, batch_size: int, block_size: int, gen: torch.Generator):
-        """Random blocks of the train stream or of the ω half of the held-out stream."""
+    def blocks(self, split: str, batch_size: int, block_size: int, gen: torch.Generator) -> torch.Tensor:
+        """Random blocks of ``block_size + 1`` tokens, (batch, block+1), of the train stream or of the
+        ω half of the held-out stream: what an objective makes inputs and labels of."""
         stream = self.train if split == "train" else self.val_omega
-        return random_blocks(stream, batch_size, block_size, gen, "train" if split == "train" else "held-out (ω)")
+        return random_rows(stream, batch_size, block_size, gen, "train" if split == "train" else "held-out (ω)")
+
+    def batch(self, split: str, batch_size: int, block_size: int, gen: torch.Generator):
+        """Next-token inputs and labels of :meth:`blocks` (the causal shift)."""
+        t = self.blocks(split, batch_size, block_size, gen)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
 def heldout_halves(val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +81,18 @@ def heldout_halves(val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
     """Inputs ``x`` and next-token labels ``y``, both (batch, block), from random offsets."""
+    t = random_rows(stream, batch_size, block_size, gen, name)
+    return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+
+def random_rows(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
+    """(batch, block+1) token ids from random offsets of ``stream`` (nanoGPT-style)."""
     if len(stream) < block_size + 1:
         raise ValueError(f"the {name} split has {len(stream)} tokens, fewer than block_size+1 = {block_size + 1}; "
                          "use a larger corpus, a larger val_fraction or a smaller block_size")
     starts = torch.randint(len(stream) - block_size, (batch_size,), generator=gen).tolist()
     rows = np.stack([np.asarray(stream[s: s + block_size + 1], dtype=np.int64) for s in starts])
-    t = torch.from_numpy(rows)
-    return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+    return torch.from_numpy(rows)
 
 
 def document_batches(docs: Iterable[str], chars: int = BATCH_CHARS) -> Iterator[list[str]]:
@@ -161,13 +173,15 @@ def _load_stream(path: Path, dtype) -> np.ndarray:
 
 def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, cache: Path | None = None,
             log=print, *, val_corpus: str = "", clean: bool = True, progress: Optional[bool] = None,
-            plan: Optional[CorpusPlan] = None) -> TokenData:
+            plan: Optional[CorpusPlan] = None, mask_token: bool = False) -> TokenData:
     """Tokenizer (trained unless given) and cached token streams for a corpus (module docstring).
 
     ``plan``: the :func:`~.corpus.plan_corpus` of ``corpus`` and ``val_corpus`` when the caller made
-    it already (a run plans its corpus before any work), so every file is listed and checked once."""
+    it already (a run plans its corpus before any work), so every file is listed and checked once.
+    ``mask_token``: a trained tokenizer gets one (masked and hybrid objectives); a given tokenizer is
+    used as it is."""
     plan = plan or plan_corpus(corpus, val_corpus)
-    key_extra = ("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size)
+    key_extra = ("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size) + (("mask",) if mask_token else ())
     split = ("files", len(plan.train)) if plan.heldout else ("chunks", val_fraction, SPLIT_CHUNK)
     key = files_fingerprint(plan.train + plan.heldout, key_extra, split, clean, DOC_RULE_VERSION)
     where = (cache or cache_dir()) / "tokens" / key
@@ -184,7 +198,7 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
                          tokenizer, meta["vocab_size"], meta.get("heldout_from", ""))
     if tokenizer is None:
         log(f"data: training a {vocab_size}-token BPE tokenizer on {len(plan.train)} file(s)")
-        tokenizer = train_tokenizer(iter_documents(plan.train, clean), vocab_size)
+        tokenizer = train_tokenizer(iter_documents(plan.train, clean), vocab_size, mask_token=mask_token)
         with atomic_directory(where / "tokenizer") as tmp:   # never half a tokenizer in the cache
             tokenizer.save_pretrained(tmp)
     n_vocab = len(tokenizer)
@@ -209,10 +223,24 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
 
 
 def prepare_for(cfg, tokenizer=None, log=print, progress: Optional[bool] = None,
-                plan: Optional[CorpusPlan] = None) -> TokenData:
+                plan: Optional[CorpusPlan] = None, mask_token: Optional[bool] = None) -> TokenData:
     """:func:`prepare` with every data setting of a configuration (``corpus``, ``val_corpus``,
-    ``vocab_size``, ``val_fraction``, ``clean_text``): the streams a run of ``cfg`` trains and is
-    evaluated on. Evaluators use this to score exactly the run's held-out text. ``plan``: the
-    configuration's corpus plan, if made already."""
+    ``vocab_size``, ``val_fraction``, ``clean_text``, and whether its ``objective`` needs a mask
+    token): the streams a run of ``cfg`` trains and is evaluated on. Evaluators use this to score
+    exactly the run's held-out text. ``plan``: the configuration's corpus plan, if made already;
+    ``mask_token``: whether a trained tokenizer gets one (default: as the objective, by the
+    command line's plugin host, says)."""
+    if mask_token is None:
+        mask_token = tokenizer is None and needs_mask_token(cfg)
     return prepare(cfg.corpus, cfg.vocab_size, cfg.val_fraction, tokenizer=tokenizer, log=log,
-                   val_corpus=cfg.val_corpus, clean=cfg.clean_text, progress=progress, plan=plan)
+                   val_corpus=cfg.val_corpus, clean=cfg.clean_text, progress=progress, plan=plan,
+                   mask_token=bool(mask_token))
+
+
+def needs_mask_token(cfg) -> bool:
+    """Whether the objective of ``cfg`` writes a mask token (then a trained tokenizer gets one)."""
+    host = get_host()
+    name = getattr(cfg, "objective", "causal")
+    if name not in host.names("objective"):
+        return False              # the run itself refuses an unknown objective, with its reasons
+    return bool(host.create("objective", name, cfg, options=cfg.plugin_options(name)).needs_mask_token)

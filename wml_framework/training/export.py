@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..evaluation.heldout import OBJECTIVE_ATTR, OBJECTIVE_OPTIONS_ATTR
 from ..runtime import distributed
 from ..runtime.atomic import atomic_directory, atomic_write_json
 from ..runtime.run_layout import RunLayout, peer_name
@@ -16,7 +17,19 @@ from ..text.tokens import TokenData
 from .families import shape_of
 from .loop import TrainingLoop
 
-__all__ = ["export", "print_summary", "save_model", "weights_fingerprint"]
+__all__ = ["SCORING_ATTR", "export", "print_summary", "save_model", "stamp_objective", "weights_fingerprint"]
+
+#: the config attribute that tells ``wml eval`` (and readers) how to score the model's minimal pairs
+SCORING_ATTR = "wml_objective_scoring"
+
+
+def stamp_objective(model, name: str, options: dict, objective) -> None:
+    """Write into the model's config the objective it was trained with (name, options, and the
+    minimal-pair scoring that fits it), so that ``wml eval`` of the folder scores it as trained:
+    a masked model by its masked-token loss and pseudo-log-likelihood, a hybrid one by MNTP."""
+    setattr(model.config, OBJECTIVE_ATTR, name)
+    setattr(model.config, OBJECTIVE_OPTIONS_ATTR, dict(options))
+    setattr(model.config, SCORING_ATTR, objective.scoring)
 
 
 def save_model(model, tokenizer, path: Path) -> None:
@@ -24,7 +37,6 @@ def save_model(model, tokenizer, path: Path) -> None:
     (PAD is EOS when it has none), and the model's config carries their ids (sequence classification
     needs ``pad_token_id`` to batch sentences of different lengths)."""
     from transformers.utils import logging as hf_logging
-
 
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -47,8 +59,10 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
     main = distributed.current().is_main
     omega = loop.state.omega.tolist()
     peers = []
+    name = loop.cfg.objective
     for i, peer in enumerate(loop.peers):
         if main:
+            stamp_objective(peer, name, loop.cfg.plugin_options(name), loop.objective)
             save_model(peer.cpu(), data.tokenizer, layout.peer(i))
         peers.append({"name": peer_name(i), "parameters": sum(p.numel() for p in peer.parameters()),
                       "shape": shape_of(loop.host, peer.config), "val_loss": final["val_loss"][i], "omega": omega[i]})
@@ -66,7 +80,8 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
         # run observers that raised and were not called again (the training itself is unaffected)
         "observer_failures": [{k: f[k] for k in ("plugin", "event", "step", "error")}
                               for f in loop.host.observer_failures(run_dir)],
-        "config": {k: cfg[k] for k in ("init", "updater", "loss", "hypergradient")},
+        "config": {k: cfg[k] for k in ("init", "updater", "loss", "hypergradient", "objective")},
+        "measure": loop.objective.loss_name,
         "teacher": None if teacher is None else {
             "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
             "shape": shape_of(loop.host, teacher.config)},
@@ -91,20 +106,23 @@ def weights_fingerprint(model) -> str:
 
 def print_summary(summary: dict, log) -> None:
     log("")
-    log(f"{'model':<10} {'params':>10} {'ω':>7} {'held-out loss':>14}")
+    measure = summary.get("measure") or "held-out loss"
+    width = max(14, len(measure))
+    log(f"{'model':<10} {'params':>10} {'ω':>7} {measure:>{width}}")
     t = summary["teacher"]
     if t:
-        log(f"{'teacher':<10} {t['parameters']:>10,} {'':>7} {t['val_loss']:>14.4f}")
+        log(f"{'teacher':<10} {t['parameters']:>10,} {'':>7} {t['val_loss']:>{width}.4f}")
     for p in summary["peers"]:
         mark = "  ← champion" if p["name"] == summary["champion"] else ""
-        log(f"{p['name']:<10} {p['parameters']:>10,} {p['omega']:>7.3f} {p['val_loss']:>14.4f}{mark}")
-    log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>14.4f}")
+        log(f"{p['name']:<10} {p['parameters']:>10,} {p['omega']:>7.3f} {p['val_loss']:>{width}.4f}{mark}")
+    log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>{width}.4f}")
     best_single = min(p["val_loss"] for p in summary["peers"])
     ens, best = f"{summary['ensemble_val_loss']:.4f}", f"{best_single:.4f}"
     # compared as printed: values that print alike are called equal, never "below" or "NOT below"
     verdict = ("equal to the best single peer's" if ens == best else
                "below every single peer's" if summary["ensemble_val_loss"] < best_single else "NOT below every single peer's")
-    log(f"ensemble held-out loss is {verdict} ({ens} vs best {best})")
+    log(f"ensemble {'held-out loss' if measure == 'held-out loss' else 'held-out ' + measure} is {verdict} "
+        f"({ens} vs best {best})")
     uniform = 1.0 / len(summary["omega"])
     log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
     for f in summary.get("observer_failures", []):

@@ -1,7 +1,8 @@
 """The bi-level WML training loop (method.md §3–§5), readable top to bottom.
 
 Inner step: every peer takes one AdamW step on the loss plugin's Σ_i L_i, accumulated over
-``num_batches`` micro-batches. Outer step (every ``outer_every`` steps, after the backward and
+``num_batches`` micro-batches, whose inputs and labels the objective plugin makes from blocks of
+tokens (the causal shift, BERT masking …) and whose attention it chooses per step. Outer step (every ``outer_every`` steps, after the backward and
 before the optimizer step, so it describes the step taken): the updater plugin moves ω using the
 last train micro-batch (with what the inner step computed on it) and a batch of the ω half of the
 held-out split. Evaluation on fixed blocks of the other half drives early stopping. Every step is
@@ -30,12 +31,14 @@ from ..api import (
     Event,
     InnerGradients,
     OuterContext,
+    TokenInfo,
+    attending,
     peer_logits,
     trainable_parameters,
 )
 from ..config import WMLConfig
 from ..evaluation.heldout import heldout_losses
-from ..plugin_system.guards import NonFiniteOmega, at_step
+from ..plugin_system.guards import NonFiniteOmega, at_step, checked_objective
 from ..plugin_system.host import PluginError, PluginHost
 from ..runtime import checkpoint, distributed, interrupts
 from ..runtime.atomic import append_jsonl, fsync_file
@@ -62,9 +65,14 @@ class TrainingLoop:
 
     def __init__(self, cfg: WMLConfig, host: PluginHost, peers: list, data: TokenData, run_dir: Path,
                  device: torch.device, *, loss, updater, teacher=None, log=print, callbacks: Sequence = (),
-                 settings: Optional[LoopSettings] = None):
+                 settings: Optional[LoopSettings] = None, objective=None):
         self.settings = settings or LoopSettings.for_peers(cfg)
         self.cfg, self.host, self.peers, self.data = cfg, host, peers, data
+        # how blocks become inputs and labels: the run's objective plugin (``cfg.objective``) unless given
+        self.objective = objective or checked_objective(
+            host.create("objective", cfg.objective, cfg, options=cfg.plugin_options(cfg.objective)),
+            host.get("objective", cfg.objective))
+        self.tokens = TokenInfo.of(data.tokenizer, data.vocab_size)
         self.layout, self.device, self.teacher, self.log = RunLayout(run_dir), device, teacher, log
         self.loss, self.updater, self.callbacks = loss, updater, list(callbacks)
         if self.loss.needs_teacher and teacher is None:
@@ -138,7 +146,8 @@ class TrainingLoop:
         sums = torch.zeros(3, len(self.peers), device=self.device, dtype=torch.float64)
         last = None
         for k in range(n):
-            x, y = self.data.batch("train", c.batch_size, c.block_size, self.gen_train)   # the global batch
+            block = self.data.blocks("train", c.batch_size, c.block_size, self.gen_train)   # the global batch
+            x, y = self.objective.batch(block, self.state.step, self.gen_train, self.tokens)
             x, y = self.dist.share(x).to(self.device), self.dist.share(y).to(self.device)
             teacher_logits = self._teacher_logits(x)
             last = LastMicroBatch(Batch(x, y), teacher_logits)
@@ -235,7 +244,8 @@ class TrainingLoop:
         hold the weights θ that the step's gradient was computed at, and γ is that step's rate.
         The accumulated gradients are set aside meanwhile, so an updater may use ``backward``."""
         c, st = self.cfg, self.state
-        vx, vy = self.data.batch("val", c.batch_size, c.block_size, self.gen_outer)
+        block = self.data.blocks("val", c.batch_size, c.block_size, self.gen_outer)
+        vx, vy = self.objective.batch(block, st.step, self.gen_outer, self.tokens)
         vx, vy = self.dist.share(vx), self.dist.share(vy)
         ctx = OuterContext(peers=self.peers, loss=self.loss, omega=st.omega.clone(), train=last.batch,
                            val=Batch(vx.to(self.device), vy.to(self.device)), inner_lr=self.lr(st.step),
@@ -290,7 +300,7 @@ class TrainingLoop:
         return heldout_losses(models, self.data.val_eval, c.block_size, c.batch_size,
                               max_blocks=c.eval_batches * c.batch_size, omega=omega, device=self.device,
                               autocast=self.autocast, shard=(self.dist.rank, self.dist.world),
-                              reduce_sum=self.dist.sum_floats)
+                              reduce_sum=self.dist.sum_floats, objective=self.objective, tokens_info=self.tokens)
 
     def evaluate(self) -> dict:
         """The ``eval`` record of now: each model's held-out loss and their ω-ensemble's."""
@@ -420,8 +430,10 @@ class TrainingLoop:
             t0 = time.perf_counter()
             outer_due = self.updater.needs_validation and (st.step + 1) % c.outer_every == 0
             omega_used = st.omega.tolist()
-            means, last = self.accumulate(capture=outer_due and self.offers_inner_gradients)
-            outer = self.outer_step(last) if outer_due else None
+            models = self.peers + ([self.teacher] if self.teacher is not None else [])
+            with attending(models, self.objective.attention(st.step)):   # this step's attention, inner and outer
+                means, last = self.accumulate(capture=outer_due and self.offers_inner_gradients)
+                outer = self.outer_step(last) if outer_due else None
             means = means.cpu()
             skipped = self.optimizer_steps(means[2])
             st.tokens += s.num_batches * c.batch_size * c.block_size

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api import Loss, Updater
+from ..api import Loss, Objective, Updater
 from ..config import WMLConfig
 from ..evaluation.scoring import make_evaluators
-from ..plugin_system.guards import checked_initializer, checked_loss, checked_updater
+from ..plugin_system.guards import (
+    checked_initializer,
+    checked_loss,
+    checked_objective,
+    checked_updater,
+)
 from ..plugin_system.host import PluginHost
 from .teacher import TEACHER_LOSS, TEACHER_UPDATER
 
@@ -22,21 +27,24 @@ class RunPlugins:
     loss: Loss
     updater: Updater
     initializer: object
+    objective: Objective
 
 
 def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
-    """Loss, updater and initializer of ``cfg``, with their options; a factory that rejects its
-    arguments fails here, before the teacher is trained."""
+    """Loss, updater, initializer and objective of ``cfg``, with their options; a factory that
+    rejects its arguments fails here, before the teacher is trained."""
     if not cfg.teacher:                  # the teacher's own loss and updater, before its training is due
         check_teacher_plugins(host)
     options = cfg.plugin_options
     loss = host.create("loss", cfg.loss, cfg, options=options(cfg.loss))
     updater = host.create("updater", cfg.updater, cfg, cfg.peer_count, options=options(cfg.updater))
     initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
+    objective = host.create("objective", cfg.objective, cfg, options=options(cfg.objective))
     make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
     return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
                       checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count),
-                      checked_initializer(initializer, host.get("initializer", cfg.init)))
+                      checked_initializer(initializer, host.get("initializer", cfg.init)),
+                      checked_objective(objective, host.get("objective", cfg.objective)))
 
 
 class TeacherPluginsMissing(ValueError):

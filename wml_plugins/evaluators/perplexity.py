@@ -39,7 +39,7 @@ class PerplexityEvaluator:
         limit = max_positions(model)
         block = min(self.block_size, limit) if limit else self.block_size
         result = perplexity(model, self.held_out(tokenizer), block, self.batch_size, self.max_blocks,
-                            device=device, progress=progress, desc=desc or "perplexity")
+                            device=device, progress=progress, desc=desc or "perplexity", tokenizer=tokenizer)
         result.update(corpus=self.cfg.corpus, val_fraction=self.cfg.val_fraction, split="held-out, evaluated half")
         return result
 
