@@ -72,6 +72,7 @@ def config_options(fn):
         plugin_option("--init", "initializer", "Peer initializer."),
         plugin_option("--updater", "updater", "Peer-weight updater."),
         plugin_option("--loss", "loss", "Inner-loop loss."),
+        plugin_option("--objective", "objective", "Training objective: causal, masked or hybrid (docs/objectives.md)."),
         click.option("--teacher", type=click.Path(file_okay=False), help="Hugging Face teacher directory."),
         click.option("--corpus", type=click.Path(), help="Text file or folder of text files."),
     ]

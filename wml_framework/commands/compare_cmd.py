@@ -22,8 +22,8 @@ __all__ = ["command"]
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Comparison folder; the same command again continues it.")
 @one_line_errors
-def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, methods, num_seeds, baseline,
-            out) -> None:
+def command(config_path, preset, overrides, init, updater, loss, objective, teacher, corpus, methods, num_seeds,
+            baseline, out) -> None:
     """Answer "does peer sharing beat teacher-guided distillation?" on your data: train every method on
     the same peers, teacher, data order and token budget for several seeds, and compare them."""
     from .. import config as cfgmod
@@ -34,7 +34,7 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
     if loss or updater:
         raise click.UsageError("--loss and --updater are chosen by each method; name methods with --methods "
                                "(LABEL=LOSS/UPDATER for your own)")
-    cfg = resolve_config(config_path, preset, overrides, init=init, teacher=teacher, corpus=corpus)
+    cfg = resolve_config(config_path, preset, overrides, init=init, objective=objective, teacher=teacher, corpus=corpus)
     try:
         chosen = parse_methods(methods, host=host())
         plan = make_plan(cfg, chosen, num_seeds, out, baseline=baseline, host=host())

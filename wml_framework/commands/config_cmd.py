@@ -14,11 +14,11 @@ __all__ = ["command"]
 @config_options
 @click.option("--markdown", is_flag=True, help="Print the table of every key and plugin option (docs/config.md) instead.")
 @one_line_errors
-def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, markdown) -> None:
+def command(config_path, preset, overrides, init, updater, loss, objective, teacher, corpus, markdown) -> None:
     """Show the configuration a run would use, validated, without running anything."""
     if markdown:
         click.echo(cfgmod.markdown_table(host()), nl=False)
         return
-    cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss,
+    cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss, objective=objective,
                          teacher=teacher, corpus=corpus)
     click.echo(cfgmod.dumps(cfg), nl=False)

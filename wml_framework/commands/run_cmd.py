@@ -20,7 +20,8 @@ __all__ = ["command", "launch"]
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Data-parallel processes on this machine: launches torchrun (docs/distributed.md).")
 @one_line_errors
-def command(config_path, preset, overrides, init, updater, loss, teacher, corpus, out, resume_dir, nproc) -> None:
+def command(config_path, preset, overrides, init, updater, loss, objective, teacher, corpus, out, resume_dir,
+            nproc) -> None:
     """Train a family of peers with weighted mutual learning."""
     from .. import config as cfgmod
     from .. import runner
@@ -30,7 +31,7 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
     log = distributed.main_only(lambda msg: click.echo(msg, err=True))  # progress to stderr, results to stdout
     if resume_dir:
         given = [n for n, v in dict(config=config_path, preset=preset, init=init, updater=updater,
-                                    loss=loss, teacher=teacher, corpus=corpus, out=out).items() if v]
+                                    loss=loss, objective=objective, teacher=teacher, corpus=corpus, out=out).items() if v]
         if given:
             raise click.UsageError(f"--resume continues a run with its saved config; drop {', '.join('--' + g for g in given)} "
                                    f"(--set may change: {', '.join(runner.RESUME_KEYS)})")
@@ -38,12 +39,13 @@ def command(config_path, preset, overrides, init, updater, loss, teacher, corpus
         device = overrides_dict.get("device") or _saved_device(resume_dir)
     else:
         cfg = resolve_config(config_path, preset, overrides, init=init, updater=updater, loss=loss,
-                             teacher=teacher, corpus=corpus)
+                             objective=objective, teacher=teacher, corpus=corpus)
         device = cfg.device
     if nproc is not None and not distributed.launched_by_torchrun():
         target = resume_dir or out or str(runner.default_run_dir())   # one folder, named once for every rank
         args = (["--resume", resume_dir] if resume_dir else ["--out", target]) + _passed_options(
-            config_path, preset, overrides, init=init, updater=updater, loss=loss, teacher=teacher, corpus=corpus)
+            config_path, preset, overrides, init=init, updater=updater, loss=loss, objective=objective, teacher=teacher,
+            corpus=corpus)
         sys.exit(launch(nproc, args, log))
     dist = distributed.init_from_env(device)
     target = resume_dir or dist.broadcast(out or str(runner.default_run_dir()))

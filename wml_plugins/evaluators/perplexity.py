@@ -44,7 +44,12 @@ class PerplexityEvaluator:
         return result
 
     def columns(self, result: dict) -> dict:
-        return {"held-out loss": f"{result['loss']:.4f}", "ppl": f"{result['ppl']:.2f}"}
+        """Next-token loss and perplexity; for a masked model, its masked-token loss (and no ppl:
+        exp of a masked-token loss is not a perplexity)."""
+        measure = result.get("measure", "next-token loss")
+        if measure == "next-token loss":
+            return {"held-out loss": f"{result['loss']:.4f}", "ppl": f"{result['ppl']:.2f}"}
+        return {f"held-out {measure}": f"{result['loss']:.4f}"}
 
 
 def make_perplexity(cfg, *, batch_size: int = 8, max_blocks: int = 0):
