@@ -1,0 +1,169 @@
+"""Masked and hybrid objectives end to end: ``wml run --objective masked`` on the embedded corpus,
+its exports, ``wml eval``, resume, ``wml compare``, and the one-line refusals before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from run_helpers import TINY
+
+from wml_framework.api import TokenInfo
+from wml_framework.cli import main
+
+SMALL = {**TINY, "teacher_steps": 10, "max_steps": 6, "lr_decay_iters": 6, "eval_interval": 3,
+         "checkpoint_interval": 3, "blimp_limit": 3, "threads": "1"}
+
+
+def _sets(values: dict) -> list[str]:
+    out = []
+    for key, value in values.items():
+        out += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def masked_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("masked") / "run"
+    result = CliRunner().invoke(main, ["run", "--objective", "masked", *_sets(SMALL), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_a_masked_run_on_the_embedded_corpus_trains_a_roberta_teacher_and_its_peers(masked_run):
+    """Catches a masked run that silently trains causal models, a teacher of the wrong family, or
+    a summary that calls a masked-token loss a perplexity."""
+    from transformers import AutoConfig
+
+    summary = json.loads((masked_run / "summary.json").read_text())
+    assert summary["config"]["objective"] == "masked" and summary["measure"] == "masked-token loss"
+    teacher = AutoConfig.from_pretrained(masked_run / "teacher")
+    assert teacher.model_type == "roberta" and teacher.architectures == ["RobertaForMaskedLM"]
+    records = [json.loads(line) for line in (masked_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals[-1]["ensemble_val_loss"] < evals[0]["ensemble_val_loss"]
+
+
+@pytest.mark.slow
+def test_masked_exports_load_as_masked_lms_and_sequence_classifiers(masked_run):
+    """Catches exports saved with a causal head, or without the objective ``wml eval`` reads."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for folder in (masked_run / "peers" / "peer_0", masked_run / "champion", masked_run / "teacher"):
+        mlm = AutoModelForMaskedLM.from_pretrained(folder)
+        assert type(mlm).__name__ == "RobertaForMaskedLM"
+        assert mlm.config.wml_objective == "masked" and mlm.config.wml_objective_scoring == "mlm"
+        clf = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert tok.mask_token is not None
+        batch = tok(["the cat sees the dog.", "the dogs see."], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            assert clf(**batch).logits.shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_wml_eval_scores_a_masked_run_by_its_masked_token_loss(masked_run):
+    """Catches ``wml eval`` scoring a masked model as a causal one (its next-token 'perplexity' is
+    meaningless) or labelling the masked-token loss a perplexity."""
+    result = CliRunner().invoke(main, ["eval", str(masked_run), "--set", "blimp_limit=3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((masked_run / "eval.json").read_text())
+    for name in ("peer_0", "ensemble", "teacher"):
+        ppl = data["models"][name]["perplexity"]
+        assert ppl["objective"] == "masked" and ppl["measure"] == "masked-token loss"
+    assert "masked-token loss" in result.output
+
+
+def test_a_masked_loop_resumes_bit_identically(tmp_path):
+    """Catches masking drawn outside the checkpointed generator (a resumed masked run would see
+    other masks than an uninterrupted one)."""
+    from run_helpers import tiny_loop
+
+    tokens = TokenInfo(vocab_size=128, mask_token_id=3, special_ids=(0, 1, 2, 3))
+
+    def loop(path):
+        cfg, data, lp = tiny_loop(path, objective="masked", max_steps=4)
+        lp.tokens = tokens
+        return lp
+
+    straight = loop(tmp_path / "a")
+    for _ in range(4):
+        straight.step()
+    first = loop(tmp_path / "b")
+    for _ in range(2):
+        first.step()
+    state = first.state_dict()
+    resumed = loop(tmp_path / "c")
+    resumed.load_state_dict(state)
+    for _ in range(2):
+        resumed.step()
+    for p, q in zip(straight.peers, resumed.peers):
+        assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), q.state_dict().values()))
+
+
+# -- refusals before any work ------------------------------------------------------------------
+
+def _refused(args, tmp_path) -> str:
+    out = tmp_path / "never"
+    result = CliRunner().invoke(main, ["run", *args, *_sets(SMALL), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert not (out / "config.toml").exists()
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error") or "error" in line]
+    assert len(lines) == 1, result.output
+    return result.output
+
+
+def test_a_masked_objective_with_a_causal_teacher_family_is_refused(tmp_path):
+    out = _refused(["--objective", "masked", "--set", "teacher_family=llama"], tmp_path)
+    assert "objective 'masked' trains a masked LM" in out and "--objective causal" in out
+
+
+def test_a_hybrid_objective_on_a_model_that_attends_one_way_is_refused(tmp_path):
+    out = _refused(["--objective", "hybrid", "--set", "teacher_family=deberta-v2"], tmp_path)
+    assert "ignores a causal attention mask" in out and "RoBERTa and BERT" in out
+
+
+def test_a_given_teacher_without_a_mask_token_is_refused(tmp_path):
+    """A RoBERTa teacher whose tokenizer has no mask token cannot train with masking."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from wml_framework.text.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["the cat sees the dog."] * 50, 300)
+    teacher = tmp_path / "teacher"
+    RobertaForMaskedLM(RobertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=64)).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    out = _refused(["--objective", "masked", "--teacher", str(teacher)], tmp_path)
+    assert "needs a mask token" in out
+
+
+@pytest.mark.slow
+def test_a_hybrid_run_trains_and_stamps_mntp_scoring(tmp_path):
+    out = tmp_path / "hybrid"
+    result = CliRunner().invoke(main, ["run", "--objective", "hybrid", *_sets({**SMALL, "teacher_steps": 6, "max_steps": 4,
+                                                                               "lr_decay_iters": 4}), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(out / "peers" / "peer_0")
+    assert config.wml_objective == "hybrid" and config.wml_objective_scoring == "mntp"
+
+
+@pytest.mark.slow
+def test_compare_runs_masked_methods(tmp_path):
+    """``wml compare --set objective=masked --methods wml,kd,ce --seeds 2`` (tiny settings)."""
+    out = tmp_path / "cmp"
+    result = CliRunner().invoke(main, ["compare", "--set", "objective=masked",
+                                       *_sets({**SMALL, "max_steps": 4, "lr_decay_iters": 4, "blimp_limit": 2}),
+                                       "--methods", "wml,kd,ce", "--seeds", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = sorted(p for p in out.rglob("summary.json") if "teacher" not in p.parts)
+    assert len(runs) >= 6
+    assert all(json.loads(p.read_text())["config"]["objective"] == "masked" for p in runs)
