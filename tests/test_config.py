@@ -105,7 +105,7 @@ def test_plugin_options_from_set_and_toml_are_validated_with_defaults(tmp_path):
 
 def test_teacher_family_is_checked_against_the_registry():
     """Would catch: a fixed list of families in the core (a third-party family could never be chosen)."""
-    with pytest.raises(ConfigError, match="'teacher_family'.*'gpt3'.*registered families: gpt2, llama"):
+    with pytest.raises(ConfigError, match="'teacher_family'.*'gpt3'.*expected 'auto' or one of the registered families: .*gpt2, gpt_neox, llama"):
         cfgmod.from_dict({"teacher_family": "gpt3"})
 
 

@@ -219,8 +219,9 @@ def _check_plugins(cfg: WMLConfig, host: "PluginHost", dropped: Optional[list] =
             valid = host.names(kind)
             value = getattr(cfg, f.name)
             if value not in valid and not (value == "auto" == f.default):
+                auto = "'auto' or " if f.default == "auto" else ""
                 raise ConfigError(f"config key {f.name!r}: value {value!r} is not allowed; "
-                                  f"expected one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}"
+                                  f"expected {auto}one of the registered {PLURAL.get(kind, kind + 's')}: {', '.join(valid) or '(none)'}"
                                   + host.failure_note(kind, value))
     specs = host.option_specs()
     for name in list(cfg.plugins):
