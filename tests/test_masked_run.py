@@ -167,3 +167,32 @@ def test_compare_runs_masked_methods(tmp_path):
     runs = sorted(p for p in out.rglob("summary.json") if "teacher" not in p.parts)
     assert len(runs) >= 6
     assert all(json.loads(p.read_text())["config"]["objective"] == "masked" for p in runs)
+
+
+@pytest.mark.slow
+def test_an_interrupted_masked_run_resumes_to_the_uninterrupted_result(tmp_path, masked_run):
+    """Catches a masked run whose resume masks differently from an uninterrupted one (the masks come
+    from the checkpointed generator) or loses the objective on resume."""
+    from safetensors.torch import load_file
+
+    from wml_framework import config as cfgmod
+    from wml_framework import hookimpl, runner
+    from wml_framework.plugin_system.host import PluginHost
+
+    class Interrupt:
+        @hookimpl
+        def wml_run_event(self, event, payload):
+            if event == "train" and payload["step"] == 4:
+                raise KeyboardInterrupt
+
+    cfg = cfgmod.from_dict({**SMALL, "objective": "masked"})
+    run_dir = tmp_path / "interrupted"
+    host = PluginHost()
+    host.register(Interrupt(), "interrupt-at-4")
+    with pytest.raises(KeyboardInterrupt):
+        runner.start(cfg, run_dir, log=lambda m: None, host=host)
+    runner.resume(run_dir, log=lambda m: None)
+    for i in range(2):
+        a = load_file(masked_run / "peers" / f"peer_{i}" / "model.safetensors")
+        b = load_file(run_dir / "peers" / f"peer_{i}" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
