@@ -46,6 +46,8 @@ def test_a_masked_run_on_the_embedded_corpus_trains_a_roberta_teacher_and_its_pe
     records = [json.loads(line) for line in (masked_run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals[-1]["ensemble_val_loss"] < evals[0]["ensemble_val_loss"]
+    report = (masked_run / "report.md").read_text()
+    assert "held-out masked-token loss" in report and "| held-out loss |" not in report
 
 
 @pytest.mark.slow

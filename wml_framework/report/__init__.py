@@ -44,7 +44,9 @@ def _params(n: int | None) -> str:
 
 
 def results_table(data: RunData, rows: list[Row]) -> list[str]:
-    lines = ["| model | parameters | shape | ω | held-out loss | perplexity | minimal pairs (macro) |",
+    causal = data.measure == "next-token loss"      # exp of a masked-token loss is no perplexity
+    loss_title = "held-out loss" if causal else f"held-out {data.measure}"
+    lines = [f"| model | parameters | shape | ω | {loss_title} | perplexity | minimal pairs (macro) |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         name = r.name
@@ -54,7 +56,7 @@ def results_table(data: RunData, rows: list[Row]) -> list[str]:
             name = f"*{r.name}*"
         acc = "—" if r.accuracy is None else f"{100 * r.accuracy:.1f}%"
         lines.append(f"| {name} | {_params(r.parameters)} | {r.shape or '—'} | {_fmt(r.omega, '.3f')} | "
-                     f"{_fmt(r.loss, '.4f')} | {_fmt(r.ppl, '.2f')} | {acc} |")
+                     f"{_fmt(r.loss, '.4f')} | {_fmt(r.ppl if causal else None, '.2f')} | {acc} |")
     return lines
 
 

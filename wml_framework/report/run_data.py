@@ -33,6 +33,11 @@ class RunData:
     def champion(self) -> str | None:
         return self.summary.get("champion") or self.evaluation.get("champion")
 
+    @property
+    def measure(self) -> str:
+        """What the held-out loss is: ``next-token loss``, or the objective's own (``masked-token loss``)."""
+        return self.summary.get("measure") or "next-token loss"
+
 
 def load_run_data(run_dir: str | Path) -> RunData:
     """Everything the report needs, with a note for each thing that is missing or broken."""
