@@ -169,6 +169,8 @@ def test_compare_runs_masked_methods(tmp_path):
     runs = sorted(p for p in out.rglob("summary.json") if "teacher" not in p.parts)
     assert len(runs) >= 6
     assert all(json.loads(p.read_text())["config"]["objective"] == "masked" for p in runs)
+    table = (out / "comparison.md").read_text()
+    assert "| held-out masked-token loss |" in table
 
 
 @pytest.mark.slow

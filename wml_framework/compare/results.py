@@ -41,7 +41,8 @@ def member_result(member: Member) -> Optional[dict]:
     return {"method": member.method.label, "seed": member.seed, "run_dir": str(member.run_dir),
             "tokens": summary.get("tokens"), "steps": summary.get("steps"), "omega": summary.get("omega"),
             "train_s": summary.get("elapsed_s"), "wall_s": wall.get("wall_s"), "sessions": wall.get("sessions"),
-            "initial_weights_sha256": trace.get("initial_weights_sha256"), "models": models}
+            "initial_weights_sha256": trace.get("initial_weights_sha256"), "models": models,
+            "measure": summary.get("measure") or "next-token loss"}
 
 
 def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
@@ -72,7 +73,8 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
                         "tokens": mean_std([r["tokens"] for r in finished])["mean"],
                         "wall_s": mean_std([r["wall_s"] for r in finished]),
                         "seeds_finished": len(finished)})
-    return {"command": command, "seeds": plan.seeds, "baseline": plan.baseline, "models": models,
+    measure = next((r["measure"] for r in done.values() if r.get("measure")), "next-token loss")
+    return {"command": command, "seeds": plan.seeds, "baseline": plan.baseline, "models": models, "measure": measure,
             "teacher": teacher, "teacher_dir": str(plan.teacher_dir), "methods": methods,
             "checks": _checks(plan, results), "members": results,
             "missing": sorted(k for k, v in results.items() if v is None),
@@ -137,12 +139,14 @@ def _delta(d: Optional[dict], scale: float = 1.0, digits: int = 4) -> str:
 def markdown(result: dict) -> str:
     """``comparison.md``: the table, per-method costs and the plots."""
     base = result["baseline"]
+    measure = result.get("measure") or "next-token loss"
+    loss_title = "held-out loss" if measure == "next-token loss" else f"held-out {measure}"
     lines = ["# wml compare", ""]
     if result.get("command"):
         lines += ["Command:", "", "```", result["command"], "```", ""]
     lines += [f"Seeds: {', '.join(map(str, result['seeds']))}. Baseline of the differences: `{base}` "
               "(paired by seed and peer; 95% confidence interval of the mean difference over seeds, "
-              "Student's t; \"≈ noise\" when it contains 0). Held-out loss: lower is better; minimal "
+              f"Student's t; \"≈ noise\" when it contains 0). {loss_title.capitalize()}: lower is better; minimal "
               "pairs: macro accuracy in %, higher is better.", ""]
     if result["missing"]:
         lines += [f"**Unfinished members** (not in the statistics): {', '.join(result['missing'])}", ""]
@@ -154,8 +158,8 @@ def markdown(result: dict) -> str:
     if t:
         pairs = "—" if t.get("min_pairs") is None else f"{100 * t['min_pairs']:.1f}%"
         loss = "—" if t.get("heldout_loss") is None else f"{t['heldout_loss']:.4f}"
-        lines += [f"Teacher ({t.get('parameters'):,} parameters): held-out loss {loss}, minimal pairs {pairs}.", ""]
-    lines += ["| method | model | params | ω | held-out loss | Δ vs " + base + " | min. pairs % | Δ vs " + base + " |",
+        lines += [f"Teacher ({t.get('parameters'):,} parameters): {loss_title} {loss}, minimal pairs {pairs}.", ""]
+    lines += [f"| method | model | params | ω | {loss_title} | Δ vs " + base + " | min. pairs % | Δ vs " + base + " |",
               "|---|---|---:|---:|---|---|---|---|"]
     for m in result["methods"]:
         for model, row in m["models"].items():
