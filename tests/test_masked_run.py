@@ -80,6 +80,12 @@ def test_wml_eval_scores_a_masked_run_by_its_masked_token_loss(masked_run):
         ppl = data["models"][name]["perplexity"]
         assert ppl["objective"] == "masked" and ppl["measure"] == "masked-token loss"
     assert "masked-token loss" in result.output
+    assert all(data["models"][n]["minimal_pairs"]["scoring"] == "mlm" for n in ("peer_0", "ensemble", "teacher"))
+    again = CliRunner().invoke(main, ["eval", str(masked_run), "--set", "blimp_limit=2", "--evaluator", "minimal_pairs",
+                                      "--set", "minimal_pairs.scoring=mntp"])
+    assert again.exit_code == 0, again.output
+    data = json.loads((masked_run / "eval.json").read_text())
+    assert data["models"]["peer_0"]["minimal_pairs"]["scoring"] == "mntp"
 
 
 def test_a_masked_loop_resumes_bit_identically(tmp_path):
@@ -156,6 +162,9 @@ def test_a_hybrid_run_trains_and_stamps_mntp_scoring(tmp_path):
 
     config = AutoConfig.from_pretrained(out / "peers" / "peer_0")
     assert config.wml_objective == "hybrid" and config.wml_objective_scoring == "mntp"
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["models"]["peer_0"]["minimal_pairs"]["scoring"] == "mntp"
+    assert evaluation["models"]["peer_0"]["perplexity"]["measure"] == "next-token loss"
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
 """Minimal pairs (BLiMP format): reading the files, sentence log-probabilities, accuracy.
 
-A sentence's score is the sum of its token log-probabilities with BOS prepended, so the first
-word is scored too (method.md §9); sentences are batched by length with right padding and an
-attention mask, under ``no_grad`` and in eval mode, and summed in float64. A pair passes when
+A causal LM's sentence score is the sum of its token log-probabilities with BOS prepended, so the
+first word is scored too (method.md §9); sentences are batched by length with right padding and an
+attention mask, under ``no_grad`` and in eval mode, and summed in float64. A masked LM's score is
+its pseudo-log-likelihood (``mlm``), a hybrid's its masked next-token score (``mntp``), as the BabyLM
+2025 pipeline computes them (:mod:`.pseudo_likelihood`); :func:`~.pseudo_likelihood.scoring_kind`
+says which a model gets (``scoring`` arguments below: None decides from the model). A pair passes when
 log P(good) ≥ log P(bad): the model chooses the sentence with the higher log-probability, and a tie
 chooses the first of the pair, the good one (:func:`chooses_good`), as the BabyLM pipeline does; the
 accuracy and the predictions file follow this one rule. Accuracy is reported per file, per ``UID``
@@ -20,15 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api import peer_logits
+from ..api import CAUSAL
 from ..runtime.distributed import current
 from ..runtime.progress import progress_bar
 from ..text.tokenizer import encode_with_bos, pad_token_id
-from .models import evaluating, max_positions, model_device, resolve_device
+from .models import (
+    evaluating,
+    logits_attending,
+    max_positions,
+    model_device,
+    resolve_device,
+)
+from .pseudo_likelihood import SCORINGS, pseudo_logprobs, scoring_kind
 
 __all__ = ["sequence_logprobs", "sentence_logprobs", "MinimalPair", "MinimalPairSet", "minimal_pair_files",
            "read_minimal_pairs", "pair_logprobs", "summarize_pairs", "score_minimal_pairs",
-           "BLIMP_SUPPLEMENT", "babylm_predictions", "chooses_good"]
+           "BLIMP_SUPPLEMENT", "babylm_predictions", "chooses_good", "SCORINGS", "scoring_kind"]
 
 
 def sequence_logprobs(model: nn.Module, sequences: Sequence[Sequence[int]], *, batch_size: int = 64,
@@ -37,7 +47,8 @@ def sequence_logprobs(model: nn.Module, sequences: Sequence[Sequence[int]], *, b
     """Σ_t log P(x_t | x_<t) for t ≥ 1 of each token sequence (the first token is context only).
 
     Sequences are sorted by length (longest first, so a batch that does not fit fails at
-    once), right-padded, masked, and the sums returned in the caller's order as float64."""
+    once), right-padded, masked, and the sums returned in the caller's order as float64. The
+    model attends causally (a model that attends both ways by itself is given a causal mask)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     out = np.zeros(len(sequences), dtype=np.float64)
@@ -61,7 +72,7 @@ def sequence_logprobs(model: nn.Module, sequences: Sequence[Sequence[int]], *, b
                 ids[row, :lengths[k]] = torch.as_tensor(sequences[k], dtype=torch.long)
                 mask[row, :lengths[k]] = 1
             ids, mask = ids.to(dev), mask.to(dev)
-            logits = peer_logits(model, ids, mask)[:, :-1]
+            logits = logits_attending(model, ids, mask, CAUSAL)[:, :-1]
             targets = ids[:, 1:]
             token_lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
             sums = (token_lp.double() * mask[:, 1:].double()).sum(dim=1)
@@ -72,8 +83,15 @@ def sequence_logprobs(model: nn.Module, sequences: Sequence[Sequence[int]], *, b
 
 def sentence_logprobs(model: nn.Module, tokenizer, sentences: Sequence[str], *, batch_size: int = 64,
                       device: str | torch.device | None = None, progress: bool | None = False,
-                      desc: str = "scoring") -> np.ndarray:
-    """log P(sentence) of each whole sentence with BOS prepended (method.md §9), float64."""
+                      desc: str = "scoring", scoring: str | None = None) -> np.ndarray:
+    """The score of each whole sentence, float64: for ``causal`` scoring log P(sentence) with BOS
+    prepended (method.md §9); for ``mlm`` / ``mntp`` its pseudo-log-likelihood / masked next-token
+    score (:func:`~.pseudo_likelihood.pseudo_logprobs`, ``batch_size`` masked copies a forward).
+    ``scoring`` None: :func:`~.pseudo_likelihood.scoring_kind` of the model."""
+    kind = scoring_kind(model, scoring)
+    if kind != "causal":
+        return pseudo_logprobs(model, tokenizer, sentences, kind=kind, batch_size=batch_size, device=device,
+                               progress=progress, desc=desc)
     ids = encode_with_bos(tokenizer, list(sentences))
     return sequence_logprobs(model, ids, batch_size=batch_size, device=device, pad_id=pad_token_id(tokenizer),
                              progress=progress, desc=desc)
@@ -158,8 +176,9 @@ def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | N
 
 
 def pair_logprobs(model: nn.Module, tokenizer, pairs: Sequence[MinimalPair], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """log P(good) and log P(bad) of each pair (both sides batched together). In a data-parallel
-    run each process scores every n-th pair and all of them get every score, in order."""
+    """The scores of good and bad of each pair (both sides batched together; ``kwargs`` go to
+    :func:`sentence_logprobs`, ``scoring`` included). In a data-parallel run each process scores
+    every n-th pair and all of them get every score, in order."""
 
     dist = current()
     mine = list(pairs)[dist.rank::dist.world]
@@ -217,16 +236,19 @@ def summarize_pairs(pairs: Sequence[MinimalPair], good: np.ndarray, bad: np.ndar
 def score_minimal_pairs(model: nn.Module, tokenizer, source: str | Path | Iterable[str | Path] | MinimalPairSet,
                         limit: int | None = None, *, batch_size: int = 64, device: str | torch.device | None = None,
                         progress: bool | None = False, desc: str = "minimal pairs",
-                        return_logprobs: bool = False) -> dict:
+                        return_logprobs: bool = False, scoring: str | None = None) -> dict:
     """Minimal-pair accuracy of a model or ensemble on a folder/file(s) of BLiMP-style pairs.
 
-    Returns :func:`summarize_pairs`'s dict plus ``source``; with ``return_logprobs`` also
-    the per-pair ``logprob_good`` / ``logprob_bad`` lists (in reading order)."""
+    Returns :func:`summarize_pairs`'s dict plus ``source`` and ``scoring`` (how the sentences were
+    scored: ``scoring``, or when None the model's own, :func:`~.pseudo_likelihood.scoring_kind`);
+    with ``return_logprobs`` also the per-pair ``logprob_good`` / ``logprob_bad`` lists (in reading order)."""
     data = source if isinstance(source, MinimalPairSet) else read_minimal_pairs(source, limit)
+    kind = scoring_kind(model, scoring)
     good, bad = pair_logprobs(model, tokenizer, data.pairs, batch_size=batch_size, device=device,
-                              progress=progress, desc=desc)
+                              progress=progress, desc=desc, scoring=kind)
     result = summarize_pairs(data.pairs, good, bad, data.malformed)
     result["source"] = [str(f) for f in data.files]
+    result["scoring"] = kind
     if return_logprobs:
         result["logprob_good"] = good.tolist()
         result["logprob_bad"] = bad.tolist()

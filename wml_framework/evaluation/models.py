@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..api import model_class, peer_logits
+from ..api import ATTENTIONS, CAUSAL, model_class, native_attention, peer_logits
 
 __all__ = ["DTYPES", "train_dtype", "EnsembleLM", "normalised_weights", "mix_logits", "count_parameters",
-           "model_device", "max_positions", "evaluating", "resolve_device", "load_model"]
+           "logits_attending", "model_device", "max_positions", "evaluating", "resolve_device", "load_model"]
 
 
 #: the ``dtype`` config key's values
@@ -41,6 +41,8 @@ class EnsembleLM(nn.Module):
             raise ValueError("an ensemble needs at least one model")
         self.models = nn.ModuleList(models)
         self.register_buffer("omega", normalised_weights(omega, len(models)))
+        #: members attend alike; an attention asked of the ensemble reaches them as a mask
+        self.wml_native_attention = native_attention(models[0])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
         return mix_logits([peer_logits(m, input_ids, attention_mask) for m in self.models], self.omega)
@@ -68,6 +70,30 @@ def mix_logits(logits: Sequence[Tensor], omega: Tensor) -> Tensor:
         term = weight.to(z.dtype) * z
         mixed = term if mixed is None else mixed + term
     return mixed
+
+
+def logits_attending(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, attention: str) -> Tensor:
+    """Logits of a model or ensemble whose every member attends ``attention`` (``CAUSAL`` or
+    ``BIDIRECTIONAL``) over the non-padding positions of ``attention_mask`` (B, T).
+
+    Why: scoring fixes the attention (next-token scoring causal, masked scoring both ways) whatever
+    the model does by itself. A member that attends that way natively gets the padding mask as it
+    is (the plain call, unchanged); another gets the additive 4-D mask (B, 1, T, T) that makes it,
+    padding keys excluded (Hugging Face models take it in place of a padding mask)."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, not {attention!r}")
+    if isinstance(model, EnsembleLM):
+        return mix_logits([logits_attending(m, input_ids, attention_mask, attention) for m in model.models],
+                          model.omega)
+    if native_attention(model) == attention:
+        return peer_logits(model, input_ids, attention_mask)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    t = input_ids.shape[-1]
+    blocked = (attention_mask == 0)[:, None, None, :].expand(-1, 1, t, -1)
+    if attention == CAUSAL:
+        blocked = blocked | torch.ones(t, t, dtype=torch.bool, device=input_ids.device).triu(1)
+    bias = torch.zeros(blocked.shape, dtype=dtype, device=input_ids.device)
+    return peer_logits(model, input_ids, bias.masked_fill(blocked, torch.finfo(dtype).min))
 
 
 def count_parameters(model: nn.Module) -> int:

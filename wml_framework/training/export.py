@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.heldout import OBJECTIVE_ATTR, OBJECTIVE_OPTIONS_ATTR
+from ..evaluation.pseudo_likelihood import CONFIG_ATTR as SCORING_ATTR
 from ..runtime import distributed
 from ..runtime.atomic import atomic_directory, atomic_write_json
 from ..runtime.run_layout import RunLayout, peer_name
@@ -18,10 +19,6 @@ from .families import shape_of
 from .loop import TrainingLoop
 
 __all__ = ["SCORING_ATTR", "export", "print_summary", "save_model", "stamp_objective", "weights_fingerprint"]
-
-#: the config attribute that tells ``wml eval`` (and readers) how to score the model's minimal pairs
-SCORING_ATTR = "wml_objective_scoring"
-
 
 def stamp_objective(model, name: str, options: dict, objective) -> None:
     """Write into the model's config the objective it was trained with (name, options, and the

@@ -24,7 +24,13 @@ def wml_register_evaluators(register):
              options=[Option("batch_size", 8, "Blocks per forward pass.", low=1, high=65536),
                       Option("max_blocks", 0, "Blocks scored, spread evenly over the stream (0: all).", low=0)])
     register("minimal_pairs", make_minimal_pairs,
-             help="Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average), BOS prepended.",
-             options=[Option("batch_size", 64, "Sentences per forward pass.", low=1, high=65536),
+             help="Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average); causal LMs by "
+                  "next-token log-probabilities (BOS prepended), masked LMs by pseudo-log-likelihood, hybrid ones by MNTP.",
+             options=[Option("batch_size", 64, "Sentences per forward pass (masked copies for mlm and mntp).",
+                             low=1, high=65536),
+                      Option("scoring", "auto", "How sentences are scored: 'auto' (as the model's config says, else "
+                                                "mlm for a masked LM, causal otherwise), causal, mlm "
+                                                "(pseudo-log-likelihood) or mntp (masked next-token).",
+                             choices=["auto", "causal", "mlm", "mntp"]),
                       Option("predictions_dir", "", "Also write each model's choices in the BabyLM 2024 submission "
                                                     "format, as DIR/<model>.json ('': do not).")])

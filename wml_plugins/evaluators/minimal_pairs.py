@@ -1,5 +1,8 @@
 """The ``minimal_pairs`` evaluator: accuracy on BLiMP-format ``.jsonl`` files (per file, per UID,
-macro average), BOS prepended so the first word is scored too (method.md §9)."""
+macro average). A causal LM's sentences are scored with BOS prepended so the first word is scored
+too (method.md §9); a masked LM's by pseudo-log-likelihood, a hybrid's by masked next-token
+prediction, as the BabyLM 2025 pipeline scores them (``scoring``: 'auto' decides from each model,
+``wml_framework.evaluation.minimal_pairs.scoring_kind``)."""
 
 from __future__ import annotations
 
@@ -23,13 +26,16 @@ class MinimalPairsEvaluator:
     """The pairs are read once and scored for every model."""
 
     def __init__(self, source: str | Path = "default", limit: int | None = None, batch_size: int = 64,
-                 predictions_dir: str = ""):
+                 predictions_dir: str = "", scoring: str = "auto"):
         path = blimp_source(str(source))
         if path is None:
             raise ValueError(f"no minimal-pair source given ({source!r}); use 'default' or a folder of .jsonl files")
-        from wml_framework.evaluation.minimal_pairs import read_minimal_pairs
+        from wml_framework.evaluation.minimal_pairs import SCORINGS, read_minimal_pairs
 
+        if scoring not in ("auto", *SCORINGS):
+            raise ValueError(f"minimal-pair scoring must be 'auto' or one of {', '.join(SCORINGS)}, not {scoring!r}")
         self.source, self.limit, self.batch_size = path, limit, batch_size
+        self.scoring = None if scoring == "auto" else scoring
         self.pairs = read_minimal_pairs(path, limit)
         self.predictions_dir = Path(predictions_dir).expanduser() if predictions_dir else None
         self.written: list[str] = []
@@ -40,7 +46,7 @@ class MinimalPairsEvaluator:
 
         result = score_minimal_pairs(model, tokenizer, self.pairs, batch_size=self.batch_size, device=device,
                                      progress=progress, desc=desc or "minimal pairs",
-                                     return_logprobs=self.predictions_dir is not None)
+                                     return_logprobs=self.predictions_dir is not None, scoring=self.scoring)
         if self.predictions_dir is not None:
             good, bad = result.pop("logprob_good"), result.pop("logprob_bad")
             from wml_framework.runtime.distributed import current
@@ -94,8 +100,9 @@ class MinimalPairsEvaluator:
                 "  ".join("-" * w for w in widths), *[fmt(r) for r in rows]]
 
 
-def make_minimal_pairs(cfg, *, batch_size: int = 64, predictions_dir: str = ""):
-    """Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average), BOS prepended."""
+def make_minimal_pairs(cfg, *, batch_size: int = 64, predictions_dir: str = "", scoring: str = "auto"):
+    """Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average); each model scored
+    as ``scoring`` says ('auto': causal with BOS prepended, or PLL / MNTP as the model declares)."""
     if blimp_source(cfg.blimp) is None:
         return None
-    return MinimalPairsEvaluator(cfg.blimp, cfg.blimp_limit or None, batch_size, predictions_dir)
+    return MinimalPairsEvaluator(cfg.blimp, cfg.blimp_limit or None, batch_size, predictions_dir, scoring)
