@@ -490,6 +490,187 @@ def test_a_preconditioner_changes_the_second_term_and_is_checked():
         R.hypergradient(Xt, yt, Xv, yv, W, w, 0.5, 1.0, 0.3, precond=[-D[0], D[1]])
 
 
+# ============================================================ masked labels (masked-LM objectives)
+# BERT/RoBERTa masking scores ~15% of the positions; every other label is -100. The oracle must
+# treat such sparse labels exactly as a batch of only the scored rows: same values (n counts the
+# scored rows only), zero gradient at the others, and the hypergradient of that smaller batch.
+
+def mask_labels(rng, shape, V, layout):
+    """Labels of ``shape`` (B, T): ``bert`` scores each position with probability 0.15 and never the
+    first sequence (a row with nothing to predict); ``one`` scores exactly one position of the batch."""
+    y = rng.integers(0, V, shape)
+    allowed = np.ones(shape, dtype=bool)
+    if shape[0] > 1:
+        allowed[0] = False
+    scored = (rng.random(shape) < 0.15) & allowed
+    if layout == "one" or not scored.any():
+        scored[:] = False
+        free = np.flatnonzero(allowed)
+        scored.flat[free[rng.integers(len(free))]] = True
+    y[~scored] = -100
+    return y
+
+
+@st.composite
+def masked_problems(draw, max_M=3):
+    """Peer logits (M, B, T, V) with masked-LM labels (B, T), ω on the simplex, T, α."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    M, B, Tn, V = draw(st.integers(1, max_M)), draw(st.integers(1, 3)), draw(st.integers(2, 12)), draw(st.integers(2, 6))
+    layout = draw(st.sampled_from(["bert", "one"]))
+    T = draw(st.sampled_from([1.0, 0.5, 2.0]) | st.floats(0.5, 4.0))
+    alpha = draw(st.sampled_from([0.0, 0.5, 1.0]) | st.floats(0.0, 1.0))
+    rng = np.random.default_rng(seed)
+    z = 4.0 * rng.standard_normal((M, B, Tn, V))
+    y = mask_labels(rng, (B, Tn), V, layout)
+    return SimpleNamespace(z=z, y=y, w=rng.dirichlet(np.ones(M)), T=T, alpha=alpha, M=M, V=V, rng=rng,
+                           keep=y != -100, layout=layout)
+
+
+def _kept(p):
+    """The same problem with only the scored rows: logits (M, n, V), dense labels (n,)."""
+    return p.z[:, p.keep], p.y[p.keep]
+
+
+def _directional(f, x, u, h=1e-3):
+    """5-point central difference of f at x along u."""
+    return (-f(x + 2 * h * u) + 8 * f(x + h * u) - 8 * f(x - h * u) + f(x - 2 * h * u)) / (12 * h)
+
+
+@FAST
+@given(masked_problems())
+def test_masked_values_equal_naive_and_the_kept_rows(p):
+    """Every loss on masked labels = the naive formula = the same loss on the scored rows alone.
+    Would catch: a mean over all B·T positions (or over sequences) instead of the n scored ones;
+    an ignored position that still enters a KL or the ensemble."""
+    z, y, w, T, a = p.z, p.y, p.w, p.T, p.alpha
+    zk, yk = _kept(p)
+    zf, yf = z.reshape(p.M, -1, p.V), y.reshape(-1)          # the naive code takes (n, V) rows
+    for got, naive, kept in [
+        (R.cross_entropy(z[0], y), naive_ce(zf[0], yf), R.cross_entropy(zk[0], yk)),
+        (R.kl_div(z[-1], z[0], y, T), naive_kl(zf[-1], zf[0], yf, T), R.kl_div(zk[-1], zk[0], yk, T)),
+        (R.wml_losses(z, y, w, a, T), naive_wml(zf, yf, w, a, T), R.wml_losses(zk, yk, w, a, T)),
+        (R.ensemble_loss(z, y, w), naive_ensemble(zf, yf, w), R.ensemble_loss(zk, yk, w)),
+        (R.ensemble_loss_grad_omega(z, y, w), naive_ensemble_grad_omega(zf, yf, w), R.ensemble_loss_grad_omega(zk, yk, w)),
+        (R.kd_loss(z[0], z[-1], y, a, T), naive_kd(zf[0], zf[-1], yf, a, T), R.kd_loss(zk[0], zk[-1], yk, a, T)),
+    ]:
+        close(got, naive)
+        close(got, kept, rtol=1e-12)
+    if p.layout == "one":                      # n = 1: CE is −log s(z_t)[y_t] at the one scored position
+        (t,) = np.flatnonzero(p.keep)
+        close(R.cross_entropy(z[0], y), -naive_log_softmax(zf[0][t])[yf[t]])
+
+
+@FAST
+@given(masked_problems())
+def test_masked_gradients_are_zero_off_the_mask_and_equal_the_kept_rows(p):
+    """Every logit gradient is exactly 0 at ignored positions and, at the scored ones, the gradient of
+    the scored rows alone. Would catch: (s − onehot)/n written into every row, or divided by B·T."""
+    z, y, w, T, a = p.z, p.y, p.w, p.T, p.alpha
+    zk, yk = _kept(p)
+    pairs = [(R.cross_entropy_grad(z[0], y), R.cross_entropy_grad(zk[0], yk)),
+             (R.kl_div_grad(z[-1], z[0], y, T), R.kl_div_grad(zk[-1], zk[0], yk, T)),
+             (R.kd_loss_grad(z[0], z[-1], y, a, T), R.kd_loss_grad(zk[0], zk[-1], yk, a, T))]
+    pairs += list(zip(R.wml_losses_grad(z, y, w, a, T), R.wml_losses_grad(zk, yk, w, a, T)))
+    pairs += list(zip(R.ensemble_loss_grad_logits(z, y, w), R.ensemble_loss_grad_logits(zk, yk, w)))
+    dB, dBk = R.wml_b_grads(z, y, a, T), R.wml_b_grads(zk, yk, a, T)
+    pairs += [(dB[j, i], dBk[j, i]) for j in range(p.M) for i in range(p.M)]
+    for g, gk in pairs:
+        assert g.shape == z.shape[1:]
+        assert np.all(g[~p.keep] == 0.0)
+        close(g[p.keep], gk, rtol=1e-12)
+
+
+@FAST
+@given(masked_problems())
+def test_masked_gradients_vs_finite_differences(p):
+    """Directional 5-point differences along random directions that move ignored logits too, so a
+    gradient that is wrong only off the mask (or on it) shows."""
+    z, y, w, T, a = p.z, p.y, p.w, p.T, p.alpha
+    rng = p.rng
+
+    def check(grad, f, x):
+        for _ in range(2):
+            u = rng.standard_normal(x.shape)
+            fd = _directional(f, x, u)
+            assert abs(float(np.sum(grad * u)) - fd) <= 1e-6 * max(abs(fd), 1.0), (float(np.sum(grad * u)), fd)
+
+    check(R.cross_entropy_grad(z[0], y), lambda x: R.cross_entropy(x, y), z[0])
+    check(R.kl_div_grad(z[-1], z[0], y, T), lambda x: R.kl_div(z[-1], x, y, T), z[0])
+    check(R.kd_loss_grad(z[0], z[-1], y, a, T), lambda x: R.kd_loss(x, z[-1], y, a, T), z[0])
+    for i, g in enumerate(R.wml_losses_grad(z, y, w, a, T)):
+        def f(x, i=i):
+            zz = z.copy()
+            zz[i] = x
+            return R.wml_losses(zz, y, w, a, T)[i]
+        check(g, f, z[i])
+    check(R.ensemble_loss_grad_omega(z, y, w), lambda x: R.ensemble_loss(z, y, x, check_simplex=False), w)
+
+
+@st.composite
+def masked_linear_problems(draw, max_M=3):
+    """Linear-softmax peers whose training and held-out labels are masked-LM labels."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    M, V = draw(st.integers(1, max_M)), draw(st.integers(2, 5))
+    n_tr, n_va = draw(st.integers(4, 24)), draw(st.integers(4, 24))
+    d = [draw(st.integers(1, 4)) for _ in range(M)]
+    layouts = draw(st.tuples(st.sampled_from(["bert", "one"]), st.sampled_from(["bert", "one"])))
+    T = draw(st.sampled_from([1.0, 0.5, 2.5]) | st.floats(0.5, 3.0))
+    alpha = draw(st.sampled_from([0.0, 0.5, 1.0]) | st.floats(0.0, 1.0))
+    gamma = draw(st.sampled_from([0.1, 1.0]) | st.floats(0.0, 2.0))
+    rng = np.random.default_rng(seed)
+    return SimpleNamespace(
+        Xt=[rng.standard_normal((n_tr, di)) for di in d], Xv=[rng.standard_normal((n_va, di)) for di in d],
+        W=[rng.standard_normal((di, V)) for di in d],
+        yt=mask_labels(rng, (1, n_tr), V, layouts[0])[0], yv=mask_labels(rng, (1, n_va), V, layouts[1])[0],
+        w=0.5 * rng.dirichlet(np.ones(M)) + 0.5 / M, T=T, alpha=alpha, gamma=gamma, M=M)
+
+
+@FAST
+@given(masked_linear_problems())
+def test_masked_hypergradient_vs_differences_and_the_kept_rows(p):
+    """The exact hypergradient on masked labels = coordinate differences of F(ω) = the hypergradient
+    of the batches cut down to their scored rows (an ignored token moves neither θ' nor L_2).
+    Would catch: ∇_θ L_1 or ∇_θ L_2 with ignored rows in them, or a 1/(B·T) in either step."""
+    args = (p.Xt, p.yt, p.Xv, p.yv, p.W)
+    hg = R.hypergradient(*args, p.w, p.alpha, p.T, p.gamma)
+    fd = fd_grad(lambda x: R.unrolled_objective(*args, x, p.alpha, p.T, p.gamma, check_simplex=False), p.w)
+    assert_grad_close(hg, fd)
+    kt, kv = p.yt != -100, p.yv != -100
+    kept = ([x[kt] for x in p.Xt], p.yt[kt], [x[kv] for x in p.Xv], p.yv[kv], p.W)
+    close(hg, R.hypergradient(*kept, p.w, p.alpha, p.T, p.gamma), rtol=1e-11)
+    close(R.unrolled_objective(*args, p.w, p.alpha, p.T, p.gamma),
+          R.unrolled_objective(*kept, p.w, p.alpha, p.T, p.gamma), rtol=1e-12)
+    D = [np.full_like(x, 2.0) for x in p.W]                   # the Adam-aware step, too
+    close(R.hypergradient(*args, p.w, p.alpha, p.T, p.gamma, precond=D),
+          R.hypergradient(*kept, p.w, p.alpha, p.T, p.gamma, precond=D), rtol=1e-11)
+
+
+@FAST
+@given(masked_problems(), st.floats(1e-3, 1e3))
+def test_which_rows_are_ignored_not_how_many_or_where(p, scale):
+    """Ignored rows may hold anything (their logits scaled by any factor), be as many as they like
+    (padding) and sit anywhere (the positions permuted): the losses and their gradients at the
+    scored rows do not move. Would catch a loss that normalises by the padded length, or reads
+    ignored logits through a softmax over positions."""
+    z, y, w, T, a = p.z, p.y, p.w, p.T, p.alpha
+    zf, yf = z.reshape(p.M, -1, p.V), y.reshape(-1)
+    scaled = np.where((yf == -100)[None, :, None], scale * zf, zf)
+    pad = p.rng.standard_normal((p.M, 5, p.V))
+    padded, ypad = np.concatenate([zf, pad], axis=1), np.concatenate([yf, np.full(5, -100)])
+    perm = p.rng.permutation(len(ypad))
+    n = len(yf)
+    base, gbase = R.wml_losses(zf, yf, w, a, T), R.wml_losses_grad(zf, yf, w, a, T)
+    for zz, yy, where in [(scaled, yf, np.arange(n)), (padded, ypad, np.arange(n + 5)),
+                          (padded[:, perm], ypad[perm], perm)]:
+        close(R.wml_losses(zz, yy, w, a, T), base, rtol=1e-12)
+        close(R.ensemble_loss(zz, yy, w), R.ensemble_loss(zf, yf, w), rtol=1e-12)
+        close(R.kd_loss(zz[0], zz[-1], yy, a, T), R.kd_loss(zf[0], zf[-1], yf, a, T), rtol=1e-12)
+        keep = yy != -100
+        for g, gb in zip(R.wml_losses_grad(zz, yy, w, a, T), gbase):
+            close(g[keep], gb[where[keep]], rtol=1e-12)      # row t here is row where[t] of the original
+            assert np.all(g[~keep] == 0.0)
+
+
 # ============================================================ mirror descent
 
 @FAST

@@ -20,6 +20,7 @@ from wml_framework.cli import main
 from wml_framework.plugin_system import host as plugins
 from wml_framework.plugin_system.host import PluginHost
 from wml_framework.verify import CheckResult, format_table, run_checks
+from wml_framework.verify.problems import MASKED
 
 BUILTIN_LOSSES = ("wml", "kd", "ce")
 BUILTIN_UPDATERS = ("mirror", "uniform", "fixed")
@@ -64,6 +65,20 @@ def test_every_builtin_passes(full_run):
     assert any("finite differences" in k and v["tolerance"] == 1e-6 for k, v in mirror.items())
     assert refs["uniform"] and refs["fixed"]
     assert all(c["passed"] for c in checks)
+    # … and every check of every loss and of every stepped updater again on masked labels (issue 22)
+    for name in BUILTIN_LOSSES + ("mirror",):
+        rows = [c["check"] for c in checks if c["name"] == name]
+        masked = [c for c in rows if c.endswith(MASKED)]
+        if name != "mirror":
+            assert {c + MASKED for c in rows if not c.endswith(MASKED) and not c.startswith("all labels")} == set(masked)
+        assert any(c.startswith("reference") for c in masked) and any(c.startswith("all labels ignored") for c in rows)
+    for name in BUILTIN_LOSSES:
+        assert by[(name, "per_peer" + MASKED)]["max_rel_error"] <= 1e-8
+        assert by[(name, "grad_logits (ω const)" + MASKED)]["max_rel_error"] <= 1e-8
+    mirror_masked = {k: v for k, v in mirror.items() if k.endswith(MASKED)}
+    assert any("exact hypergradient" in k and k.endswith(": grad" + MASKED) and v["max_rel_error"] <= 1e-8
+               for k, v in mirror_masked.items())
+    assert any("finite differences" in k and v["tolerance"] == 1e-6 for k, v in mirror_masked.items())
 
 
 # ------------------------------------------------------------------ broken plugins are caught
@@ -485,3 +500,106 @@ def test_every_updater_reference_point_is_checked_on_a_fresh_updater():
     v = _verdicts(run_checks(host, names=["counting"]))
     assert v[("counting", "reference: first step: omega")].passed
     assert v[("counting", "reference: first step: omega")].max_rel_error == 0.0
+
+
+# ------------------------------------------------------------------ masked labels (issue 22)
+
+class MeanOverAllPositions:
+    """CE summed over the scored tokens but divided by every position B·T, scored or not: right when
+    nothing is ignored, self-consistent, and ignored logits get no gradient. Masked LM scores 15%."""
+
+    needs_teacher = False
+
+    def __call__(self, logits, labels, omega, teacher_logits=None):
+        zs, y = _ce_rows(logits, labels)
+        per = torch.stack([F.cross_entropy(z, y, reduction="sum") / labels.numel() for z in zs])
+        return LossResult(per.sum(), per, per.detach(), torch.zeros_like(per.detach()))
+
+
+class PerSequenceMeans:
+    """Per-sequence token means, re-weighted by each sequence's share of the scored tokens: equal to
+    the token mean, except that a sequence with no scored token gives 0/0 = NaN (masked LM draws those)."""
+
+    needs_teacher = False
+
+    def __call__(self, logits, labels, omega, teacher_logits=None):
+        keep = labels != -100
+        n_b = keep.sum(-1).double()
+        per = []
+        for z in logits:
+            logp = F.log_softmax(z.double(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            seq_mean = -(logp * keep).sum(-1) / n_b
+            per.append((seq_mean * n_b).sum() / n_b.sum().clamp(min=1))
+        per = torch.stack(per)
+        return LossResult(per.sum(), per, per.detach(), torch.zeros_like(per.detach()))
+
+
+class DividesByN:
+    """The token mean without the ``max(n, 1)``: NaN on a batch with no scored position."""
+
+    needs_teacher = False
+
+    def __call__(self, logits, labels, omega, teacher_logits=None):
+        zs, y = _ce_rows(logits, labels)
+        per = torch.stack([F.cross_entropy(z, y, reduction="sum") / len(y) for z in zs])
+        return LossResult(per.sum(), per, per.detach(), torch.zeros_like(per.detach()))
+
+
+class MeanOfHeldOutCE(Unnormalised):
+    """Moves ω by the held-out CE of each peer, a mean over the scored tokens without ``max(n, 1)``."""
+
+    def step(self, ctx):
+        y = ctx.val.labels.reshape(-1)
+        keep = y != -100
+        ces = [F.cross_entropy(p(ctx.val.for_peer(i))[keep], y[keep], reduction="sum") / int(keep.sum())
+               for i, p in enumerate(ctx.peers)]
+        w = ctx.omega * torch.exp(-torch.stack(ces).detach().double())
+        return UpdateResult(omega=w / w.sum())
+
+
+class MaskedBugs:
+    @hookimpl
+    def wml_register_losses(self, register):
+        register("all-positions", lambda cfg: MeanOverAllPositions(), help="broken on purpose")
+        register("per-sequence", lambda cfg: PerSequenceMeans(), help="broken on purpose")
+        register("divides-by-n", lambda cfg: DividesByN(), help="broken on purpose")
+
+    @hookimpl
+    def wml_register_updaters(self, register):
+        register("held-out-ce", lambda cfg, M: MeanOfHeldOutCE(M), help="broken on purpose")
+
+
+def test_masked_label_bugs_fail_the_masked_checks():
+    """Would catch (each a loss or updater without reference points, so only generic checks can):
+    a mean over every position instead of the scored ones; per-sequence means that turn a sequence
+    with no scored token into NaN (which the dense problems never contain); a division by n = 0
+    in a loss or in an updater's step."""
+    host = PluginHost()
+    host.register(MaskedBugs(), "masked_bugs")
+    v = _verdicts(run_checks(host, names=["all-positions", "per-sequence", "divides-by-n", "held-out-ce"]))
+    for tag in ("", MASKED):
+        assert not v[("all-positions", "ignored labels: not counted (padded batch)" + tag)].passed
+        assert v[("all-positions", "ignored labels: no effect, no gradient" + tag)].passed
+        assert v[("all-positions", "grad logits vs finite differences (ω const)" + tag)].passed
+    per_sequence = [r.check for r in v.values() if r.name == "per-sequence" and not r.passed]
+    assert "ignored labels: no effect, no gradient" + MASKED in per_sequence     # NaN where a sequence has none
+    assert all(c.endswith(MASKED) or c.startswith("all labels ignored") for c in per_sequence), per_sequence
+    failed = [r.check for r in v.values() if r.name == "divides-by-n" and not r.passed]
+    assert failed == ["all labels ignored: finite, no gradient"], failed
+    failed = [r.check for r in v.values() if r.name == "held-out-ce" and not r.passed]
+    assert failed == ["all labels ignored (train or held-out batch): finite step on simplex"], failed
+
+
+def test_every_check_of_a_loss_runs_again_on_masked_labels():
+    """The masked-label rows mirror the dense ones one for one (reference points included), and the
+    masked problems are what they claim: about 15% scored, a sequence with none, n = 1 for some M."""
+    from wml_framework.verify.problems import ONE_SCORED, PEER_COUNTS, loss_cases
+
+    checks = [r.check for r in run_checks(PluginHost(), names=["ce"])]
+    dense = [c for c in checks if not c.endswith(MASKED) and not c.startswith("all labels")]
+    assert [c + MASKED for c in dense] == [c for c in checks if c.endswith(MASKED)]
+    assert any(c.startswith("reference") for c in dense) and "all labels ignored: finite, no gradient" in checks
+    scored = [(case.labels != -100) for case in loss_cases(0, masked=True)]
+    assert all(not bool(s[0].any()) for s in scored)                         # a sequence with nothing scored
+    assert all(int(s.sum()) == 1 for s, M in zip(scored, PEER_COUNTS) if M in ONE_SCORED)
+    assert 0.05 < sum(int(s.sum()) for s in scored) / sum(s.numel() for s in scored) < 0.2

@@ -5,7 +5,10 @@ sequences instead of tokens) still trains; only a check against finite differenc
 a trusted formula finds it. Every plugin gets the generic checks (derivatives by central
 differences in float64, invariants, finite results on extreme logits); every plugin is also
 checked against the reference points it declared when it registered (the built-ins declare
-``wml_reference``, the float64 NumPy oracle). Nothing here knows a plugin by name.
+``wml_reference``, the float64 NumPy oracle). Nothing here knows a plugin by name. Every check runs
+on two label layouts: a quarter of the labels ignored, and masked-LM labels (about 15% scored, a
+sequence with none, n = 1 for some M; the check's name then ends with ``problems.MASKED``), and a
+batch with no scored label at all must stay finite.
 
 ``run_checks(host) -> list[CheckResult]`` is the API; the command only formats it.
 
@@ -27,7 +30,7 @@ from ..plugin_system.host import Entry, PluginHost, get_host, resolve_options
 from . import loss_checks as L
 from . import updater_checks as U
 from .loss_checks import Failed
-from .problems import loss_cases, make_config, rel
+from .problems import MASKED, loss_cases, make_config, rel
 
 __all__ = ["TOL_FD", "TOL_EXACT", "TOL_FAST", "CheckResult", "unverified", "run_checks", "format_table"]
 
@@ -90,18 +93,20 @@ class _Recorder:
         except Exception as exc:  # noqa: BLE001 - a raising plugin is a failed check, named
             self.fail(check, tol, exc)
 
-    def run_many(self, group: str, tol: float, fn: Callable[[], dict], notes: Optional[list] = None) -> None:
+    def run_many(self, group: str, tol: float, fn: Callable[[], dict], notes: Optional[list] = None,
+                 tag: str = "") -> None:
         """Several values computed together, one row each (a value may come with where its worst
-        case was); if the computation raises, one failed row. ``notes`` (filled by ``fn``) go on every row."""
+        case was); if the computation raises, one failed row. ``notes`` (filled by ``fn``) go on every
+        row; ``tag`` ends every row's name (MASKED for the masked-label problems)."""
         first = len(self.results)
         try:
             for check, value in fn().items():
                 err, where = value if isinstance(value, tuple) else (value, "")
                 ok = math.isfinite(err) and err <= tol
                 detail = "" if ok else f"error {err:.3g} > tolerance {tol:g}" + (f" ({where})" if where else "")
-                self.add(f"{group}: {check}", err, tol, detail)
+                self.add(f"{group}: {check}{tag}", err, tol, detail)
         except Exception as exc:  # noqa: BLE001
-            self.fail(group, tol, exc)
+            self.fail(group + tag, tol, exc)
         for row in self.results[first:]:
             row.note = "; ".join(notes or [])
 
@@ -123,10 +128,6 @@ def _blame(exc: BaseException):
     return (own or frames)[-1]
 
 
-def _over(loss, seed: int, fn) -> float:
-    return max(fn(loss, p) for p in loss_cases(seed))
-
-
 def _check_loss(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
     rec = _Recorder(entry)
 
@@ -138,35 +139,51 @@ def _check_loss(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
     except Exception as exc:  # noqa: BLE001
         rec.fail("create", None, exc)
         return rec.results
-    g = torch.Generator().manual_seed(seed + 1)
-    rec.run("result shapes, total = Σ per_peer", TOL_EXACT, lambda: _over(loss, seed, L.result_shapes))
-    rec.run("grad logits vs finite differences (ω const)", TOL_FD,
-            lambda: _over(loss, seed, lambda l, p: L.grad_logits_fd(l, p, False, g)))
-    rec.run("grad logits vs finite differences (ω grad)", TOL_FD,
-            lambda: _over(loss, seed, lambda l, p: L.grad_logits_fd(l, p, True, g)))
-    rec.run("stop-gradient on targets", TOL_EXACT, lambda: _over(loss, seed, L.stop_gradient))
-    rec.run("grad omega vs finite differences", TOL_FD, lambda: _over(loss, seed, lambda l, p: L.grad_omega_fd(l, p, g)))
-    rec.run("∂²/∂ω∂z (hypergradient) vs finite differences", TOL_FD,
-            lambda: _over(loss, seed, lambda l, p: L.mixed_fd(l, p, g)))
+    for masked in (False, True):
+        _loss_checks(rec, entry, make, loss, seed, masked)
+    rec.run("all labels ignored: finite, no gradient", TOL_EXACT, lambda: L.all_ignored(loss, seed))
+    return rec.results
+
+
+def _loss_checks(rec: _Recorder, entry: Entry, make: Callable, loss, seed: int, masked: bool) -> None:
+    """Every generic check and every reference point on one label layout: the dense problems, or
+    the masked-label ones (then every check's name ends with MASKED)."""
+    tag = MASKED if masked else ""
+    cases = list(loss_cases(seed, masked))
+
+    def over(l, fn) -> float:  # noqa: E741
+        return max(fn(l, p) for p in cases)
+
+    g = torch.Generator().manual_seed(seed + (2 if masked else 1))
+    rec.run("result shapes, total = Σ per_peer" + tag, TOL_EXACT, lambda: over(loss, L.result_shapes))
+    rec.run("grad logits vs finite differences (ω const)" + tag, TOL_FD,
+            lambda: over(loss, lambda l, p: L.grad_logits_fd(l, p, False, g)))
+    rec.run("grad logits vs finite differences (ω grad)" + tag, TOL_FD,
+            lambda: over(loss, lambda l, p: L.grad_logits_fd(l, p, True, g)))
+    rec.run("stop-gradient on targets" + tag, TOL_EXACT, lambda: over(loss, L.stop_gradient))
+    rec.run("grad omega vs finite differences" + tag, TOL_FD, lambda: over(loss, lambda l, p: L.grad_omega_fd(l, p, g)))
+    rec.run("∂²/∂ω∂z (hypergradient) vs finite differences" + tag, TOL_FD,
+            lambda: over(loss, lambda l, p: L.mixed_fd(l, p, g)))
     if callable(getattr(loss, "logit_grads", None)):
-        rec.run("logit_grads vs finite differences", TOL_FD, lambda: _over(loss, seed, lambda l, p: L.logit_grads_fd(l, p, g)))
+        rec.run("logit_grads vs finite differences" + tag, TOL_FD, lambda: over(loss, lambda l, p: L.logit_grads_fd(l, p, g)))
     if callable(getattr(loss, "mixed_omega_grad", None)):
         def both_temperatures() -> float:        # closed forms often special-case T = 1
             unit = make(make_config(3, temperature=1.0, kd_temperature=1.0), {})
-            return max(_over(l, seed, lambda l_, p: L.mixed_closed_form(l_, p, g)) for l in (loss, unit))
+            return max(over(l, lambda l_, p: L.mixed_closed_form(l_, p, g)) for l in (loss, unit))
 
-        rec.run("mixed_omega_grad vs double backward (T = 1, T ≠ 1)", TOL_FAST, both_temperatures)
-    rec.run("ignored labels: no effect, no gradient", TOL_EXACT, lambda: _over(loss, seed, L.ignored_positions))
-    rec.run("token mean (repeated, reshaped batch)", TOL_EXACT, lambda: _over(loss, seed, L.token_mean))
-    rec.run("finite on ±1e4 logits (float32)", None, lambda: L.extreme(loss, torch.float32, seed))
-    rec.run("finite on ±1e4 logits (bfloat16)", None, lambda: L.extreme(loss, torch.bfloat16, seed))
+        rec.run("mixed_omega_grad vs double backward (T = 1, T ≠ 1)" + tag, TOL_FAST, both_temperatures)
+    rec.run("ignored labels: no effect, no gradient" + tag, TOL_EXACT, lambda: over(loss, L.ignored_positions))
+    rec.run("ignored labels: not counted (padded batch)" + tag, TOL_EXACT, lambda: over(loss, L.ignored_not_counted))
+    rec.run("token mean (repeated, reshaped batch)" + tag, TOL_EXACT, lambda: over(loss, L.token_mean))
+    rec.run("finite on ±1e4 logits (float32)" + tag, None, lambda: L.extreme(loss, torch.float32, seed, masked))
+    rec.run("finite on ±1e4 logits (bfloat16)" + tag, None, lambda: L.extreme(loss, torch.bfloat16, seed, masked))
     for point in entry.references:
         notes: list[str] = []
         rec.run_many(f"reference: {point.name}", point.tolerance,
                      lambda point=point, notes=notes: L.check_reference(make, point, seed,
-                                                                        lambda o: resolve_options(entry, o), notes),
-                     notes)
-    return rec.results
+                                                                        lambda o: resolve_options(entry, o), notes,
+                                                                        masked),
+                     notes, tag)
 
 
 def _check_updater(host: PluginHost, entry: Entry, seed: int) -> list[CheckResult]:
@@ -198,6 +215,14 @@ def _check_updater(host: PluginHost, entry: Entry, seed: int) -> list[CheckResul
                          lambda point=point: U.check_reference(probs, point, lambda o: resolve_options(entry, o)))
         else:
             rec.run_many(f"reference: {point.name}", point.tolerance, lambda point=point: _initial_reference(probs, point))
+    if steps:            # an updater that is never stepped never sees labels: nothing to mask
+        rec.run("step ω on simplex" + MASKED, TOL_EXACT, lambda: U.step_on_simplex(probs, masked=True))
+        for point in entry.references:
+            rec.run_many(f"reference: {point.name}", point.tolerance,
+                         lambda point=point: U.check_reference(probs, point, lambda o: resolve_options(entry, o),
+                                                               masked=True), tag=MASKED)
+        rec.run("all labels ignored (train or held-out batch): finite step on simplex", TOL_EXACT,
+                lambda: U.all_ignored(probs))
     return rec.results
 
 

@@ -3,7 +3,9 @@
 Generic: result shapes; gradients in the logits and in ω against central differences (both
 code paths: ω constant and ω requiring grad); stop-gradient on targets; the mixed derivative
 the exact hypergradient uses; the optional fast paths against finite differences and autograd;
-ignored labels; token means; finite results on ±1e4 logits in float32 and bfloat16.
+ignored labels (no effect, no gradient, not counted); token means; finite results on ±1e4 logits
+in float32 and bfloat16; a batch whose labels are all ignored. Every check but the last runs on the
+dense problems and again on the masked-label ones (``loss_cases(seed, masked=True)``).
 Reference points: what the plugin declared it equals, at T = 1 and two other settings.
 """
 
@@ -25,13 +27,14 @@ from .problems import (
     labels,
     loss_cases,
     make_config,
+    masked_labels,
     rel,
     simplex,
 )
 
 __all__ = ["FD_STEP", "Failed", "call", "grad", "result_shapes", "grad_logits_fd", "stop_gradient",
            "grad_omega_fd", "mixed_fd", "mixed_closed_form", "logit_grads_fd", "ignored_positions",
-           "token_mean", "extreme", "reference_values", "check_reference", "computed_with", "split_settings",
+           "ignored_not_counted", "all_ignored", "token_mean", "extreme", "reference_values", "check_reference", "computed_with", "split_settings",
            "VARIED"]
 
 FD_STEP = 1e-5
@@ -206,6 +209,52 @@ def ignored_positions(loss, p: LossCase) -> float:
     return rel(res.per_peer.detach().numpy(), base.numpy())
 
 
+def _pad(t: Tensor, dim: int, extra: int, value) -> Tensor:
+    shape = list(t.shape)
+    shape[dim] = extra
+    fill = torch.full(shape, value, dtype=t.dtype) if isinstance(value, (int, float)) else value(shape)
+    return torch.cat([t, fill], dim)
+
+
+def ignored_not_counted(loss, p: LossCase) -> float:
+    """Positions labelled -100 do not count in the token mean: padding the batch with ignored
+    positions (a whole extra sequence, and two more positions in every sequence, with random logits)
+    changes nothing. Catches a mean over all B·T positions instead of the n scored ones, which is
+    self-consistent (its gradients match its values, ignored logits get no gradient) and equals the
+    right loss when nothing is ignored."""
+    a = call(loss, p.logits, p, p.omega).per_peer.detach()
+    worst = 0.0
+    for dim, extra in ((0, 1), (1, 2)):
+        noise = lambda shape: 3.0 * torch.randn(shape, dtype=torch.float64)  # noqa: E731
+        zs = [_pad(z, dim, extra, noise) for z in p.logits]
+        q = LossCase(zs, _pad(p.labels, dim, extra, IGNORE_INDEX), p.omega, _pad(p.teacher, dim, extra, noise))
+        worst = max(worst, rel(call(loss, zs, q, p.omega).per_peer.detach().numpy(), a.numpy()))
+    return worst
+
+
+def all_ignored(loss, seed: int) -> float:
+    """A batch with no scored position at all (a masked-LM micro-batch can draw none): the loss and
+    its parts are finite and nothing flows back to the logits or ω. Returns the largest |gradient|."""
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for M in (1, 3):
+        B, T, V = 2, 5, 7
+        logits = [2.0 * torch.randn(B, T, V, generator=g, dtype=torch.float64) for _ in range(M)]
+        teacher = 2.0 * torch.randn(B, T, V, generator=g, dtype=torch.float64)
+        p = LossCase(logits, torch.full((B, T), IGNORE_INDEX, dtype=torch.long), simplex(M, g), teacher)
+        for omega_grad in (False, True):
+            zs = [z.clone().requires_grad_() for z in logits]
+            w = p.omega.clone().requires_grad_(omega_grad)
+            res = call(loss, zs, p, w)
+            bad = [name for name, t in (("total", res.total), ("per_peer", res.per_peer), ("ce", res.ce),
+                                        ("kl", res.kl)) if not bool(torch.isfinite(t).all())]
+            if bad:
+                raise Failed(f"non-finite {', '.join(bad)} when every label is ignored (M={M})")
+            grads = grad(res.total, zs + ([w] if omega_grad else []))
+            worst = max([worst] + [float(gr.abs().max()) for gr in grads])
+    return worst
+
+
 def token_mean(loss, p: LossCase) -> float:
     """A token mean changes neither when the batch is repeated (a sum would) nor when its (B, T)
     tokens are laid out as one long sequence (a mean over sequences would)."""
@@ -220,13 +269,15 @@ def token_mean(loss, p: LossCase) -> float:
     return max(rel(b.numpy(), a.numpy()), rel(c.numpy(), a.numpy()))
 
 
-def extreme(loss, dtype: torch.dtype, seed: int) -> None:
+def extreme(loss, dtype: torch.dtype, seed: int, masked: bool = False) -> None:
     """Logits of ±1e4 in a narrow dtype give finite losses and finite gradients."""
     g = torch.Generator().manual_seed(seed)
     M, B, T, V = 3, 2, 4, 11
+    if masked:
+        B, T = 3, 8
     logits = [(1e4 * torch.randn(B, T, V, generator=g)).clamp(-1e4, 1e4).to(dtype) for _ in range(M)]
     teacher = (1e4 * torch.randn(B, T, V, generator=g)).clamp(-1e4, 1e4).to(dtype)
-    y = labels((B, T), V, g)
+    y = masked_labels((B, T), V, g) if masked else labels((B, T), V, g)
     for omega_grad in (False, True):
         zs = [z.clone().requires_grad_() for z in logits]
         w = simplex(M, g).requires_grad_(omega_grad)
@@ -271,8 +322,9 @@ def reference_values(loss, p: LossCase, expected: dict) -> dict[str, float]:
 
 
 def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: Callable = dict,
-                    notes: Optional[list] = None) -> dict[str, float]:
-    """Worst error per compared value over every problem and every setting of LOSS_VARIANTS.
+                    notes: Optional[list] = None, masked: bool = False) -> dict[str, float]:
+    """Worst error per compared value over every problem (the masked-label ones with ``masked``)
+    and every setting of LOSS_VARIANTS.
 
     ``make(config, options)`` creates the loss; ``resolve(options)`` fills in the declared defaults.
     A setting LOSS_VARIANTS varies that the point pins (``"temperature": 1.0``) is still varied when
@@ -302,7 +354,7 @@ def check_reference(make: Callable, point: ReferencePoint, seed: int, resolve: C
     for settings in settings_list:
         cfg = make_config(3, **settings)
         loss = make(cfg, options)
-        for case in loss_cases(seed):
+        for case in loss_cases(seed, masked):
             expected = point.expected(case.as_problem(cfg, options))
             for key, err in reference_values(loss, case, expected).items():
                 if key not in worst or err > worst[key][0]:

@@ -2,25 +2,37 @@
 
 Generic: the initial and stepped ω are points of the simplex of the right shape; a step is
 deterministic; it leaves the peers as it found them (parameters, ``.grad``, train/eval modes);
-its state survives a ``state_dict`` round trip. An updater with ``needs_validation = False`` is
-never stepped in a run, so only its initial ω and state are checked. Reference points: what the
-plugin declared its step equals (ω, gradient, η, info), on linear peers, at several outer steps.
+its state survives a ``state_dict`` round trip; a step on batches whose labels are all ignored stays
+finite and on the simplex. An updater with ``needs_validation = False`` is never stepped in a run,
+so only its initial ω and state are checked. Reference points: what the plugin declared its step
+equals (ω, gradient, η, info), on linear peers, at several outer steps. The simplex check and the
+reference points run again on masked-label problems (``outer_case(..., masked=True)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..api import ReferencePoint
+from ..api import IGNORE_INDEX, Batch, ReferencePoint
 from ..plugin_system.simplex import OffSimplex, on_simplex
 from .loss_checks import Failed, split_settings
-from .problems import OUTER_STEPS, PEER_COUNTS, make_config, outer_case, rel
+from .problems import (
+    MASKED_OUTER_STEPS,
+    MASKED_STREAM,
+    OUTER_STEPS,
+    PEER_COUNTS,
+    make_config,
+    outer_case,
+    rel,
+)
 
 __all__ = ["check_simplex", "UpdaterProblems", "initial_on_simplex", "step_on_simplex", "deterministic",
-           "peers_untouched", "state_round_trip", "check_reference"]
+           "peers_untouched", "state_round_trip", "all_ignored", "check_reference"]
 
 
 def check_simplex(omega, M: int, who: str) -> float:
@@ -47,20 +59,21 @@ class UpdaterProblems:
     def __init__(self, make: Callable, make_loss: Callable, seed: int):
         self.make, self.make_loss, self.seed = make, make_loss, seed
 
-    def cases(self, settings: dict | None = None, outer_step: int = 3):
-        g = torch.Generator().manual_seed(self.seed)
+    def cases(self, settings: dict | None = None, outer_step: int = 3, masked: bool = False):
+        """(M, config, OuterCase) for M = 1 … 6; ``masked``: the masked-label problems (own stream)."""
+        g = torch.Generator().manual_seed(self.seed + (MASKED_STREAM if masked else 0))
         for M in PEER_COUNTS:
             cfg = make_config(M, **(settings or {}))
-            yield M, cfg, outer_case(M, self.make_loss(cfg), g, outer_step)
+            yield M, cfg, outer_case(M, self.make_loss(cfg), g, outer_step, masked)
 
 
 def initial_on_simplex(probs: UpdaterProblems) -> float:
     return max(check_simplex(probs.make(cfg, {}, M).initial_omega(), M, "initial_omega()") for M, cfg, _ in probs.cases())
 
 
-def step_on_simplex(probs: UpdaterProblems) -> float:
+def step_on_simplex(probs: UpdaterProblems, masked: bool = False) -> float:
     return max(check_simplex(probs.make(cfg, {}, M).step(case.ctx).omega, M, "step().omega")
-               for M, cfg, case in probs.cases())
+               for M, cfg, case in probs.cases(masked=masked))
 
 
 def deterministic(probs: UpdaterProblems) -> float:
@@ -99,13 +112,34 @@ def state_round_trip(probs: UpdaterProblems, steps: bool) -> float:
     return worst
 
 
-def check_reference(probs: UpdaterProblems, point: ReferencePoint, resolve: Callable = dict) -> dict[str, float]:
-    """Worst error per compared value (ω, grad, η; info must match) over M = 1 … 6 and OUTER_STEPS."""
+def all_ignored(probs: UpdaterProblems) -> float:
+    """A step whose held-out batch, or whose training batch, has no scored position (a masked-LM
+    batch can draw none): ω stays finite and on the simplex, a reported gradient is finite.
+    Returns the worst |Σω − 1|."""
+    worst = 0.0
+    for M, cfg, case in probs.cases(masked=True):
+        for which in ("val", "train"):
+            batch = getattr(case.ctx, which)
+            empty = Batch(batch.inputs, torch.full_like(batch.labels, IGNORE_INDEX))
+            res = probs.make(cfg, {}, M).step(dataclasses.replace(case.ctx, **{which: empty}))
+            who = f"step().omega with every {'held-out' if which == 'val' else 'training'} label ignored"
+            worst = max(worst, check_simplex(res.omega, M, who))
+            if res.grad is not None and not bool(torch.isfinite(torch.as_tensor(res.grad)).all()):
+                raise Failed(f"UpdateResult.grad is not finite with every {which} label ignored (M={M})")
+            if res.eta is not None and not math.isfinite(float(res.eta)):
+                raise Failed(f"UpdateResult.eta is not finite with every {which} label ignored (M={M})")
+    return worst
+
+
+def check_reference(probs: UpdaterProblems, point: ReferencePoint, resolve: Callable = dict,
+                    masked: bool = False) -> dict[str, float]:
+    """Worst error per compared value (ω, grad, η; info must match) over M = 1 … 6 and OUTER_STEPS
+    on the dense problems, or MASKED_OUTER_STEPS on the masked-label ones (``masked``)."""
     config_keys, options = split_settings(point)
     options = resolve(options)
     worst: dict[str, tuple] = {}
-    for outer_step in OUTER_STEPS:
-        for M, cfg, case in probs.cases(config_keys, outer_step):
+    for outer_step in MASKED_OUTER_STEPS if masked else OUTER_STEPS:
+        for M, cfg, case in probs.cases(config_keys, outer_step, masked):
             res = probs.make(cfg, options, M).step(case.ctx)
             expected = point.expected(case.as_problem(cfg, options))
             for key, got in (("omega", res.omega), ("grad", res.grad), ("eta", res.eta)):

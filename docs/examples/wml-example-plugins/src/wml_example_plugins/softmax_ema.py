@@ -26,6 +26,8 @@ class SoftmaxEMA:
         return uniform_omega(self.num_peers)
 
     def step(self, ctx: OuterContext) -> UpdateResult:
+        if not bool((ctx.val.labels != -100).any()):   # no scored held-out token (masking can draw none): ω stays
+            return UpdateResult(omega=ctx.omega.detach().clone(), eta=0.0, val_loss=0.0)
         logits = self._held_out_logits(ctx)
         losses = torch.stack([F.cross_entropy(z.reshape(-1, z.shape[-1]).double(), ctx.val.labels.reshape(-1),
                                               ignore_index=-100) for z in logits])   # each peer's own CE
