@@ -202,6 +202,7 @@ def efficient_shape(shape: dict, multiple: int) -> bool:
 
 
 def default_teacher():
+    from wml_framework.training.objective_fit import DEFAULT_FAMILIES
     from wml_framework.training.teacher import teacher_config
 
     cfg = cfgmod.from_dict({})
@@ -212,7 +213,8 @@ def default_teacher():
         def __len__(self):
             return cfg.vocab_size
 
-    family = get_host().create("family", cfg.teacher_family)
+    name = DEFAULT_FAMILIES["causal"] if cfg.teacher_family == "auto" else cfg.teacher_family  # the default objective's
+    family = get_host().create("family", name)
     return family, teacher_config(family, cfg, Vocab(), max_positions=256)
 
 

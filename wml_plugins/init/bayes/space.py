@@ -27,7 +27,7 @@ import numpy as np
 from wml_framework.api import shape_string
 
 __all__ = ["ARCH", "SHAPE", "STEPS", "MIN_VALUES", "VARIABLES", "SizingSpace", "arch_key", "arch_string", "grid_step",
-           "key_of", "shape_key"]
+           "head_dim_multiple", "key_of", "shape_key"]
 
 #: grid steps tried for head sizes and FFN widths, coarsest first, and how many grid values
 #: each should at least offer (small teachers get a finer grid, so targets stay reachable)
@@ -56,19 +56,20 @@ class SizingSpace:
     def from_teacher(cls, family, teacher_config, width_multiple: int = 1) -> "SizingSpace":
         """The ``efficient`` space for ``width_multiple`` > 1 when the teacher admits one, else ``any``."""
         s = family.shape(teacher_config)
+        multiple = head_dim_multiple(family, teacher_config)
         f_step = grid_step(s["ffn"], MIN_VALUES["ffn"])
         ffn = np.arange(f_step, s["ffn"] + 1, f_step)
         layers = np.arange(1, s["n_layer"] + 1)
         if width_multiple > 1:
             head_dims = [d for d in (16, 32, 64, 128, 256) if d <= min(s["head_dim"], width_multiple)
-                         and width_multiple % d == 0 and d % family.head_dim_multiple == 0]
+                         and width_multiple % d == 0 and d % multiple == 0]
             hidden = s["n_head"] * s["head_dim"]
             if head_dims and hidden >= width_multiple:
                 e_step = max(FFN_STEP, f_step)
                 values = dict(n_layer=layers, width=np.arange(width_multiple, hidden + 1, width_multiple),
                               head_dim=np.array(head_dims), ffn=np.arange(e_step, s["ffn"] + 1, e_step))
                 return cls(family, teacher_config, values, EFFICIENT)
-        d_step = grid_step(s["head_dim"], MIN_VALUES["head_dim"], family.head_dim_multiple)
+        d_step = grid_step(s["head_dim"], MIN_VALUES["head_dim"], multiple)
         values = dict(n_layer=layers, n_head=np.arange(1, s["n_head"] + 1),
                       head_dim=np.arange(d_step, s["head_dim"] + 1, d_step), ffn=ffn)
         return cls(family, teacher_config, values, ANY)
@@ -164,6 +165,14 @@ def _columns(shapes: np.ndarray, by: str) -> np.ndarray:
     if by == ARCH:
         return np.stack([shapes[:, 0], shapes[:, 1], shapes[:, 1] * shapes[:, 2]], axis=1)
     raise ValueError(f"shapes are told apart by {SHAPE!r} or {ARCH!r}, not {by!r}")
+
+
+def head_dim_multiple(family, config) -> int:
+    """Head sizes of peers of ``config`` must be multiples of this: the family's
+    ``head_dim_multiple_for(config)`` where it has one (it depends on the config, e.g. a partial
+    rotary factor), else its ``head_dim_multiple``."""
+    for_config = getattr(family, "head_dim_multiple_for", None)
+    return int(for_config(config)) if callable(for_config) else int(family.head_dim_multiple)
 
 
 def grid_step(top: int, min_values: int, multiple: int = 1) -> int:
