@@ -119,7 +119,7 @@ def test_a_masked_loop_resumes_bit_identically(tmp_path):
 
 def _refused(args, tmp_path) -> str:
     out = tmp_path / "never"
-    result = CliRunner().invoke(main, ["run", *args, *_sets(SMALL), "--out", str(out)])
+    result = CliRunner().invoke(main, ["run", *_sets(SMALL), *args, "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert not (out / "config.toml").exists()
     lines = [line for line in result.output.strip().splitlines() if line.startswith("Error") or "error" in line]
@@ -209,3 +209,24 @@ def test_an_interrupted_masked_run_resumes_to_the_uninterrupted_result(tmp_path,
         a = load_file(masked_run / "peers" / f"peer_{i}" / "model.safetensors")
         b = load_file(run_dir / "peers" / f"peer_{i}" / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_roberta_teachers_context_excludes_its_position_offset(tmp_path):
+    """RoBERTa numbers positions from pad_token_id + 1: a table of 34 rows with pad id 1 holds 32
+    tokens. Catches a check that reads max_position_embeddings raw (a block of 33 would pass, then
+    index past the table)."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from wml_framework.evaluation.models import max_positions
+    from wml_framework.text.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["the cat sees the dog."] * 50, 300, mask_token=True)
+    model = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32, max_position_embeddings=34,
+                                             pad_token_id=1))
+    assert max_positions(model) == 32
+    teacher = tmp_path / "teacher"
+    model.save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    out = _refused(["--objective", "masked", "--teacher", str(teacher), "--set", "block_size=33"], tmp_path)
+    assert "expected at most its 32 positions" in out

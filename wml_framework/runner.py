@@ -301,7 +301,10 @@ class WMLTrainer:
     def _check_given_teacher(self, plugins: RunPlugins) -> None:
         cfg = self.cfg
         hf_config = load_teacher_config(cfg.teacher)
-        limit = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", None)
+        try:
+            limit = family_for(self.host, hf_config).max_positions(hf_config)
+        except ValueError as exc:            # no family handles it: one line, before any work
+            raise RunError(str(exc)) from None
         if limit is not None and cfg.block_size > limit:
             raise RunError(f"config key 'block_size': value {cfg.block_size} is not allowed with teacher {cfg.teacher!r}; "
                            f"expected at most its {limit} positions")

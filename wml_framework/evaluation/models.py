@@ -119,8 +119,17 @@ def max_positions(model: nn.Module) -> int | None:
     for key in ("max_position_embeddings", "n_positions"):
         value = getattr(cfg, key, None)
         if isinstance(value, int) and value > 0:
-            return value
+            return value - _position_offset(model)
     return None
+
+
+def _position_offset(model: nn.Module) -> int:
+    """Positions a model's position table reserves before the first token: RoBERTa-style
+    embeddings number positions from ``padding_idx + 1`` (their table's padding row says so)."""
+    embeddings = getattr(getattr(model, "base_model", None), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    pad = getattr(table, "padding_idx", None) if isinstance(table, nn.Embedding) else None
+    return int(pad) + 1 if pad is not None else 0
 
 
 @contextmanager
