@@ -80,6 +80,7 @@ def default_peers(cfg, device):
 
     from wml_framework.api import peer_targets
     from wml_framework.plugin_system.host import PluginHost
+    from wml_framework.training.objective_fit import default_family
     from wml_framework.training.teacher import teacher_config
 
     class Vocab:  # what teacher_config reads of a tokenizer
@@ -89,7 +90,8 @@ def default_peers(cfg, device):
             return cfg.vocab_size
 
     host = PluginHost()
-    family = host.create("family", cfg.teacher_family)
+    objective = host.create("objective", cfg.objective, cfg)
+    family = host.create("family", default_family(cfg, objective))
     hf = teacher_config(family, cfg, Vocab(), max_positions=max(cfg.block_size, 256))
     teacher = AutoModelForCausalLM.from_config(hf)
     targets = peer_targets(family.count_parameters(hf), cfg.num_peers)

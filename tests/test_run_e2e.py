@@ -131,7 +131,7 @@ def test_whole_cli_in_a_subprocess(tmp_path, corpus):
         capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith(str(run_dir))
-    assert "ensemble held-out loss is" in proc.stderr
+    assert "ensemble held-out next-token loss is" in proc.stderr
     assert (run_dir / "summary.json").exists() and (run_dir / "report.md").exists()
 
 
