@@ -230,3 +230,47 @@ def test_a_roberta_teachers_context_excludes_its_position_offset(tmp_path):
     tok.save_pretrained(teacher)
     out = _refused(["--objective", "masked", "--teacher", str(teacher), "--set", "block_size=33"], tmp_path)
     assert "expected at most its 32 positions" in out
+
+
+def _roberta_teacher(tmp_path, stamp: dict | None = None) -> Path:
+    """A tiny RoBERTa teacher folder with a mask token, stamped with ``stamp`` config attributes."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from wml_framework.text.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["the cat sees the dog."] * 50, 300, mask_token=True)
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
+                           **(stamp or {}))
+    teacher = tmp_path / "teacher"
+    RobertaForMaskedLM(config).save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    return teacher
+
+
+def test_a_masked_teacher_in_a_hybrid_run_is_refused(tmp_path):
+    """A RoBERTa from elsewhere predicts its own (masked) position; a hybrid run's labels are the
+    next token. Catches a run that distils every teacher prediction one position off."""
+    teacher = _roberta_teacher(tmp_path)
+    out = _refused(["--objective", "hybrid", "--loss", "kd", "--teacher", str(teacher)], tmp_path)
+    assert "predicts the masked token at its own position (mlm)" in out and "objective 'hybrid'" in out
+    assert "the next token, masked or not (mntp)" in out
+
+
+def test_a_hybrid_teacher_in_a_masked_run_is_refused(tmp_path):
+    teacher = _roberta_teacher(tmp_path, {"wml_objective": "hybrid", "wml_objective_scoring": "mntp"})
+    out = _refused(["--objective", "masked", "--loss", "kd", "--teacher", str(teacher)], tmp_path)
+    assert "was trained with objective 'hybrid'" in out and "objective 'masked' asks for" in out
+
+
+def test_a_loss_that_reads_no_teacher_takes_any_masked_teacher(tmp_path):
+    """The refusal is about distillation only: ``wml`` (the peers teach each other) reads no teacher,
+    which then only sizes the peers. Catches a check that refuses every mismatched teacher."""
+    teacher = _roberta_teacher(tmp_path)
+    out = tmp_path / "ce"
+    result = CliRunner().invoke(main, ["run", "--objective", "hybrid", "--teacher", str(teacher),
+                                       *_sets({**SMALL, "max_steps": 1, "lr_decay_iters": 1, "eval_interval": 1,
+                                               "checkpoint_interval": 1, "blimp_limit": 1}),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["config"]["objective"] == "hybrid"

@@ -47,6 +47,7 @@ from .training.objective_fit import (
     check_attentions,
     check_head,
     check_mask_token,
+    check_teacher_predicts,
     default_family,
     probe_config,
     probe_model,
@@ -324,6 +325,8 @@ class WMLTrainer:
         self._given_teacher = load_teacher(cfg.teacher, dtype=train_dtype(cfg))   # weights that do not fit the config fail here, before work
         try:
             check_attentions(cfg.objective, plugins.objective, self._given_teacher[0], who)
+            if plugins.loss.needs_teacher:
+                check_teacher_predicts(cfg.objective, plugins.objective, self._given_teacher[0], who)
         except ObjectiveMismatch as exc:
             raise RunError(str(exc)) from None
         self._plan(plugins, hf_config)

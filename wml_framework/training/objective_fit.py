@@ -21,9 +21,10 @@ from ..api import (
     native_attention,
     peer_logits,
 )
+from ..evaluation.pseudo_likelihood import scoring_kind
 
 __all__ = ["ObjectiveMismatch", "head_of", "default_family", "check_head", "check_mask_token", "attends",
-           "check_attentions", "probe_config", "probe_model", "DEFAULT_FAMILIES"]
+           "check_attentions", "check_teacher_predicts", "probe_config", "probe_model", "DEFAULT_FAMILIES"]
 
 #: the family a teacher trained from scratch has under ``teacher_family = "auto"``, by head
 DEFAULT_FAMILIES = {"causal": "llama", "masked": "roberta"}
@@ -106,6 +107,31 @@ def check_attentions(name: str, objective, model, who: str) -> None:
                 f"objective {name!r} needs models that attend {how}, but {who} ({kind}, {type(model).__name__}) "
                 f"ignores a {attention} attention mask; {other}, or choose an objective that uses "
                 f"{native_attention(model)} attention only")
+
+
+#: what a model trained with each scoring predicts at a position, for the refusal's words
+PREDICTS = {"causal": "the next token", "mlm": "the masked token at its own position",
+            "mntp": "the next token, masked or not"}
+
+
+def check_teacher_predicts(name: str, objective, teacher, who: str) -> None:
+    """One line when the teacher predicts other positions than the objective's labels ask for.
+
+    Why: a teacher-using loss compares the teacher's logits with the peers' position by position;
+    a RoBERTa-style teacher (its own token under a mask) in a hybrid run (the next token, MNTP), or
+    the other way round, would distil every prediction one position off, silently. What a teacher
+    predicts is the scoring its config declares (every wml export stamps it), else what its head
+    implies (a masked LM predicts its own position, a causal LM the next one)."""
+    have = scoring_kind(teacher)
+    if have == objective.scoring:
+        return
+    trained = getattr(teacher.config, "wml_objective", None)
+    how = f"was trained with objective {trained!r}" if trained else "is a model from elsewhere"
+    raise ObjectiveMismatch(
+        f"{who} {how} and predicts {PREDICTS.get(have, have)} ({have}), but objective {name!r} "
+        f"asks for {PREDICTS.get(objective.scoring, objective.scoring)} ({objective.scoring}): its logits "
+        f"would be distilled at the wrong positions; give a teacher trained with objective {name!r}, "
+        f"use the objective the teacher was trained with, or a loss that reads no teacher")
 
 
 def probe_config(family, vocab_size: int = 64):
