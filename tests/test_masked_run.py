@@ -115,6 +115,32 @@ def test_a_masked_loop_resumes_bit_identically(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(p.state_dict().values(), q.state_dict().values()))
 
 
+def test_a_hybrid_loops_outer_steps_take_both_attentions(tmp_path):
+    """The loop builds each outer step's validation batch, and runs it, under its step's attention.
+    Catches an outer step that always lands on one attention (ω tuned for half the objective), or
+    one whose batch and attention disagree (masked inputs read causally)."""
+    from run_helpers import tiny_loop
+
+    cfg, data, lp = tiny_loop(tmp_path, objective="hybrid", outer_every=2, updater="mirror", max_steps=24)
+    lp.tokens = TokenInfo(vocab_size=128, mask_token_id=3, special_ids=(0, 1, 2, 3))
+    inner, seen = lp.objective, []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def batch(self, block, step, gen, tokens):
+            if gen is lp.gen_outer:
+                seen.append((inner.attention(step), getattr(lp.peers[0], "wml_attention", None)))
+            return inner.batch(block, step, gen, tokens)
+
+    lp.objective = Recorder()
+    for _ in range(24):
+        lp.step()
+    assert len(seen) == 12 and all(asked == running for asked, running in seen), seen
+    assert {asked for asked, _ in seen} == {"causal", "bidirectional"}, seen
+
+
 # -- refusals before any work ------------------------------------------------------------------
 
 def _refused(args, tmp_path) -> str:

@@ -8,7 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlamaConfig, LlamaForCausalLM, RobertaConfig, RobertaForMaskedLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
 
 from wml_framework import hookimpl
 from wml_framework.api import (
@@ -23,7 +28,12 @@ from wml_framework.api import (
 from wml_framework.evaluation.heldout import heldout_losses
 from wml_framework.plugin_system.guards import checked_objective
 from wml_framework.plugin_system.host import PluginError, PluginHost
-from wml_framework.training.objective_fit import ObjectiveMismatch, attends, check_attentions, check_head
+from wml_framework.training.objective_fit import (
+    ObjectiveMismatch,
+    attends,
+    check_attentions,
+    check_head,
+)
 from wml_plugins.objectives import CausalObjective, HybridObjective, MaskedObjective
 
 TOKENS = TokenInfo(vocab_size=50, mask_token_id=3, special_ids=(0, 1, 2, 3))
@@ -97,13 +107,29 @@ def test_masking_repeats_from_the_same_generator_state():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
-@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1 / 3, 1.0])
-def test_hybrid_makes_exactly_its_share_of_steps_causal(share):
-    """Catches a schedule that drifts from ``causal_share`` (or is random, so a resume disagrees)."""
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1 / 3, 0.9, 1.0])
+def test_hybrid_keeps_its_share_of_steps_causal_over_every_stretch(share):
+    """Catches a schedule that drifts from ``causal_share`` (or is random, so a resume disagrees):
+    every window of 50 to 2000 steps, anywhere in the first 100k, holds within 3 steps of its share."""
     h = HybridObjective(causal_share=share)
-    causal = sum(h.attention(s) == CAUSAL for s in range(120))
-    assert causal == round(120 * share)
+    causal = [h.attention(s) == CAUSAL for s in range(100_000)]
+    assert causal == [h.attention(s) == CAUSAL for s in range(100_000)]        # the same every time
+    sums = np.concatenate([[0], np.cumsum(causal)])
+    for n in (50, 333, 2000):
+        counts = sums[n:] - sums[:-n]
+        assert np.abs(counts - n * share).max() <= 3, (n, counts.min(), counts.max())
     assert h.attention(-1) == CAUSAL == h.eval_attention
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 1 / 3])
+@pytest.mark.parametrize("outer_every", [1, 2, 3, 4, 6, 10, 20, 100])
+def test_hybrid_outer_steps_see_both_attentions_in_the_same_shares(share, outer_every):
+    """The loop's outer step takes the attention of its step (every ``outer_every``-th). Catches an
+    alternating schedule, under which all outer steps fall on causal steps when 1/share divides
+    outer_every, so ω would be tuned on one attention only."""
+    h = HybridObjective(causal_share=share)
+    outer = [h.attention(k * outer_every - 1) == CAUSAL for k in range(1, 2001)]
+    assert abs(sum(outer) - 2000 * share) <= 20, sum(outer)
 
 
 def test_hybrid_masked_steps_predict_each_masked_token_from_the_position_before():

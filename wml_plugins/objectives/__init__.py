@@ -91,6 +91,10 @@ class MaskedObjective:
         return inputs, torch.where(chosen, x, torch.full_like(x, IGNORE_INDEX))
 
 
+#: the golden ratio's fractional part: the most evenly spread of the Weyl sequences frac(n·α)
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
 class HybridObjective:
     """GPT-BERT: a ``causal_share`` of the steps causal, the others masked next-token prediction."""
 
@@ -106,12 +110,14 @@ class HybridObjective:
         self.probability, self.mask_share, self.random_share = mask_probability, mask_token_share, random_token_share
 
     def attention(self, step: int) -> str:
-        """Causal at evenly spread steps, exactly ``causal_share`` of them over any long stretch
-        (step s is causal when ⌊(s+1)·share⌋ passes an integer): no random draw, so a resume agrees."""
+        """Causal where the golden-ratio sequence frac((s+1)·0.618…) falls below ``causal_share``: no
+        random draw (a resume agrees), within a few steps of the share over any stretch, and, since
+        the sequence is equidistributed along every arithmetic progression of steps, the outer steps
+        (every ``outer_every``-th) see both attentions in the same shares. An alternating schedule
+        would put every outer step on the same attention whenever 1/share divides outer_every."""
         if step < 0:
             return self.eval_attention
-        share = self.causal_share
-        return CAUSAL if math.floor((step + 1) * share + 1e-9) > math.floor(step * share + 1e-9) else BIDIRECTIONAL
+        return CAUSAL if ((step + 1) * GOLDEN) % 1.0 < self.causal_share else BIDIRECTIONAL
 
     def batch(self, block, step, gen, tokens: TokenInfo):
         if self.attention(step) == CAUSAL:
