@@ -54,3 +54,15 @@ def test_the_hypergradient_on_the_gpu_equals_the_cpu_one_in_float64(make):
         val = Batch(vtoks[:, :-1].to(device), vtoks[:, 1:].to(device))
         results[device] = hypergradient(peers, WMLLoss(0.5, 2.0), w.to(device), train, val, 0.8).grad.cpu()
     assert torch.allclose(results["cuda"], results["cpu"], rtol=1e-6, atol=1e-9), results
+
+
+def test_masking_on_the_gpu_draws_what_it_draws_on_the_cpu():
+    """Catches masking that draws on x's device with a CPU generator (fails on cuda blocks)."""
+    from wml_framework.api import TokenInfo
+    from wml_plugins.objectives import masking
+
+    tokens = TokenInfo(vocab_size=64, mask_token_id=3, special_ids=(0, 1, 2, 3))
+    x = torch.randint(4, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    cpu = masking(x, torch.Generator().manual_seed(1), tokens, 0.3, 0.8, 0.1)
+    gpu = masking(x.cuda(), torch.Generator().manual_seed(1), tokens, 0.3, 0.8, 0.1)
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu, gpu))

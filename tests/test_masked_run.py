@@ -141,6 +141,89 @@ def test_a_hybrid_loops_outer_steps_take_both_attentions(tmp_path):
     assert {asked for asked, _ in seen} == {"causal", "bidirectional"}, seen
 
 
+@pytest.mark.parametrize("capture", [False, True])
+def test_masked_shares_of_a_data_parallel_step_weigh_their_tokens_as_one_process(tmp_path, capture):
+    """Two ranks (simulated in process: each keeps its share of the rows, the test averages what
+    the all-reduce would) give the gradient and logged losses of one process on the whole batch,
+    over two micro-batches. Masking labels a random number of tokens per share, so catches a step
+    that averages the shares' (or micro-batches') token means as equals."""
+    from run_helpers import tiny_loop
+
+    from wml_framework.runtime.distributed import SINGLE, Context
+
+    class Rank(Context):
+        def mean_(self, tensors):          # the test averages the ranks itself
+            pass
+
+    tokens = TokenInfo(vocab_size=128, mask_token_id=3, special_ids=(0, 1, 2, 3))
+
+    def accumulate(path, dist):
+        cfg, data, lp = tiny_loop(path, objective="masked", num_batches=2, outer_every=1)
+        lp.tokens, lp.dist = tokens, dist
+        means, _ = lp.accumulate(capture=capture)
+        return means, [[p.grad.clone() for p in peer.parameters()] for peer in lp.peers]
+
+    one_means, one_grads = accumulate(tmp_path / "one", SINGLE)
+    ranks = [accumulate(tmp_path / f"r{r}", Rank(rank=r, world=2)) for r in range(2)]
+    means = (ranks[0][0] + ranks[1][0]) / 2
+    assert torch.allclose(means, one_means, rtol=1e-5, atol=1e-6), (means, one_means)
+    for i, grads in enumerate(one_grads):
+        for g, a, b in zip(grads, ranks[0][1][i], ranks[1][1][i]):
+            assert torch.allclose((a + b) / 2, g, rtol=1e-4, atol=1e-6)
+
+
+class _Recorded(Exception):
+    """Stops a run once the initializer has seen its calibration batch (the host wraps it, naming
+    the plugin)."""
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_the_initializers_calibration_batch_is_made_by_the_objective(tmp_path, corpus, objective):
+    """An initializer (l1's taylor importance) gets a batch as the objective makes them. Catches a
+    masked run that calibrates on next-token labels, which a bidirectional teacher reads off its
+    own input."""
+    from run_helpers import tiny_config
+
+    from wml_framework import hookimpl
+    from wml_framework.plugin_system.host import PluginHost
+    from wml_framework.runner import WMLTrainer
+
+    seen = {}
+
+    class Recording:
+        @hookimpl
+        def wml_register_initializers(self, register):
+            class Init:
+                def __init__(self, cfg):
+                    pass
+
+                def check(self, teacher_config, family, targets, *, calibration=None):
+                    pass
+
+                def build(self, teacher, family, targets, *, calibration=None, seed=0):
+                    seen["batch"], seen["mask"] = calibration, teacher.config.vocab_size
+                    raise _Recorded
+
+            register("recording", Init)
+
+    host = PluginHost()
+    host.register(Recording(), "recording")
+    cfg = tiny_config(corpus, host, objective=objective, init="recording", teacher_steps=2, max_steps=1,
+                      lr_decay_iters=1, blimp="")
+    with pytest.raises(Exception, match="_Recorded"):
+        WMLTrainer.from_config(cfg, tmp_path / "run", host=host, log=lambda m: None).train()
+    x, y = seen["batch"].inputs, seen["batch"].labels
+    labelled = y != -100
+    if objective == "causal":
+        assert bool(labelled.all()) and torch.equal(x[:, 1:], y[:, :-1])
+    else:
+        assert 0 < float(labelled.float().mean()) < 0.5
+        from wml_framework.text.tokenizer import load_tokenizer
+
+        mask_id = load_tokenizer(tmp_path / "run" / "teacher").mask_token_id
+        assert bool((x == mask_id).any()) and not bool((x[labelled] == y[labelled]).all())
+
+
 # -- refusals before any work ------------------------------------------------------------------
 
 def _refused(args, tmp_path) -> str:

@@ -107,6 +107,12 @@ def test_masking_repeats_from_the_same_generator_state():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
 
 
+def test_masking_without_a_vocabulary_size_says_so():
+    """Catches ``TokenInfo.of(None)`` (vocab 0) failing deep in ``randint`` with no word of why."""
+    with pytest.raises(ValueError, match="vocabulary size"):
+        MaskedObjective().batch(blocks(), 0, torch.Generator(), TokenInfo(0, 3, (0, 1, 2, 3)))
+
+
 @pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1 / 3, 0.9, 1.0])
 def test_hybrid_keeps_its_share_of_steps_causal_over_every_stretch(share):
     """Catches a schedule that drifts from ``causal_share`` (or is random, so a resume disagrees):

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import config as cfgmod
-from .api import Batch, Event
+from .api import Batch, Event, TokenInfo, native_attention
 from .config import WMLConfig
 from .evaluation.models import resolve_device, train_dtype
 from .evaluation.run_reader import read_jsonl
@@ -429,11 +429,20 @@ class WMLTrainer:
                 peer.load_state_dict(state)
         return peers
 
+    def _calibration_batch(self, teacher, data: TokenData, objective) -> Batch:
+        """A training batch as the objective makes them (masked inputs for a masked run), at the first
+        step where it asks for the teacher's own attention: an initializer (``l1``'s taylor importance)
+        calls the teacher plainly, and a causal batch read bidirectionally would show it each answer."""
+        cfg, native = self.cfg, native_attention(teacher)
+        step = next((s for s in range(1000) if objective.attention(s) == native), 0)
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
+        block = data.blocks("train", cfg.batch_size, cfg.block_size, gen)
+        x, y = objective.batch(block, step, gen, TokenInfo.of(data.tokenizer, data.vocab_size))
+        return Batch(x, y)
+
     def _initialize_peers(self, teacher, data: TokenData, plugins: RunPlugins) -> list:
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(cfg.seed + 3)
-        x, y = data.batch("train", cfg.batch_size, cfg.block_size, gen)
-        calibration = Batch(x, y)
+        calibration = self._calibration_batch(teacher, data, plugins.objective)
         device = next(teacher.parameters()).device
         plan = self._plan(plugins, teacher.config, calibration)
         try:

@@ -2,9 +2,12 @@
 
 Why this shape: every rank holds all M peers and draws the *same* global batch from the same
 seeded generator, then keeps its own contiguous share of the rows. Gradients, logged losses and
-every quantity of the outer step are averaged over ranks (the shares are equal, so the mean of
-the per-rank token means is the global token mean). A run on N ranks therefore computes what one
-process computes on the global batch, up to the order of floating-point sums, and a checkpoint
+every quantity of the outer step are averaged over ranks. The inner step weighs each share by its
+labelled tokens (the training loop's ``_token_weights``: equal shares under a causal objective,
+random ones under masking), so its gradient is the global token mean. A run on N ranks therefore
+computes what one process computes on the global batch, up to the order of floating-point sums
+(under masking, the outer step's quantities are averaged with equal weights: docs/objectives.md),
+and a checkpoint
 is the same whatever the number of ranks that wrote it: a run resumes on another number of ranks.
 
 One process (no ``torchrun``) is :data:`SINGLE`: every operation is the identity, nothing is

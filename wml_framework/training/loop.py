@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..api import (
+    IGNORE_INDEX,
     Batch,
     Event,
     InnerGradients,
@@ -145,27 +146,43 @@ class TrainingLoop:
         omega = self.state.omega.to(self.device, self.dtype)
         sums = torch.zeros(3, len(self.peers), device=self.device, dtype=torch.float64)
         last = None
-        for k in range(n):
-            block = self.data.blocks("train", c.batch_size, c.block_size, self.gen_train)   # the global batch
-            x, y = self.objective.batch(block, self.state.step, self.gen_train, self.tokens)
+        batches = [self.objective.batch(self.data.blocks("train", c.batch_size, c.block_size, self.gen_train),
+                                        self.state.step, self.gen_train, self.tokens)    # the global micro-batches
+                   for _ in range(n)]
+        for k, scale in enumerate(self._token_weights([y for _, y in batches])):
+            x, y = batches[k]
             x, y = self.dist.share(x).to(self.device), self.dist.share(y).to(self.device)
             teacher_logits = self._teacher_logits(x)
             last = LastMicroBatch(Batch(x, y), teacher_logits)
             if capture and k == n - 1:
-                out, last.inner = self._captured_backward(x, y, omega, teacher_logits)
+                out, last.inner = self._captured_backward(x, y, omega, teacher_logits, scale)
             else:
                 with self.autocast():
                     logits = [peer_logits(p, x) for p in self.peers]
                     out = self.loss(logits, y, omega, teacher_logits=teacher_logits)
-                (out.total / n).backward()
-            sums += torch.stack([out.ce.detach(), out.kl.detach(), out.per_peer.detach()]).double()
+                (out.total / n if scale == 1.0 else out.total * (scale / n)).backward()
+            sums += torch.stack([out.ce.detach(), out.kl.detach(), out.per_peer.detach()]).double() * scale
         if self.dist.active:                      # the gradient and the logged losses of the global batch
             for peer in self.peers:
                 self.dist.mean_([p.grad for p in peer.parameters()])
             self.dist.mean_([sums])
         return sums / n, last
 
-    def _captured_backward(self, x, y, omega, teacher_logits):
+    def _token_weights(self, labels: list) -> list[float]:
+        """Each micro-batch's weight on this rank, so that the step's gradient and logged losses are
+        token means over the step's whole batch (every micro-batch, every rank), as one process with
+        one big batch would compute them: (this share's labelled tokens) · num_batches · ranks /
+        (all labelled tokens of the step). Exactly 1.0 when every share labels as many tokens (causal
+        objectives); masking labels a random number, and a plain mean of the shares' means would give
+        a share's few labels the weight of another's many. Every rank holds every global batch, so
+        this needs no communication."""
+        n, world = len(labels), self.dist.world
+        total = sum(int((y != IGNORE_INDEX).sum()) for y in labels)
+        if total == 0:
+            return [1.0] * n
+        return [int((self.dist.share(y) != IGNORE_INDEX).sum()) * n * world / total for y in labels]
+
+    def _captured_backward(self, x, y, omega, teacher_logits, scale: float = 1.0):
         """The same forward and backward, taken so that G = ∇θL_1 = Jᵀu stays differentiable in
         u = ∂L_1/∂z: the hypergradient then gets ż = J v by one more backward (double VJP)
         instead of recomputing step 1 and running forward mode. Adds G / num_batches to ``p.grad``."""
@@ -183,7 +200,7 @@ class TrainingLoop:
         n = self.settings.num_batches
         for t, g in zip(flat, grads):
             if g is not None:
-                share = g.detach() / n
+                share = g.detach() / n if scale == 1.0 else g.detach() * (scale / n)
                 t.grad = share if t.grad is None else t.grad.add_(share)
         graph = [(k, g) for k, g in enumerate(grads) if g is not None]
 

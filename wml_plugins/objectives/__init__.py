@@ -47,13 +47,18 @@ def masking(x: torch.Tensor, gen: torch.Generator, tokens: TokenInfo, probabilit
     that a resumed run repeats every choice."""
     if tokens.mask_token_id is None:
         raise ValueError("masking needs a tokenizer with a mask token")
+    if tokens.vocab_size <= len(tokens.special_ids):
+        raise ValueError(f"masking needs the vocabulary size to draw random tokens from; got "
+                         f"TokenInfo(vocab_size={tokens.vocab_size}) (TokenInfo.of(tokenizer, vocab_size))")
     special = torch.tensor(tokens.special_ids, dtype=x.dtype)
     ordinary = torch.ones(tokens.vocab_size, dtype=torch.bool)
     ordinary[special[special < tokens.vocab_size]] = False
     replacements = ordinary.nonzero().squeeze(-1)
-    choose = torch.rand(x.shape, generator=gen)
-    how = torch.rand(x.shape, generator=gen)
-    pick = torch.randint(len(replacements), x.shape, generator=gen)
+    # drawn on the generator's device (the CPU), then moved: the same draws whatever device x is on
+    choose = torch.rand(x.shape, generator=gen).to(x.device)
+    how = torch.rand(x.shape, generator=gen).to(x.device)
+    pick = torch.randint(len(replacements), x.shape, generator=gen).to(x.device)
+    replacements = replacements.to(x.device)
     chosen = (choose < probability) & ~torch.isin(x, special.to(x.device))
     if allowed is not None:
         chosen &= allowed
