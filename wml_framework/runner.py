@@ -42,6 +42,7 @@ from .training.export import (
 )
 from .training.families import family_for
 from .training.loop import TrainingLoop
+from .training.milestones import WordMilestones, gather_champion
 from .training.objective_fit import (
     ObjectiveMismatch,
     check_attentions,
@@ -68,6 +69,7 @@ from .training.teacher import (
     teacher_config,
     train_teacher,
 )
+from .training.word_budget import WordBudget, planned_words
 
 __all__ = ["MIN_POSITIONS", "RESUME_KEYS", "RunError", "default_run_dir", "RunPlugins", "create_plugins",
            "WMLTrainer", "start", "resume"]
@@ -187,7 +189,12 @@ class WMLTrainer:
             self._phase("training")
             loop.train()
             self._phase("export")
-            self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start)
+            budget = self._word_budget(loop)
+            self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start,
+                                  extra={"words": budget.as_dict()})
+            if dist.is_main and self.cfg.babylm_track != "none":
+                gather_champion(self.run_dir, self.summary["champion"], self.run_dir.name,
+                                plugins.objective.scoring, log=self.log)
             dist.barrier()                        # every rank returns once the peers are on disk
         print_summary(self.summary, self.log)
         return self.summary
@@ -396,8 +403,10 @@ class WMLTrainer:
                 raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
             tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
             data = prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
+            self._check_word_plan(data)
         else:
             data = prepare_for(cfg, log=log, plan=self.corpus, mask_token=plugins.objective.needs_mask_token)
+            self._check_word_plan(data)
             family_name = default_family(cfg, plugins.objective)
             family = self.host.create("family", family_name)
             hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
@@ -456,9 +465,46 @@ class WMLTrainer:
         return result.peers
 
     def _loop(self, peers, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
-        return TrainingLoop(self.cfg, self.host, peers, data, self.run_dir, device, loss=plugins.loss,
+        cfg = self.cfg
+        milestones = None
+        if cfg.babylm_track != "none":
+            milestones = WordMilestones(self.run_dir, cfg.babylm_track, cfg.milestone_words, data.tokenizer,
+                                        cfg.objective, cfg.plugin_options(cfg.objective), plugins.objective,
+                                        log=self.log)
+        return TrainingLoop(cfg, self.host, peers, data, self.run_dir, device, loss=plugins.loss,
                             updater=plugins.updater, teacher=teacher, log=self.log, callbacks=self.callbacks,
-                            objective=plugins.objective)
+                            objective=plugins.objective, milestones=milestones)
+
+    def _teacher_words(self) -> Optional[int]:
+        """The words the run's own teacher trained on (its last record), None for a given teacher."""
+        if self.cfg.teacher:
+            return None
+        trained = [r for r in read_jsonl(self.layout.teacher_metrics) if r.get("kind") == "train"]
+        return trained[-1].get("words") if trained else 0
+
+    def _word_budget(self, loop: TrainingLoop) -> WordBudget:
+        return WordBudget(self.cfg.babylm_track, self._teacher_words(), loop.state.words, len(loop.peers))
+
+    def _check_word_plan(self, data: TokenData) -> None:
+        """The words the configuration plans to train on, teacher included, in one line; a warning
+        before any training when they exceed the track's budget."""
+        cfg = self.cfg
+        if data.corpus_words is None:
+            return
+        step_tokens = cfg.batch_size * cfg.block_size
+        peers = planned_words(cfg.max_steps, step_tokens * cfg.num_batches, data.corpus_words, len(data.train))
+        teacher = None if cfg.teacher else planned_words(cfg.teacher_steps, step_tokens, data.corpus_words,
+                                                         len(data.train))
+        plan = WordBudget(cfg.babylm_track, teacher, peers, cfg.num_peers)
+        self.log(f"data: {data.corpus_words:,} words of training text; planned {plan.line()[len('words trained on: '):]}"
+                 .replace(" is within", " would be within").replace(" is OVER", " would be OVER"))
+        if plan.budget is not None and plan.total > plan.budget:
+            self.log(f"warning: the plan trains on about {plan.total:,} words, over the {cfg.babylm_track} track's "
+                     f"{plan.budget:,} (teacher included, as the BabyLM rules count it); lower max_steps or "
+                     "teacher_steps, or give a --teacher trained within the rules")
+        if cfg.babylm_track != "none" and data.corpus_words > plan.budget // 10:
+            self.log(f"warning: the training text has {data.corpus_words:,} words, more than the "
+                     f"{cfg.babylm_track} track's {plan.budget // 10:,}")
 
     def _resume_loop(self, teacher, data, device, plugins: RunPlugins) -> TrainingLoop:
         try:

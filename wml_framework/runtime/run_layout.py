@@ -10,6 +10,8 @@ where things are.
       init_trace.json    how the initializer got there
       peers/peer_<i>/    every peer (Hugging Face folders)
       champion/          a copy of the best peer
+      milestones/chck_<k>M/peer_<i>/  every peer when the words trained on passed k million (BabyLM tracks)
+      babylm/            the champion's milestones as the BabyLM pipeline evaluates them, and its script
       summary.json       the training result
       eval.json          the evaluation (``wml eval``)
       report.md, plots/  the report (``wml report``)
@@ -72,6 +74,17 @@ class RunLayout:
     @property
     def champion(self) -> Path:
         return self.root / "champion"
+
+    @property
+    def milestones(self) -> Path:
+        return self.root / "milestones"
+
+    def milestone(self, name: str) -> Path:
+        return self.milestones / name
+
+    @property
+    def babylm(self) -> Path:
+        return self.root / "babylm"
 
     @property
     def summary(self) -> Path:

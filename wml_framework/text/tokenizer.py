@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import hashlib
 
+import numpy as np
+
 __all__ = ["train_tokenizer", "load_tokenizer", "tokenizer_fingerprint", "bos_token_id", "present",
-           "encode_with_bos", "document_encoder", "tokenizer_adds_bos", "with_bos", "pad_token_id"]
+           "encode_with_bos", "document_encoder", "word_starts", "tokenizer_adds_bos", "with_bos", "pad_token_id"]
 
 BOS, EOS, PAD, MASK = "<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>"
 
@@ -82,13 +84,35 @@ def encode_with_bos(tokenizer, texts: list[str]) -> list[list[int]]:
     return [[bos, *seq] for seq in ids]
 
 
-def document_encoder(tokenizer):
+#: every character ``str.split()`` splits on (all are below U+3001)
+_SPACES = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+
+
+def word_starts(text: str, offsets) -> np.ndarray:
+    """How many whitespace-separated words of ``text`` begin in each token (character ``offsets``
+    ``(start, end)`` per token, as the tokenizers library gives them): summed over a document's
+    tokens, exactly ``len(text.split())``. A word start is counted once, in the first token whose
+    span covers it, so byte-level pieces of one character sharing a span do not count it twice."""
+    chars = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    space = np.isin(chars, _SPACES)
+    start = ~space
+    start[1:] &= space[:-1]
+    cum = np.concatenate([[0], np.cumsum(start, dtype=np.int64)])
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    ends = np.maximum.accumulate(spans[:, 1])
+    begin = np.maximum(spans[:, 0], np.concatenate([[0], ends[:-1]]))      # what no earlier token covered
+    counts = cum[np.maximum(spans[:, 1], begin)] - cum[begin]
+    return counts.clip(0, 255).astype(np.uint8)
+
+
+def document_encoder(tokenizer, words: bool = False):
     """A function from a batch of documents to one flat array of token ids, BOS and EOS around each
     presented document: the fast path of corpus tokenization (one call into the tokenizers library a
-    batch, BOS and EOS added there by a post-processor)."""
+    batch, BOS and EOS added there by a post-processor). ``words``: the function returns
+    ``(ids, words)``, ``words[i]`` the number of whitespace-separated words that begin in token i
+    (:func:`word_starts`; BabyLM budgets and checkpoints count words, not tokens)."""
     import itertools
 
-    import numpy as np
     from tokenizers import Tokenizer, processors
 
     bos, eos = bos_token_id(tokenizer), tokenizer.eos_token_id
@@ -97,7 +121,10 @@ def document_encoder(tokenizer):
         def encode_slow(docs):
             seqs = encode_with_bos(tokenizer, docs)
             tail = [] if eos is None else [eos]
-            return np.fromiter(itertools.chain.from_iterable(s + tail for s in seqs), dtype=np.int64)
+            ids = np.fromiter(itertools.chain.from_iterable(s + tail for s in seqs), dtype=np.int64)
+            if not words:
+                return ids
+            return ids, _approximate_word_starts(tokenizer, seqs, tail, docs)
         return encode_slow
     fast = Tokenizer.from_str(backend.to_str())
     bos_t = tokenizer.convert_ids_to_tokens(bos)
@@ -110,7 +137,31 @@ def document_encoder(tokenizer):
         encodings = batch([present(d) for d in docs], add_special_tokens=True)
         total = sum(len(e) for e in encodings)
         return np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
-    return encode
+
+    def encode_counting(docs):
+        texts = [present(d) for d in docs]
+        encodings = fast.encode_batch(texts, add_special_tokens=True)      # the one with offsets
+        total = sum(len(e) for e in encodings)
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64, count=total)
+        counts = [word_starts(t, e.offsets) if len(e) else np.zeros(0, np.uint8) for t, e in zip(texts, encodings)]
+        return ids, np.concatenate(counts) if counts else np.zeros(0, np.uint8)
+    return encode_counting if words else encode
+
+
+def _approximate_word_starts(tokenizer, seqs, tail, docs) -> np.ndarray:
+    """Word starts for a slow tokenizer (no offsets): each document's word count on its first
+    content tokens, one a token. Totals are exact; where in a document the words fall is not."""
+    out = []
+    for seq, doc in zip(seqs, docs):
+        counts = np.zeros(len(seq) + len(tail), np.uint8)
+        n = len(doc.split())
+        body = counts[1:len(seq)]
+        k = min(n, len(body))
+        body[:k] = 1
+        if n > k and len(body):
+            body[-1] = min(255, 1 + n - k)
+        out.append(counts)
+    return np.concatenate(out) if out else np.zeros(0, np.uint8)
 
 
 def tokenizer_adds_bos(tokenizer) -> bool:

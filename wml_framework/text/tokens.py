@@ -10,6 +10,7 @@ are drawn nanoGPT-style.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -33,9 +34,11 @@ from .corpus import (
 )
 from .tokenizer import document_encoder, tokenizer_fingerprint, train_tokenizer
 
-__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks", "random_rows",
+__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks", "random_starts", "random_rows",
            "document_batches", "encode_files", "split_stream", "prepare", "prepare_for", "needs_mask_token"]
 
+#: part of the cache key: streams cached before words were counted are made again
+WORDS_RULE_VERSION = "words-1"
 SPLIT_CHUNK = 2048  # tokens; every k-th chunk is held out, so every book is in both splits
 MIN_SPLIT_CHUNK = 64  # smaller corpora get smaller chunks, so that ~8 of them are held out
 BATCH_CHARS = 1 << 21  # characters of documents encoded a call (big enough to keep the library busy)
@@ -50,6 +53,17 @@ class TokenData:
     tokenizer: object
     vocab_size: int
     heldout_from: str = ""
+    #: per train token, how many whitespace-separated words begin in it (None: not counted)
+    train_words: Optional[np.ndarray] = None
+
+    @property
+    def corpus_words(self) -> Optional[int]:
+        """Whitespace-separated words of the training text (one epoch), or None when not counted."""
+        if self.train_words is None:
+            return None
+        if not hasattr(self, "_corpus_words"):
+            self._corpus_words = int(np.sum(self.train_words, dtype=np.int64))
+        return self._corpus_words
 
     @property
     def val_omega(self) -> np.ndarray:
@@ -66,6 +80,16 @@ class TokenData:
         ω half of the held-out stream: what an objective makes inputs and labels of."""
         stream = self.train if split == "train" else self.val_omega
         return random_rows(stream, batch_size, block_size, gen, "train" if split == "train" else "held-out (ω)")
+
+    def train_blocks(self, batch_size: int, block_size: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        """:meth:`blocks` of the train stream (the same draws) and the words they train on: those that
+        begin in a block's first ``block_size`` tokens, the inputs (0 when words are not counted)."""
+        starts = random_starts(self.train, batch_size, block_size, gen, "train")
+        rows = torch.from_numpy(np.stack([np.asarray(self.train[s: s + block_size + 1], dtype=np.int64)
+                                          for s in starts]))
+        if self.train_words is None:
+            return rows, 0
+        return rows, int(sum(int(np.sum(self.train_words[s: s + block_size], dtype=np.int64)) for s in starts))
 
     def batch(self, split: str, batch_size: int, block_size: int, gen: torch.Generator):
         """Next-token inputs and labels of :meth:`blocks` (the causal shift)."""
@@ -85,12 +109,18 @@ def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: tor
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
-def random_rows(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
-    """(batch, block+1) token ids from random offsets of ``stream`` (nanoGPT-style)."""
+def random_starts(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator,
+                  name: str = "token") -> list[int]:
+    """Random offsets of ``batch_size`` blocks of ``block_size + 1`` tokens in ``stream``."""
     if len(stream) < block_size + 1:
         raise ValueError(f"the {name} split has {len(stream)} tokens, fewer than block_size+1 = {block_size + 1}; "
                          "use a larger corpus, a larger val_fraction or a smaller block_size")
-    starts = torch.randint(len(stream) - block_size, (batch_size,), generator=gen).tolist()
+    return torch.randint(len(stream) - block_size, (batch_size,), generator=gen).tolist()
+
+
+def random_rows(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):
+    """(batch, block+1) token ids from random offsets of ``stream`` (nanoGPT-style)."""
+    starts = random_starts(stream, batch_size, block_size, gen, name)
     rows = np.stack([np.asarray(stream[s: s + block_size + 1], dtype=np.int64) for s in starts])
     return torch.from_numpy(rows)
 
@@ -118,30 +148,42 @@ def _progress(total: int, desc: str, enabled: Optional[bool]):
 
 
 def encode_files(files: list[Path], encode: Callable, dtype, path: Path, *, clean: bool = True,
-                 progress: Optional[bool] = None, desc: str = "tokenizing") -> int:
+                 progress: Optional[bool] = None, desc: str = "tokenizing", words_path: Optional[Path] = None) -> int:
     """Every document of ``files`` through ``encode``, appended to ``path`` as it goes (written to a
-    temporary file, renamed when whole). Returns the number of tokens."""
+    temporary file, renamed when whole). Returns the number of tokens. ``words_path``: ``encode``
+    returns ``(ids, words)`` (:func:`~.tokenizer.document_encoder` with ``words=True``) and the
+    per-token word starts go there, one byte a token, beside the ids."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    finals = [path] + ([words_path] if words_path else [])
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in finals]
     n = 0
     try:
-        with open(tmp, "wb") as out, _progress(total_bytes(files), desc, progress) as bar:
+        with contextlib.ExitStack() as stack:
+            outs = [stack.enter_context(open(t, "wb")) for t in tmps]
+            bar = stack.enter_context(_progress(total_bytes(files), desc, progress))
             for batch in document_batches(iter_documents(files, clean)):
-                ids = encode(batch)
-                out.write(ids.astype(dtype).tobytes())
+                ids, words = encode(batch) if words_path else (encode(batch), None)
+                outs[0].write(ids.astype(dtype).tobytes())
+                if words is not None:
+                    outs[1].write(words.astype(np.uint8).tobytes())
                 n += len(ids)
                 bar.update(sum(len(d) for d in batch))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+            for out in outs:
+                out.flush()
+                os.fsync(out.fileno())
+        for tmp, final in zip(tmps, finals):
+            os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
         raise
     return n
 
 
-def split_stream(src: Path, dtype, val_fraction: float, train_path: Path, val_path: Path) -> tuple[int, int]:
-    """Every k-th chunk of ``src`` to ``val_path``, the rest to ``train_path``, chunk by chunk (flat memory)."""
+def split_stream(src: Path, dtype, val_fraction: float, train_path: Path, val_path: Path, *,
+                 words: Optional[tuple[Path, Path]] = None) -> tuple[int, int]:
+    """Every k-th chunk of ``src`` to ``val_path``, the rest to ``train_path``, chunk by chunk (flat memory).
+    ``words``: (the word starts of ``src``, where the train part's go), split along the same chunks."""
     ids = np.memmap(src, dtype=dtype, mode="r")
     period = max(2, round(1.0 / val_fraction))
     chunk = int(np.clip(len(ids) // (period * 8), MIN_SPLIT_CHUNK, SPLIT_CHUNK))
@@ -149,16 +191,21 @@ def split_stream(src: Path, dtype, val_fraction: float, train_path: Path, val_pa
     if n_chunks < period:
         raise ValueError(f"the corpus has only {len(ids)} tokens: too few for a held-out split "
                          f"(val_fraction {val_fraction}); use a larger corpus")
+    starts = np.memmap(words[0], dtype=np.uint8, mode="r") if words else None
     counts = [0, 0]
-    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (train_path, val_path)]
+    finals = [train_path, val_path] + ([words[1]] if words else [])
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in finals]
     try:
-        with open(tmps[0], "wb") as tr, open(tmps[1], "wb") as va:
+        with contextlib.ExitStack() as stack:
+            tr, va, *wo = [stack.enter_context(open(t, "wb")) for t in tmps]
             for k in range(n_chunks):
                 piece = ids[k * chunk:(k + 1) * chunk]
                 held = k % period == period - 1
                 (va if held else tr).write(np.ascontiguousarray(piece).tobytes())
+                if wo and not held:
+                    wo[0].write(np.ascontiguousarray(starts[k * chunk:(k + 1) * chunk]).tobytes())
                 counts[held] += len(piece)
-        for tmp, final in zip(tmps, (train_path, val_path)):
+        for tmp, final in zip(tmps, finals):
             os.replace(tmp, final)
     except BaseException:
         for tmp in tmps:
@@ -181,7 +228,8 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
     ``mask_token``: a trained tokenizer gets one (masked and hybrid objectives); a given tokenizer is
     used as it is."""
     plan = plan or plan_corpus(corpus, val_corpus)
-    key_extra = ("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size) + (("mask",) if mask_token else ())
+    key_extra = (("given", tokenizer_fingerprint(tokenizer)) if tokenizer else ("bpe", vocab_size) + (("mask",) if mask_token else ()))
+    key_extra += (WORDS_RULE_VERSION,)
     split = ("files", len(plan.train)) if plan.heldout else ("chunks", val_fraction, SPLIT_CHUNK)
     key = files_fingerprint(plan.train + plan.heldout, key_extra, split, clean, DOC_RULE_VERSION)
     where = (cache or cache_dir()) / "tokens" / key
@@ -195,7 +243,8 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
         dtype = np.dtype(meta["dtype"])
         log(f"data: cached token streams {where}; held-out text: {meta.get('heldout_from', '?')}")
         return TokenData(_load_stream(where / "train.bin", dtype), _load_stream(where / "val.bin", dtype),
-                         tokenizer, meta["vocab_size"], meta.get("heldout_from", ""))
+                         tokenizer, meta["vocab_size"], meta.get("heldout_from", ""),
+                         _load_stream(where / "train_words.bin", np.uint8))
     if tokenizer is None:
         log(f"data: training a {vocab_size}-token BPE tokenizer on {len(plan.train)} file(s)")
         tokenizer = train_tokenizer(iter_documents(plan.train, clean), vocab_size, mask_token=mask_token)
@@ -203,23 +252,28 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
             tokenizer.save_pretrained(tmp)
     n_vocab = len(tokenizer)
     dtype = np.uint16 if n_vocab < 2**16 else np.uint32
-    encode = document_encoder(tokenizer)
+    encode, counting = document_encoder(tokenizer), document_encoder(tokenizer, words=True)
     if plan.heldout:
-        n_train = encode_files(plan.train, encode, dtype, where / "train.bin", clean=clean, progress=progress)
+        n_train = encode_files(plan.train, counting, dtype, where / "train.bin", clean=clean, progress=progress,
+                               words_path=where / "train_words.bin")
         n_val = encode_files(plan.heldout, encode, dtype, where / "val.bin", clean=clean, progress=progress,
                              desc="tokenizing held-out")
     else:
-        whole = where / "all.bin"
-        encode_files(plan.train, encode, dtype, whole, clean=clean, progress=progress)
-        n_train, n_val = split_stream(whole, dtype, val_fraction, where / "train.bin", where / "val.bin")
+        whole, whole_words = where / "all.bin", where / "all_words.bin"
+        encode_files(plan.train, counting, dtype, whole, clean=clean, progress=progress, words_path=whole_words)
+        n_train, n_val = split_stream(whole, dtype, val_fraction, where / "train.bin", where / "val.bin",
+                                      words=(whole_words, where / "train_words.bin"))
         whole.unlink()
+        whole_words.unlink()
+    train_words = _load_stream(where / "train_words.bin", np.uint8)
     atomic_write_json(meta_path, {"dtype": np.dtype(dtype).name, "vocab_size": n_vocab,
                                   "files": [str(f) for f in plan.train], "heldout_files": [str(f) for f in plan.heldout],
                                   "heldout_from": plan.heldout_from, "clean": clean,
-                                  "train_tokens": int(n_train), "val_tokens": int(n_val)})
+                                  "train_tokens": int(n_train), "val_tokens": int(n_val),
+                                  "train_words": int(np.sum(train_words, dtype=np.int64))})
     log(f"data: {n_train:,} train and {n_val:,} held-out tokens; held-out text: {plan.heldout_from}")
     return TokenData(_load_stream(where / "train.bin", dtype), _load_stream(where / "val.bin", dtype), tokenizer,
-                     n_vocab, plan.heldout_from)
+                     n_vocab, plan.heldout_from, train_words)
 
 
 def prepare_for(cfg, tokenizer=None, log=print, progress: Optional[bool] = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -17,6 +18,7 @@ from ..text.tokenizer import bos_token_id
 from ..text.tokens import TokenData
 from .families import shape_of
 from .loop import TrainingLoop
+from .word_budget import WordBudget
 
 __all__ = ["SCORING_ATTR", "export", "print_summary", "save_model", "stamp_objective", "weights_fingerprint"]
 
@@ -49,8 +51,9 @@ def save_model(model, tokenizer, path: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -> dict:
-    """Every peer and the champion as standard HF folders, and ``summary.json``."""
+def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, extra: Optional[dict] = None) -> dict:
+    """Every peer and the champion as standard HF folders, and ``summary.json`` (with ``extra``'s
+    entries: what the runner knows beyond the loop, such as the teacher's words)."""
     layout = RunLayout(run_dir)
     final = loop.evaluate()                      # every rank: the held-out blocks are shared out
     main = distributed.current().is_main
@@ -73,6 +76,7 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
     summary = {
         "peers": peers, "omega": omega, "ensemble_val_loss": final["ensemble_val_loss"],
         "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
+        "words": {"peers": loop.state.words},
         "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
         # run observers that raised and were not called again (the training itself is unaffected)
         "observer_failures": [{k: f[k] for k in ("plugin", "event", "step", "error")}
@@ -83,6 +87,7 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float) -
             "parameters": sum(p.numel() for p in teacher.parameters()), "val_loss": loop.teacher_val,
             "shape": shape_of(loop.host, teacher.config)},
     }
+    summary.update(extra or {})
     if main:
         atomic_write_json(layout.summary, summary)
     return summary
@@ -120,6 +125,9 @@ def print_summary(summary: dict, log) -> None:
                "below every single peer's" if summary["ensemble_val_loss"] < best_single else "NOT below every single peer's")
     log(f"ensemble {'held-out loss' if measure == 'held-out loss' else 'held-out ' + measure} is {verdict} "
         f"({ens} vs best {best})")
+    words = summary.get("words") or {}
+    if "total" in words:
+        log(WordBudget(words["track"], words["teacher"], words["peers"], len(summary["peers"])).line())
     uniform = 1.0 / len(summary["omega"])
     log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
     for f in summary.get("observer_failures", []):

@@ -66,7 +66,7 @@ class TrainingLoop:
 
     def __init__(self, cfg: WMLConfig, host: PluginHost, peers: list, data: TokenData, run_dir: Path,
                  device: torch.device, *, loss, updater, teacher=None, log=print, callbacks: Sequence = (),
-                 settings: Optional[LoopSettings] = None, objective=None):
+                 settings: Optional[LoopSettings] = None, objective=None, milestones=None):
         self.settings = settings or LoopSettings.for_peers(cfg)
         self.cfg, self.host, self.peers, self.data = cfg, host, peers, data
         # how blocks become inputs and labels: the run's objective plugin (``cfg.objective``) unless given
@@ -74,6 +74,8 @@ class TrainingLoop:
             host.create("objective", cfg.objective, cfg, options=cfg.plugin_options(cfg.objective)),
             host.get("objective", cfg.objective))
         self.tokens = TokenInfo.of(data.tokenizer, data.vocab_size)
+        self.step_words = 0                # words the current step trains on (set by accumulate)
+        self.milestones = milestones       # word-milestone checkpoints (BabyLM tracks), or None
         self.layout, self.device, self.teacher, self.log = RunLayout(run_dir), device, teacher, log
         self.loss, self.updater, self.callbacks = loss, updater, list(callbacks)
         if self.loss.needs_teacher and teacher is None:
@@ -146,9 +148,11 @@ class TrainingLoop:
         omega = self.state.omega.to(self.device, self.dtype)
         sums = torch.zeros(3, len(self.peers), device=self.device, dtype=torch.float64)
         last = None
-        batches = [self.objective.batch(self.data.blocks("train", c.batch_size, c.block_size, self.gen_train),
-                                        self.state.step, self.gen_train, self.tokens)    # the global micro-batches
-                   for _ in range(n)]
+        batches, self.step_words = [], 0
+        for _ in range(n):                        # the global micro-batches, and the words they hold
+            block, words = self.data.train_blocks(c.batch_size, c.block_size, self.gen_train)
+            batches.append(self.objective.batch(block, self.state.step, self.gen_train, self.tokens))
+            self.step_words += words
         for k, scale in enumerate(self._token_weights([y for _, y in batches])):
             x, y = batches[k]
             x, y = self.dist.share(x).to(self.device), self.dist.share(y).to(self.device)
@@ -330,7 +334,7 @@ class TrainingLoop:
     def state_dict(self) -> dict:
         st = self.state
         return {
-            "step": st.step, "tokens": st.tokens, "omega": st.omega, "best_val": st.best_val,
+            "step": st.step, "tokens": st.tokens, "words": st.words, "omega": st.omega, "best_val": st.best_val,
             "bad_evals": st.bad_evals, "stopped_early": st.stopped_early, "nonfinite": list(st.nonfinite),
             "nonfinite_outer": st.nonfinite_outer,
             "peer_configs": [p.config.to_dict() for p in self.peers],
@@ -353,7 +357,7 @@ class TrainingLoop:
         torch.set_rng_state(s["torch_rng"])
         if s.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])  # dropout masks on the GPU resume identically
-        self.state = TrainState(step=s["step"], tokens=s["tokens"], omega=s["omega"], best_val=s["best_val"],
+        self.state = TrainState(step=s["step"], tokens=s["tokens"], words=int(s.get("words", 0)), omega=s["omega"], best_val=s["best_val"],
                                 bad_evals=s["bad_evals"], stopped_early=s["stopped_early"],
                                 nonfinite=list(s.get("nonfinite", [0] * len(self.peers))),
                                 nonfinite_outer=int(s.get("nonfinite_outer", 0)))
@@ -454,7 +458,10 @@ class TrainingLoop:
             means = means.cpu()
             skipped = self.optimizer_steps(means[2])
             st.tokens += s.num_batches * c.batch_size * c.block_size
-            record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "lr": self.lr(st.step),
+            words_before = st.words
+            st.words += self.step_words
+            record = {"kind": "train", "step": st.step + 1, "tokens": st.tokens, "words": st.words,
+                      "lr": self.lr(st.step),
                       "ce": finite_or_none(means[0].tolist()), "kl": finite_or_none(means[1].tolist()),
                       "loss": finite_or_none(means[2].tolist()), "omega": omega_used, "skipped": skipped,
                       "tokens_per_s": s.num_batches * c.batch_size * c.block_size / (time.perf_counter() - t0)}
@@ -464,6 +471,8 @@ class TrainingLoop:
             self._log(record)
             if outer is not None:
                 self._log(outer)
+            if self.milestones is not None and self.dist.is_main:   # before the checkpoint that passes it
+                self.milestones.after_step(self, words_before)
             if st.step % s.eval_interval == 0 or st.step == s.max_steps or ctl.should_evaluate:
                 ctl.should_evaluate = False
                 self._evaluate_and_log()

@@ -26,6 +26,7 @@ class TrainState:
 
     step: int = 0
     tokens: int = 0
+    words: int = 0                                   # whitespace-separated words trained on (repeats counted)
     omega: torch.Tensor = None
     best_val: float = math.inf
     bad_evals: int = 0
