@@ -79,6 +79,7 @@ class WMLConfig:
     vocab_size: int = _f(4096, "Vocabulary of the BPE tokenizer trained when no teacher tokenizer is given.", low=260, high=262144, group="data")
     babylm_track: str = _f("none", "BabyLM 2025 track: 'strict-small' (10M words of text, 100M words in total) or 'strict' (100M, 1B); writes word-milestone checkpoints (chck_1M, …) and checks the word budget, teacher included (docs/babylm.md). 'none': neither.", choices=["none", "strict-small", "strict"], group="data")
     milestone_words: int = _f(1_000_000, "How many words the 'M' of a milestone name stands for (chck_3M at 3 × this); smaller only to try the milestones on a small corpus.", low=1, high=10**12, group="data")
+    babylm_git_branches: bool = _f(False, "With a babylm_track: also a git repository of the champion (babylm/hub/) with a branch per milestone (chck_1M, …) and main the final model, the Hub's layout for a submission.", group="data")
     val_fraction: float = _f(0.05, "Fraction of the corpus held out when there is no held-out text (every k-th 2048-token chunk); half of the held-out text tunes ω, half is only evaluated.", low=0.0, high=0.5, low_open=True, group="data")
     block_size: int = _f(128, "Tokens per training sequence.", low=8, high=8192, group="data")
     batch_size: int = _f(8, "Sequences per micro-batch.", low=1, high=4096, group="data")

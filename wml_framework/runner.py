@@ -194,7 +194,8 @@ class WMLTrainer:
                                   extra={"words": budget.as_dict()})
             if dist.is_main and self.cfg.babylm_track != "none":
                 gather_champion(self.run_dir, self.summary["champion"], self.run_dir.name,
-                                plugins.objective.scoring, log=self.log)
+                                plugins.objective.scoring, log=self.log,
+                                git_branches=self.cfg.babylm_git_branches)
             dist.barrier()                        # every rank returns once the peers are on disk
         print_summary(self.summary, self.log)
         return self.summary

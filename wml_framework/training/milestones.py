@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +25,7 @@ from ..runtime.run_layout import RunLayout, peer_name
 from .export import save_model, stamp_objective
 
 __all__ = ["milestone_units", "milestone_name", "WordMilestones", "written_milestones", "gather_champion",
-           "MILESTONE_FILE"]
+           "milestone_branches", "MILESTONE_FILE"]
 #: written last into a milestone folder: the milestone is whole when it is there
 MILESTONE_FILE = "milestone.json"
 
@@ -92,7 +93,8 @@ def written_milestones(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def gather_champion(run_dir: Path, champion: str, model_name: str, backend: str, log=print) -> Optional[Path]:
+def gather_champion(run_dir: Path, champion: str, model_name: str, backend: str, log=print, *,
+                    git_branches: bool = False) -> Optional[Path]:
     """The champion's milestones as ``babylm/<chck_kM>/<model_name>/`` (the layout the pipeline's
     ``eval_zero_shot_fast.sh`` evaluates a local path in: for a local path it ignores the revision,
     so each revision is its own folder, all of one name), and ``babylm/eval_all_revisions.sh``,
@@ -119,7 +121,48 @@ def gather_champion(run_dir: Path, champion: str, model_name: str, backend: str,
             "revisions": [json.loads((f / MILESTONE_FILE).read_text()) for _, f in found]})
     log(f"babylm: the champion's {len(found)} milestone(s) gathered in {layout.babylm} "
         f"(evaluate them with {layout.babylm / 'eval_all_revisions.sh'} PIPELINE_DIR)")
+    if git_branches:
+        milestone_branches(layout.babylm / "hub", [(milestone_name(u), f / champion) for u, f in found],
+                           layout.champion, log)
     return layout.babylm
+
+
+def milestone_branches(repo: Path, revisions: list[tuple[str, Path]], final: Path, log=print) -> Optional[Path]:
+    """A git repository of the champion whose branches are its milestones (``chck_1M`` …) and whose
+    ``main`` is the final model: the Hub's layout (one repository, a branch per checkpoint), ready
+    for ``git push --all``. ``*.safetensors`` go through git-lfs where it is installed (the Hub
+    wants large files so)."""
+    git = shutil.which("git")
+    if git is None:
+        log("warning: babylm_git_branches: git is not installed; no branches written")
+        return None
+
+    def run(*args):
+        subprocess.run([git, "-c", "user.name=wml", "-c", "user.email=wml@localhost", *args], cwd=repo,
+                       check=True, capture_output=True, text=True)
+
+    if repo.exists():
+        shutil.rmtree(repo)
+    repo.mkdir(parents=True)
+    run("init", "-q")
+    run("checkout", "-q", "-b", "main")
+    (repo / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    for name, folder in [*revisions, ("main", final)]:
+        for old in repo.iterdir():
+            if old.name not in (".git", ".gitattributes"):
+                old.unlink()
+        for f in folder.iterdir():
+            shutil.copy2(f, repo / f.name)
+        # copies keep their sources' times and sizes, and may get a freed inode back: git's stat
+        # cache would take a new model for the old one; without an index every file is hashed
+        (repo / ".git" / "index").unlink(missing_ok=True)
+        run("add", "-A")
+        run("commit", "-q", "--allow-empty", "-m", f"{name}: the champion at {name}" if name != "main" else "the final champion")
+        if name != "main":
+            run("branch", name)
+    log(f"babylm: git branches {', '.join(n for n, _ in revisions)} and main in {repo} "
+        f"(push them all with: git -C {repo} push --all <remote>)")
+    return repo
 
 
 _EVAL_SCRIPT = """#!/bin/bash
