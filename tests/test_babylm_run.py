@@ -8,27 +8,25 @@ import shutil
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 from run_helpers import TINY
 
-from wml_framework.cli import main
+from wml_framework import config as cfgmod
+from wml_framework.runner import WMLTrainer
 from wml_framework.training.milestones import MILESTONE_FILE
 
 UNIT = 60    # words a milestone's "M" stands for here (about 35 words a step)
 SETTINGS = {**TINY, "teacher_steps": 5, "max_steps": 12, "lr_decay_iters": 12, "eval_interval": 6,
             "checkpoint_interval": 6, "blimp_limit": 2, "threads": "1", "babylm_track": "strict-small",
-            "milestone_words": UNIT, "babylm_git_branches": "true"}
+            "milestone_words": UNIT, "babylm_git_branches": True}
 
 
 @pytest.fixture(scope="module")
 def babylm_run(tmp_path_factory):
+    """Training and export only (what ``wml run`` does before its evaluation and report)."""
     out = tmp_path_factory.mktemp("babylm") / "entry"
-    args = ["run", "--out", str(out)]
-    for key, value in SETTINGS.items():
-        args += ["--set", f"{key}={value}"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    return out, result.output
+    lines = []
+    WMLTrainer.from_config(cfgmod.from_dict(SETTINGS), out, log=lines.append).train()
+    return out, "\n".join(lines)
 
 
 @pytest.mark.slow
