@@ -9,7 +9,13 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from eval_synthetic import save_model, synthetic_pairs, tiny_llama, tiny_tokenizer, write_minimal_pairs
+from eval_synthetic import (
+    save_model,
+    synthetic_pairs,
+    tiny_llama,
+    tiny_tokenizer,
+    write_minimal_pairs,
+)
 
 from wml_framework.cli import main
 from wml_framework.evaluation.minimal_pairs import read_minimal_pairs
@@ -26,10 +32,11 @@ def _line(good: str, bad: str, **extra) -> dict:
 
 @pytest.fixture()
 def fast_set(tmp_path):
-    """``blimp_fast/`` (BLiMP's lines: field and UID; one file whose UID is not its name) and
-    ``supplement_fast/`` (no field; one file with a UID but no field)."""
+    """``blimp_fast/`` (BLiMP's lines: field and UID; one file whose UID is not its name, one that
+    goes on with another file's UID) and ``supplement_fast/`` (no field; one file with a UID but no field)."""
     write_minimal_pairs(tmp_path / "data" / "blimp_fast", {
         "transitive": [_line(f"g{k}", f"b{k}", field="syntax", UID="transitive") for k in range(3)],
+        "transitive_more": [_line("g3", "b3", field="syntax", UID="transitive")],
         "renamed": [_line("gx", "bx", field="morphology", UID="irregular_plural")],
     })
     write_minimal_pairs(tmp_path / "data" / "supplement_fast", {
@@ -41,7 +48,7 @@ def fast_set(tmp_path):
 
 def test_the_2025_predictions_follow_the_pipelines_keys_ids_and_sentences(fast_set):
     """Catches: the 2024 leading space kept in ``pred``; ids from the file's line instead of the
-    key's own count; a UID used as the key on a line without ``field`` (the pipeline takes the file
+    key's own count (the pipeline counts a UID on through a second file); a UID used as the key on a line without ``field`` (the pipeline takes the file
     name there) or the file name used where a BLiMP line names its UID; the bad sentence written on a tie;
     every folder's pairs lumped into one dataset."""
     data = read_minimal_pairs(fast_set)
@@ -54,7 +61,7 @@ def test_the_2025_predictions_follow_the_pipelines_keys_ids_and_sentences(fast_s
         "blimp_fast": {
             "irregular_plural": {"predictions": [{"id": "irregular_plural_0", "pred": "gx"}]},
             "transitive": {"predictions": [{"id": "transitive_0", "pred": "g0"}, {"id": "transitive_1", "pred": "b1"},
-                                           {"id": "transitive_2", "pred": "g2"}]}},
+                                           {"id": "transitive_2", "pred": "g2"}, {"id": "transitive_3", "pred": "g3"}]}},
         "supplement_fast": {
             "hypernym": {"predictions": [{"id": "hypernym_0", "pred": "x0"}, {"id": "hypernym_1", "pred": "h1"}]},
             "turn_taking": {"predictions": [{"id": "turn_taking_0", "pred": "t0"}]}},
@@ -64,8 +71,7 @@ def test_the_2025_predictions_follow_the_pipelines_keys_ids_and_sentences(fast_s
 
 def test_files_go_where_the_pipeline_puts_its_own_and_bad_names_write_nothing(fast_set, tmp_path):
     """Catches: another folder order than results/<model>/<revision>/zero_shot/<backend>/blimp/<dataset>;
-    a backend the pipeline does not have, or a revision that is a path, accepted (or found out only
-    after some files were written)."""
+    a backend the pipeline does not have, or a revision that is a path, accepted."""
     data = read_minimal_pairs(fast_set)
     scores = np.zeros(len(data.pairs))
     written = write_zero_shot_predictions(tmp_path / "results", "tiny", "chck_3M", "mntp", data.pairs, scores, scores)
@@ -109,3 +115,18 @@ def test_wml_eval_writes_the_2025_layout_by_default_and_2024_on_request(tmp_path
     assert set(json.loads((results / "tiny-model.json").read_text())) == {"blimp", "blimp_supplement"}
     ran = CliRunner().invoke(main, [*args, "--set", "minimal_pairs.babylm_format=2023"])
     assert ran.exit_code == 2 and "babylm_format" in ran.output and "2025" in ran.output
+
+
+def test_a_masked_model_files_its_predictions_under_its_scoring(tmp_path, fast_set):
+    """Catches: the evaluator filing every model under ``causal`` instead of the scoring it used
+    (``mlm`` for a masked LM, the pipeline backend collate_preds.py must then be given)."""
+    from test_pseudo_likelihood import masked_tokenizer, tiny_roberta
+
+    from wml_plugins.evaluators.minimal_pairs import MinimalPairsEvaluator
+
+    tok = masked_tokenizer()
+    evaluator = MinimalPairsEvaluator(fast_set / "blimp_fast", predictions_dir=str(tmp_path / "r"), revision="chck_1M")
+    result = evaluator(tiny_roberta(tok), tok, name="masked")
+    assert result["scoring"] == "mlm"
+    assert evaluator.summary()["babylm_predictions"] == [
+        str(tmp_path / "r" / "masked" / "chck_1M" / "zero_shot" / "mlm" / "blimp" / "blimp_fast" / "predictions.json")]
