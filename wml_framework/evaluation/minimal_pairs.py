@@ -152,7 +152,7 @@ def _parse_pair(text: str, file: Path, line: int, index: int = 0) -> MinimalPair
     uid = str(uid) if uid not in (None, "") else None
     key = uid if "field" in obj and uid is not None else file.stem
     return MinimalPair(obj["sentence_good"], obj["sentence_bad"], file.stem, line, uid, index,
-                       Path(file).resolve().parent.stem, key)
+                       Path(file).absolute().parent.stem, key)
 
 
 def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | None = None) -> MinimalPairSet:
