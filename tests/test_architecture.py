@@ -43,7 +43,7 @@ PUBLIC_FOR_PLUGINS = {
     "wml_framework.runtime.atomic", "wml_framework.runtime.distributed",
     "wml_framework.text.corpus", "wml_framework.text.tokenizer", "wml_framework.text.tokens",
     "wml_framework.evaluation", "wml_framework.evaluation.heldout", "wml_framework.evaluation.minimal_pairs",
-    "wml_framework.evaluation.models", "wml_framework.evaluation.run_reader",
+    "wml_framework.evaluation.models", "wml_framework.evaluation.run_reader", "wml_framework.evaluation.submission",
     "wml_framework.training.schedules", "wml_framework.training.attention", "wml_framework.training.progress",
 }
 

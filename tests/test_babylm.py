@@ -167,7 +167,8 @@ def test_wml_eval_writes_babylm_submission_predictions(babylm_run, tmp_path):
     out = babylm_run[0]
     preds = tmp_path / "preds"
     result = CliRunner().invoke(main, ["eval", str(out / "champion"), "--corpus", "none", "--limit", "3",
-                                       "--set", f"minimal_pairs.predictions_dir={preds}"])
+                                       "--set", f"minimal_pairs.predictions_dir={preds}",
+                                       "--set", "minimal_pairs.babylm_format=2024"])
     assert result.exit_code == 0, result.output
     data = json.loads((preds / "champion.json").read_text())
     assert set(data) == {"blimp", "blimp_supplement"} and data["blimp_supplement"] == {}

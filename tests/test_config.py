@@ -85,7 +85,8 @@ def test_plugin_options_from_set_and_toml_are_validated_with_defaults(tmp_path):
     host = PluginHost()
     cfg = cfgmod.load(overrides=cfgmod.parse_overrides(["perplexity.max_blocks=3"]), host=host)
     assert cfg.plugins["perplexity"] == {"batch_size": 8, "max_blocks": 3}
-    assert cfg.plugins["minimal_pairs"] == {"batch_size": 64, "predictions_dir": "", "scoring": "auto"}   # defaults for every plugin
+    assert cfg.plugins["minimal_pairs"] == {"batch_size": 64, "predictions_dir": "", "scoring": "auto",
+                                               "babylm_format": 2025, "revision": "main"}   # defaults for every plugin
     path = tmp_path / "c.toml"
     path.write_text("[plugins.minimal_pairs]\nbatch_size = 16\n")
     cfg = cfgmod.load(path, overrides={"perplexity.batch_size": "2"}, host=host)

@@ -88,7 +88,8 @@ def test_eval_model_folder_reports_malformed_lines(workspace, tmp_path):
     assert "not valid JSON" in out["minimal_pairs"]["malformed"][0]["reason"]
     model = out["models"]["peer_1"]
     assert model["minimal_pairs"]["pairs"] == 6 and "perplexity" not in model
-    assert out["settings"]["evaluators"] == ["minimal_pairs"] and out["settings"]["options"]["minimal_pairs"] == {"batch_size": 4, "predictions_dir": "", "scoring": "auto"}
+    assert out["settings"]["evaluators"] == ["minimal_pairs"] and out["settings"]["options"]["minimal_pairs"] == {
+        "batch_size": 4, "predictions_dir": "", "scoring": "auto", "babylm_format": 2025, "revision": "main"}
 
 
 def test_eval_errors_are_clear(workspace, tmp_path):

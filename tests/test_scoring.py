@@ -381,9 +381,13 @@ def test_a_tie_chooses_the_good_sentence_in_the_accuracy_and_in_the_predictions(
     good, bad = minimal_pairs.pair_logprobs(flat, tok, minimal_pairs.read_minimal_pairs(tmp_path).pairs)
     assert good[0] == bad[0] and good[1] < bad[1]          # an exact tie, and a pair the bad sentence wins
 
-    evaluator = MinimalPairsEvaluator(tmp_path / "pairs.jsonl", predictions_dir=str(tmp_path / "preds"))
+    evaluator = MinimalPairsEvaluator(tmp_path / "pairs.jsonl", predictions_dir=str(tmp_path / "preds"), babylm_format=2024)
     result = evaluator(flat, tok, name="flat")
     preds = json.loads((tmp_path / "preds" / "flat.json").read_text())["blimp"]["pairs"]["predictions"]
     assert [p["pred"] for p in preds] == [" " + tied[0], " " + longer_good[1]]
+    MinimalPairsEvaluator(tmp_path / "pairs.jsonl", predictions_dir=str(tmp_path / "p25"))(flat, tok, name="flat")
+    preds = json.loads((tmp_path / "p25" / "flat" / "main" / "zero_shot" / "causal" / "blimp" / tmp_path.name
+                        / "predictions.json").read_text())["pairs"]["predictions"]
+    assert [p["pred"] for p in preds] == [tied[0], longer_good[1]]
     assert result["correct"] == 1 and result["micro_accuracy"] == 0.5
     assert list(minimal_pairs.chooses_good(good, bad)) == [True, False]

@@ -1,7 +1,7 @@
 """Scoring models: held-out loss and perplexity (:mod:`.heldout`), minimal pairs
 (:mod:`.minimal_pairs`), loading models and ensembles (:mod:`.models`), reading run folders
-(:mod:`.run_reader`), and the ``wml eval`` entry point that runs every evaluator plugin
-(:mod:`.scoring`, re-exported here).
+(:mod:`.run_reader`), BabyLM 2025 submission files (:mod:`.submission`), and the ``wml eval``
+entry point that runs every evaluator plugin (:mod:`.scoring`, re-exported here).
 
 May import: :mod:`wml_framework.config`, :mod:`wml_framework.plugin_system`, :mod:`wml_framework.text`,
 :mod:`wml_framework.api`, :mod:`wml_framework.runtime`. Not training: a trained model is all it needs.

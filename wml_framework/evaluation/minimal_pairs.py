@@ -105,6 +105,8 @@ class MinimalPair:
     line: int
     uid: str | None = None
     index: int = 0  # position among the file's examples (its non-blank lines), as the BabyLM pipeline counts them
+    folder: str = ""  # the folder the file lies in: the 2025 pipeline files predictions under its name
+    submission_uid: str = ""  # the 2025 pipeline's key: the line's UID when it has a "field" (BLiMP's lines), else the file name
 
 
 @dataclass
@@ -147,8 +149,10 @@ def _parse_pair(text: str, file: Path, line: int, index: int = 0) -> MinimalPair
         if not isinstance(obj[key], str) or not obj[key].strip():
             raise ValueError(f"field {key!r} must be a non-empty string, got {obj[key]!r}")
     uid = obj.get("UID")
-    return MinimalPair(obj["sentence_good"], obj["sentence_bad"], file.stem, line,
-                       str(uid) if uid not in (None, "") else None, index)
+    uid = str(uid) if uid not in (None, "") else None
+    key = uid if "field" in obj and uid is not None else file.stem
+    return MinimalPair(obj["sentence_good"], obj["sentence_bad"], file.stem, line, uid, index,
+                       Path(file).absolute().parent.stem, key)
 
 
 def read_minimal_pairs(source: str | Path | Iterable[str | Path], limit: int | None = None) -> MinimalPairSet:

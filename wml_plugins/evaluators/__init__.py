@@ -11,7 +11,7 @@ plugins stays fast.
 from wml_framework import hookimpl
 from wml_framework.api import Option
 
-from .minimal_pairs import make_minimal_pairs
+from .minimal_pairs import BABYLM_FORMATS, make_minimal_pairs
 from .perplexity import make_perplexity
 
 __all__ = ["wml_register_evaluators"]
@@ -32,5 +32,12 @@ def wml_register_evaluators(register):
                                                 "mlm for a masked LM, causal otherwise), causal, mlm "
                                                 "(pseudo-log-likelihood) or mntp (masked next-token).",
                              choices=["auto", "causal", "mlm", "mntp"]),
-                      Option("predictions_dir", "", "Also write each model's choices in the BabyLM 2024 submission "
-                                                    "format, as DIR/<model>.json ('': do not).")])
+                      Option("predictions_dir", "", "Also write each model's choices as BabyLM submission files "
+                                                    "under DIR ('': do not); see babylm_format."),
+                      Option("babylm_format", 2025, "Format of the predictions: 2025, the 2025 pipeline's results "
+                                                    "layout DIR/<model>/<revision>/zero_shot/<scoring>/blimp/<data "
+                                                    "folder>/predictions.json (what its collate_preds.py reads); "
+                                                    "2024, one DIR/<model>.json with blimp/blimp_supplement sections.",
+                             choices=list(BABYLM_FORMATS)),
+                      Option("revision", "main", "The revision folder of the 2025 layout: main for the final model, "
+                                                 "chck_1M, chck_2M, ... for the word-count checkpoints.")])

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["blimp_source", "MinimalPairsEvaluator", "make_minimal_pairs"]
+__all__ = ["BABYLM_FORMATS", "blimp_source", "MinimalPairsEvaluator", "make_minimal_pairs"]
+
+#: the BabyLM submission formats the predictions can be written in (the first is the default)
+BABYLM_FORMATS = (2025, 2024)
 
 def blimp_source(spec: str | None) -> Path | None:
     """The folder or file a ``blimp`` setting names: 'default' is the sample shipped in the
@@ -26,7 +29,7 @@ class MinimalPairsEvaluator:
     """The pairs are read once and scored for every model."""
 
     def __init__(self, source: str | Path = "default", limit: int | None = None, batch_size: int = 64,
-                 predictions_dir: str = "", scoring: str = "auto"):
+                 predictions_dir: str = "", scoring: str = "auto", babylm_format: int = 2025, revision: str = "main"):
         path = blimp_source(str(source))
         if path is None:
             raise ValueError(f"no minimal-pair source given ({source!r}); use 'default' or a folder of .jsonl files")
@@ -34,10 +37,15 @@ class MinimalPairsEvaluator:
 
         if scoring not in ("auto", *SCORINGS):
             raise ValueError(f"minimal-pair scoring must be 'auto' or one of {', '.join(SCORINGS)}, not {scoring!r}")
+        if babylm_format not in BABYLM_FORMATS:
+            raise ValueError(f"babylm_format must be one of {', '.join(map(str, BABYLM_FORMATS))}, not {babylm_format!r}")
+        if not revision or "/" in revision or revision in (".", ".."):
+            raise ValueError(f"revision must be one folder name (no '/', not empty), not {revision!r}")
         self.source, self.limit, self.batch_size = path, limit, batch_size
         self.scoring = None if scoring == "auto" else scoring
         self.pairs = read_minimal_pairs(path, limit)
         self.predictions_dir = Path(predictions_dir).expanduser() if predictions_dir else None
+        self.babylm_format, self.revision = babylm_format, revision
         self.written: list[str] = []
 
     def __call__(self, model, tokenizer, *, device=None, progress=None, desc: str | None = None,
@@ -52,14 +60,23 @@ class MinimalPairsEvaluator:
             from wml_framework.runtime.distributed import current
 
             if current().is_main:         # one writer in a data-parallel run
-                self._write_predictions(name or "model", good, bad)
+                self._write_predictions(name or "model", result["scoring"], good, bad)
         for key in ("malformed", "source"):  # the same for every model: in summary()
             result.pop(key, None)
         result["limit"] = self.limit
         return result
 
-    def _write_predictions(self, name: str, good, bad) -> None:
-        """``<predictions_dir>/<model>.json``: this model's choices in the BabyLM submission format."""
+    def _write_predictions(self, name: str, backend: str, good, bad) -> None:
+        """This model's choices in the BabyLM submission format: 2025, one ``predictions.json`` per data
+        folder in the pipeline's results layout (under the model name as the pipeline derives it from
+        a path, its stem); 2024, ``<predictions_dir>/<model>.json``."""
+        if self.babylm_format == 2025:
+            from wml_framework.evaluation.submission import write_zero_shot_predictions
+
+            paths = write_zero_shot_predictions(self.predictions_dir, Path(name).stem, self.revision, backend,
+                                                self.pairs.pairs, good, bad)
+            self.written += [str(p) for p in paths]
+            return
         import json
 
         from wml_framework.evaluation.minimal_pairs import babylm_predictions
@@ -100,9 +117,11 @@ class MinimalPairsEvaluator:
                 "  ".join("-" * w for w in widths), *[fmt(r) for r in rows]]
 
 
-def make_minimal_pairs(cfg, *, batch_size: int = 64, predictions_dir: str = "", scoring: str = "auto"):
+def make_minimal_pairs(cfg, *, batch_size: int = 64, predictions_dir: str = "", scoring: str = "auto",
+                       babylm_format: int = 2025, revision: str = "main"):
     """Minimal-pair accuracy (BLiMP-format .jsonl: per file/UID and macro average); each model scored
     as ``scoring`` says ('auto': causal with BOS prepended, or PLL / MNTP as the model declares)."""
     if blimp_source(cfg.blimp) is None:
         return None
-    return MinimalPairsEvaluator(cfg.blimp, cfg.blimp_limit or None, batch_size, predictions_dir, scoring)
+    return MinimalPairsEvaluator(cfg.blimp, cfg.blimp_limit or None, batch_size, predictions_dir, scoring,
+                                 babylm_format, revision)
