@@ -96,6 +96,14 @@ def test_a_blocked_observer_fails_before_any_work(monkeypatch):
     check_report_to(cfg, PluginHost())
 
 
+def test_a_resumed_run_may_start_or_stop_reporting(tmp_path):
+    """`wml run --resume RUN --set report_to=tensorboard`: a run started without it gets it from the
+    resume on (the checkpoint does not depend on it). Catches report_to missing from RESUME_KEYS."""
+    cfgmod.save(cfgmod.from_dict({}, check_plugins=False), tmp_path / "config.toml")
+    trainer = WMLTrainer.from_run_dir(tmp_path, overrides={"report_to": "tensorboard"}, log=lambda m: None)
+    assert trainer.cfg.report_to == ["tensorboard"] and trainer.config_changed
+
+
 # -- the scalars of a record -------------------------------------------------------------------------
 
 def test_every_number_of_a_record_gets_a_tag_per_peer_and_new_fields_need_no_code():

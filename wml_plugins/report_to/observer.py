@@ -4,8 +4,8 @@
 A writer opens at ``run_start`` (told the step the run starts from, so a resumed run appends after
 its checkpoint), writes the scalars of every ``train``, ``outer`` and ``eval`` record, flushes at each
 checkpoint (what a resume restarts from is on disk with it) and closes at ``run_end``. A writer left
-open (an interrupted run, an observer silenced by a failure) is closed at exit, and a run started
-again in the same process replaces it.
+open (an interrupted run, an observer silenced by a failure) is closed at exit, before the tool's
+own exit hooks (W&B stops its service in one), and a run started again in the same process replaces it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class RunObserver:
     def __init__(self, name: str, open_writer):
         self.name, self.open_writer = name, open_writer
         self.runs: dict[str, _Open] = {}
-        atexit.register(self.close_all)
+        self._closes_at_exit = False
 
     def __call__(self, event: str, payload: dict) -> None:
         run = str(payload.get("run_dir"))
@@ -56,6 +56,9 @@ class RunObserver:
             if self.name in config.get("report_to", ()) and distributed.current().is_main:
                 writer = self.open_writer(Path(run), int(payload["step"]), config)
                 self.runs[run] = _Open(writer, int(payload["num_peers"]))
+                if not self._closes_at_exit:   # registered after the tool's own exit hooks, so it runs before them
+                    atexit.register(self.close_all)
+                    self._closes_at_exit = True
             return
         opened = self.runs.get(run)
         if opened is None:
