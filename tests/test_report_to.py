@@ -8,6 +8,8 @@ tool's own reader, what a tiny training loop wrote, comparing it with ``metrics.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -327,3 +329,21 @@ def test_wandb_mode_from_the_environment_wins(tmp_path, wandb_offline, monkeypat
     monkeypatch.setenv("WANDB_MODE", "disabled")
     _train(tmp_path, ["wandb"], max_steps=2).train()
     assert not list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_a_run_left_open_is_finished_cleanly_at_exit(tmp_path, wandb_offline):
+    """A run interrupted by a signal never sends run_end: its W&B run is finished at exit. Catches the
+    at-exit close registered before W&B's own exit hooks, which then run first and stop W&B's service:
+    the close fails with a traceback after every Ctrl-C."""
+    run = tmp_path / "run"
+    script = (
+        "from wml_plugins.report_to import wandb_log\n"
+        f"start = dict(run_dir={str(run)!r}, step=0, num_peers=2, config={{'report_to': ['wandb']}})\n"
+        "wandb_log.wml_run_event('run_start', start)\n"
+        f"wandb_log.wml_run_event('train', dict(kind='train', step=1, run_dir={str(run)!r}, ce=[1.5, 2.5]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert _wandb_logged(_wandb_logs(run, wandb_offline)) == {"train/ce/peer_0": [(1, 1.5)],
+                                                               "train/ce/peer_1": [(1, 2.5)]}
