@@ -183,6 +183,24 @@ def test_only_rank_0_opens_a_writer(tmp_path, monkeypatch):
     assert len(_Recording.made) == 1
 
 
+def test_at_exit_a_writer_that_fails_to_close_is_one_line_and_the_others_still_close(tmp_path, capsys):
+    """Catches close_all stopping at the first writer that raises (the next run's log left unclosed)
+    or letting a traceback out at exit."""
+    class Broken(_Recording):
+        def close(self):
+            raise OSError("disk full")
+
+    _Recording.made = []
+    observer = RunObserver("rec", lambda run, start, config: (Broken if run.name == "a" else _Recording)(
+        run, start, config))
+    observer("run_start", _start(tmp_path / "a"))
+    observer("run_start", _start(tmp_path / "b"))
+    observer.close_all()
+    assert _Recording.made[1].calls == [("close",)] and observer.runs == {}
+    assert capsys.readouterr().err == (f"warning: run observer plugin 'rec' could not close its log of {tmp_path / 'a'} "
+                                       "at exit: OSError: disk full\n")
+
+
 # -- TensorBoard, read back by TensorBoard ----------------------------------------------------------------
 
 def _train(tmp_path: Path, report_to: list[str], max_steps: int):

@@ -11,6 +11,7 @@ own exit hooks (W&B stops its service in one), and a run started again in the sa
 from __future__ import annotations
 
 import atexit
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -76,6 +77,12 @@ class RunObserver:
             opened.writer.close()
 
     def close_all(self) -> None:
+        """At exit: close what is still open, each writer on its own (one line for one that fails,
+        as the host reports an observer's failure, rather than a traceback at exit)."""
         for run in list(self.runs):
-            self._close(run)
+            try:
+                self._close(run)
+            except Exception as exc:  # noqa: BLE001 - the process is ending; say it, in one line
+                print(f"warning: run observer plugin {self.name!r} could not close its log of {run} at exit: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
