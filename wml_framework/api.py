@@ -822,7 +822,8 @@ class Option:
 
     ``kind`` is int, float, str, bool or list (of numbers); it defaults to the type of
     ``default``. ``low``/``high`` bound numbers (``low_open``/``high_open`` exclude the bound);
-    ``choices`` lists the allowed values.
+    ``choices`` lists the allowed values (for a list: the names it may hold, given as a TOML list or,
+    on the command line, separated by commas).
     """
 
     key: str

@@ -142,6 +142,7 @@ class WMLConfig:
     bf16: bool = _f(True, "bf16 autocast on CUDA (ignored on CPU).", group="run")
     dtype: str = _f("float32", "Precision of the teacher's and peers' weights and of training ('float64': slow, for checking runs against each other, e.g. one process against several).", choices=["float32", "float64"], group="run")
     threads: str = _f("auto", "CPU threads for torch: a number, or 'auto' (times the run's own steps on 1 thread and on every core, keeps the faster, and looks again every 100 steps).", group="run")
+    report_to: list = _f([], "Where the run's records are also logged, each per peer and step: 'tensorboard' (event files in <run>/tensorboard/), 'wandb' (Weights & Biases, offline in <run>/wandb/ unless WANDB_MODE says otherwise); each needs its extra installed: pip install 'wml-framework[tensorboard]'.", choices=["tensorboard", "wandb"], group="run")
 
     # -- plugin options ----------------------------------------------------------------------
     plugins: dict = _f({}, "Plugin options: {name: {option: value}} (`--set name.option=value`, or a [plugins.name] table).", group="plugins")

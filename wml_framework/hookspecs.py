@@ -59,4 +59,5 @@ def wml_register_objectives(register):
 def wml_run_event(event, payload):
     """Observe a run: called with an :class:`~wml_framework.api.Event` name (``run_start``, ``train``,
     ``outer``, ``eval``, ``checkpoint``, ``run_end``) and a dict of plain values (for ``train``,
-    ``outer`` and ``eval``, the record logged to ``metrics.jsonl``)."""
+    ``outer`` and ``eval``, the record logged to ``metrics.jsonl``; for ``run_start``, ``step``, ``num_peers`` and
+    ``config``, the run's configuration as a dict)."""

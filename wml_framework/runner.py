@@ -78,7 +78,8 @@ MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation se
 #: keys a resumed run may change (``wml run --resume DIR --set KEY=VALUE``): none changes a model's
 #: shape, the data, the tokenizer or a plugin, so the checkpoint stays valid
 RESUME_KEYS = ("max_steps", "lr_decay_iters", "eval_interval", "checkpoint_interval", "enable_early_stopping",
-               "early_stopping_patience", "nonfinite_patience", "blimp", "blimp_limit", "device", "bf16", "threads")
+               "early_stopping_patience", "nonfinite_patience", "blimp", "blimp_limit", "device", "bf16", "threads",
+               "report_to")
 
 
 class RunError(ValueError):

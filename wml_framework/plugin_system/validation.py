@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 def allowed(spec: Option) -> str:
     """Human-readable description of what a spec accepts (for messages and docs)."""
     if spec.choices:
-        return "one of " + ", ".join(repr(c) for c in spec.choices)
+        names = ", ".join(repr(c) for c in spec.choices)
+        return f"a list of names from {names}" if spec.type is list else f"one of {names}"
     kind = spec.type.__name__ if spec.type is not list else "list of numbers"
     if spec.low is not None or spec.high is not None:
         lo = ("(" if spec.low_open or spec.low is None else "[") + ("-inf" if spec.low is None else f"{spec.low}")
@@ -41,6 +42,8 @@ def validate_value(label: str, spec: Option, value: Any) -> Any:
     checked against its range and choices; ConfigError naming ``label`` otherwise."""
     kind = spec.type
     bad = ConfigError(f"config key {label!r}: value {value!r} is not allowed; expected {allowed(spec)}")
+    if kind is list and spec.choices:
+        return _names(spec, value, bad)
     value = _coerce(kind, value, bad)
     if spec.choices and value not in spec.choices:
         raise bad
@@ -48,6 +51,17 @@ def validate_value(label: str, spec: Option, value: Any) -> Any:
         if isinstance(number, (int, float)) and not isinstance(number, bool) and not _in_range(spec, number):
             raise bad
     return value
+
+
+def _names(spec: Option, value: Any, bad: ConfigError) -> list:
+    """A list of names, each one of the choices (``report_to``): from TOML a list of strings, from the
+    command line names separated by commas; '' or 'none' is the empty list (as in Hugging Face's
+    ``report_to``). A name given twice counts once."""
+    if isinstance(value, str):
+        value = [] if value.strip().lower() in ("", "none") else [n.strip() for n in value.split(",")]
+    if not isinstance(value, (list, tuple)) or any(n not in spec.choices for n in value):
+        raise bad
+    return list(dict.fromkeys(value))
 
 
 def _in_range(spec: Option, x: float) -> bool:

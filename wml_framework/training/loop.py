@@ -427,7 +427,7 @@ class TrainingLoop:
         self._saved_at = None
         threads_before = torch.get_num_threads()
         with interrupts.handling(), _restoring_threads(threads_before):
-            self._emit(Event.RUN_START, {"step": st.step, "num_peers": len(self.peers)})
+            self._emit(Event.RUN_START, {"step": st.step, "num_peers": len(self.peers), "config": self.cfg.to_dict()})
             if st.step == 0:
                 with interrupts.deferred(), self._naming_the_step(0):
                     self._log(self.evaluate())

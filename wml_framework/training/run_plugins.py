@@ -1,5 +1,6 @@
-"""The plugin objects of one run (loss, updater, initializer), made and checked before any work:
-a factory that rejects its settings fails before the teacher trains, not hours later."""
+"""The plugin objects of one run (loss, updater, initializer), made and checked before any work, and
+the run observers ``report_to`` names: a factory that rejects its settings, or a logger whose package
+is missing, fails before the teacher trains, not hours later."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..plugin_system.guards import (
     checked_updater,
 )
 from ..plugin_system.host import PluginHost
+from .report_to import check_report_to
 from .teacher import TEACHER_LOSS, TEACHER_UPDATER
 
 __all__ = ["RunPlugins", "TeacherPluginsMissing", "check_teacher_plugins", "create_plugins"]
@@ -41,6 +43,7 @@ def create_plugins(cfg: WMLConfig, host: PluginHost) -> RunPlugins:
     initializer = host.create("initializer", cfg.init, cfg, options=options(cfg.init))
     objective = host.create("objective", cfg.objective, cfg, options=options(cfg.objective))
     make_evaluators(cfg, host.names("evaluator"), host, log=lambda m: None)  # their settings fail here, not after training
+    check_report_to(cfg, host)        # a missing package fails here, not once the teacher is trained
     return RunPlugins(checked_loss(loss, host.get("loss", cfg.loss)),
                       checked_updater(updater, host.get("updater", cfg.updater), cfg.peer_count),
                       checked_initializer(initializer, host.get("initializer", cfg.init)),
