@@ -44,6 +44,14 @@ def test_report_to_takes_names_from_toml_lists_and_from_the_command_line():
     assert given("none") == given("") == given([]) == cfgmod.WMLConfig().report_to == []
 
 
+def test_a_toml_file_may_name_one_destination_as_a_string(tmp_path):
+    """``report_to = "wandb"`` (as Hugging Face writes it) means ["wandb"]. Catches the TOML type check
+    that refuses a quoted value for every non-string key, telling the user to drop the quotes."""
+    path = tmp_path / "c.toml"
+    path.write_text('report_to = "wandb"\n')
+    assert cfgmod.load(path).report_to == ["wandb"]
+
+
 @pytest.mark.parametrize("value", [["tensorbord"], "wandb,mlflow", [1.0], "all"])
 def test_an_unknown_destination_fails_in_one_line_naming_the_key_the_value_and_the_names(value):
     """Catches a name outside the choices accepted (it would log nowhere, silently)."""

@@ -329,7 +329,9 @@ def _strict_types(data: Mapping[str, Any], path) -> None:
     (strings are converted only when they come from the command line)."""
     for key, value in data.items():
         field_ = FIELDS.get(ALIASES.get(key, key))
-        if field_ is not None and isinstance(value, str) and _spec(field_.name).type is not str:
+        spec = None if field_ is None else _spec(field_.name)
+        names = spec is not None and spec.type is list and spec.choices      # "wandb" is as clear as ["wandb"]
+        if field_ is not None and isinstance(value, str) and spec.type is not str and not names:
             raise ConfigError(f"config key {key!r} in {path}: value {value!r} is a string; write it without quotes "
                               f"(expected {allowed(_spec(field_.name))})")
 
