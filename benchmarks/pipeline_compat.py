@@ -347,7 +347,11 @@ def report_accuracies(report: str) -> dict:
 def wml_scores(folder: Path, data: Path) -> dict:
     """What ``wml eval`` computes for ``folder``: per UID the pairs' log-probabilities in file order, the
     accuracies printed as the pipeline prints them, and the sentence it chooses for each pair."""
-    from wml_framework.evaluation.minimal_pairs import chooses_good, read_minimal_pairs, score_minimal_pairs
+    from wml_framework.evaluation.minimal_pairs import (
+        chooses_good,
+        read_minimal_pairs,
+        score_minimal_pairs,
+    )
     from wml_framework.evaluation.models import load_model
     from wml_framework.text.tokenizer import load_tokenizer
 
@@ -419,7 +423,7 @@ def check(args, log) -> dict:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"| transformers | folder | backend | pairs | max abs Δ log-prob | accuracy pipeline / wml | choices equal | ok |",
+    lines = ["| transformers | folder | backend | pairs | max abs Δ log-prob | accuracy pipeline / wml | choices equal | ok |",
              "|---|---|---|---:|---:|---|---|---|"]
     for r in result["rows"]:
         name = r["folder"] + (" (expected to differ under 4.x)" if r["control"] and r["env"] == "pinned" else "")
