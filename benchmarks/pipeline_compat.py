@@ -7,8 +7,8 @@ What it does, as a participant would:
    from its ``requirements.txt``, their dependencies pinned by the same file) and this project's torch:
    the environment's ``site-packages`` ends with a ``.pth`` line naming the folder this project's torch
    is installed in, so its own transformers 4.51.3 comes first and torch comes from here. The versions
-   it imports are checked. It is kept (``--venv``, default ``$WML_CACHE_DIR/pipeline-compat/``), so a
-   second check starts at once;
+   it imports are checked. It is kept (``--venv``, or one per pins, python and torch under ``--venv-cache``,
+   default ``$WML_CACHE_DIR/pipeline-compat/``), so a second check starts at once;
 2. a BLiMP-format folder in the layout the pipeline reads (``blimp_fast/<UID>.jsonl``), taken from the
    BLiMP sample wml ships (its evaluation data is downloaded separately by its users);
 3. exported folders: the champion and the teacher of a tiny ``wml run`` per objective (causal, masked,
@@ -23,6 +23,12 @@ What it does, as a participant would:
    ``score_minimal_pairs``), and compared: every sentence's log-probability within ``--tolerance``,
    every choice and every accuracy (per UID and the average, as the pipeline prints them) equal.
 
+One difference is known and not wml's to fix: transformers 5's ``AutoTokenizer`` (which the pipeline's
+``AutoProcessor`` falls back to) gives a qwen2 folder its own ``Qwen2Tokenizer``, which rebuilds the
+pre-tokenizer, so under 5.x the pipeline splits a qwen2 export's text unlike its training (transformers
+4.51.3, the pinned one, reads the saved tokenizer; so does ``wml eval``). Such a row is reported as
+``known`` (the class named) and does not fail the check; every other row must agree.
+
 A control checks that the comparison can fail: the causal champion and the LLaMA model with only the
 tokenizer class made loadable (``add_prefix_space`` and the transformers 4 config keys removed), which
 transformers 4.51.3 must score differently (and transformers 5 as before).
@@ -30,8 +36,8 @@ transformers 4.51.3 must score differently (and transformers 5 as before).
     python benchmarks/pipeline_compat.py
     python benchmarks/pipeline_compat.py --objectives causal --families llama,roberta --pairs 10 --json out.json
 
-Exit status 0 when everything agrees, 1 when something does not, 2 when the pipeline is absent,
-3 when the pinned packages cannot be installed.
+Exit status 0 when everything agrees, 1 when something does not (or the environment imports other
+versions than pinned), 2 when the pipeline is absent, 3 when pip cannot install the pinned packages.
 """
 
 from __future__ import annotations
@@ -103,7 +109,7 @@ def versions_in(python: Path) -> dict:
     proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=_clean_env(), timeout=300)
     if proc.returncode != 0:
         raise CheckError(f"{python} cannot import transformers, tokenizers and torch: "
-                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}", 3)
+                         f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}", 1)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -116,15 +122,16 @@ def check_versions(python: Path, venv: Path, pins: dict) -> dict:
     for name, version in pins.items():
         got, where = found[name]
         if got != version or not Path(where).resolve().is_relative_to(venv.resolve()):
-            raise CheckError(f"{venv} imports {name} {got} from {where}, not {version} from itself", 3)
+            raise CheckError(f"{venv} imports {name} {got} from {where}, not {version} from itself", 1)
     if found["torch"][0] != torch.__version__:
-        raise CheckError(f"{venv} imports torch {found['torch'][0]}, not this project's {torch.__version__}", 3)
+        raise CheckError(f"{venv} imports torch {found['torch'][0]}, not this project's {torch.__version__}", 1)
     return {name: found[name][0] for name in found}
 
 
-def pinned_venv(pipeline: Path, where: Path | None, log) -> tuple[Path, dict]:
+def pinned_venv(pipeline: Path, where: Path | None, cache: Path | None, log) -> tuple[Path, dict]:
     """The pinned environment's python, made once (in a temporary sibling, renamed when complete) and
-    then reused, and the versions it imports."""
+    then reused, and the versions it imports. ``where``: its folder; else a folder of ``cache`` (default
+    ``$WML_CACHE_DIR/pipeline-compat``) named by the pins, the python and the torch it is made for."""
     import torch
 
     from wml_framework.text.corpus import cache_dir
@@ -132,7 +139,7 @@ def pinned_venv(pipeline: Path, where: Path | None, log) -> tuple[Path, dict]:
     pins = pipeline_pins(pipeline)
     site = torch_site()
     key = hashlib.sha256(json.dumps([pins, sys.version_info[:2], str(site), torch.__version__]).encode()).hexdigest()
-    venv = Path(where) if where else cache_dir() / "pipeline-compat" / f"venv-{key[:12]}"
+    venv = Path(where) if where else Path(cache or cache_dir() / "pipeline-compat") / f"venv-{key[:12]}"
     if not venv_python(venv).exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=venv.parent, prefix=f".{venv.name}.", suffix=".tmp"))
@@ -389,7 +396,7 @@ def check(args, log) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    pinned_python, versions = pinned_venv(pipeline, args.venv, log)
+    pinned_python, versions = pinned_venv(pipeline, args.venv, args.venv_cache, log)
     log(f"environment: {pinned_python} imports transformers {versions['transformers']}, tokenizers "
         f"{versions['tokenizers']}, torch {versions['torch']}")
     data = write_blimp(out / "data", args.pairs)
@@ -415,11 +422,26 @@ def check(args, log) -> dict:
                    "backend": job["backend"], **compare(got, ours[job["name"]])}
             agrees = row["max_abs_diff"] <= args.tolerance and row["choices_equal"] and row["accuracies_equal"]
             row["control"] = job["name"].startswith("control/")
+            row["substituted"] = substituted_tokenizer(Path(job["model"])) if env_name == "installed" else None
             # a control must differ under transformers 4 (else the check could not see the fix) and agree under 5
             row["ok"] = (not agrees) if (row["control"] and env_name == "pinned") else agrees
+            if row["substituted"] and not agrees:
+                row["ok"] = None        # known, not wml's to fix: reported, and not counted as agreeing
             rows.append(row)
     return {"rows": rows, "tolerance": args.tolerance, "pairs_per_paradigm": args.pairs, "versions": versions,
-            "elapsed_s": round(time.time() - started, 1), "ok": all(r["ok"] for r in rows)}
+            "elapsed_s": round(time.time() - started, 1), "ok": all(r["ok"] is not False for r in rows)}
+
+
+def substituted_tokenizer(folder: Path) -> str | None:
+    """The class the installed transformers gives the pipeline's ``AutoProcessor`` call for ``folder`` when it
+    is not one that reads the saved ``tokenizer.json`` as it is (transformers 5 gives a qwen2 folder its
+    ``Qwen2Tokenizer``, which rebuilds the pre-tokenizer: the text is split unlike the model's training)."""
+    from transformers import AutoProcessor
+
+    from wml_framework.text.tokenizer import AS_IS_CLASSES
+
+    name = type(AutoProcessor.from_pretrained(str(folder), padding_side="right")).__name__
+    return None if name in AS_IS_CLASSES else name
 
 
 def format_table(result: dict) -> str:
@@ -427,8 +449,11 @@ def format_table(result: dict) -> str:
              "|---|---|---|---:|---:|---|---|---|"]
     for r in result["rows"]:
         name = r["folder"] + (" (expected to differ under 4.x)" if r["control"] and r["env"] == "pinned" else "")
+        if r["substituted"]:
+            name += f" (this transformers loads {r['substituted']}, not the saved tokenizer)"
+        verdict = "known" if r["ok"] is None else "yes" if r["ok"] else "NO"
         lines.append(f"| {r['transformers']} | {name} | {r['backend']} | {r['pairs']} | {r['max_abs_diff']:.2e} | "
-                     f"{r['accuracy_pipeline']} / {r['accuracy_wml']} | {r['choices_equal']} | {'yes' if r['ok'] else 'NO'} |")
+                     f"{r['accuracy_pipeline']} / {r['accuracy_wml']} | {r['choices_equal']} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -443,7 +468,9 @@ def _names(text: str, allowed, what: str) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pipeline", default=str(DEFAULT_PIPELINE), help="the pipeline's folder (default: %(default)s)")
-    ap.add_argument("--venv", help="the pinned environment's folder (default: under $WML_CACHE_DIR/pipeline-compat/)")
+    ap.add_argument("--venv", help="the pinned environment's folder (default: one per pins, python and torch "
+                    "under --venv-cache)")
+    ap.add_argument("--venv-cache", help="where pinned environments are kept (default: $WML_CACHE_DIR/pipeline-compat)")
     ap.add_argument("--out", help="working folder (default: a temporary one, removed afterwards)")
     ap.add_argument("--objectives", default="all", help="tiny wml runs to export: causal,masked,hybrid, 'all' or 'none'")
     ap.add_argument("--families", default="all", help=f"random-weight models: {','.join(FAMILIES)}, 'all' or 'none'")
@@ -466,8 +493,10 @@ def main(argv=None) -> int:
         if not keep:
             shutil.rmtree(args.out, ignore_errors=True)
     print(format_table(result))
-    print(f"\n{'PASS' if result['ok'] else 'FAIL'}: {sum(r['ok'] for r in result['rows'])}/{len(result['rows'])} rows "
-          f"(tolerance {result['tolerance']:g}, {result['elapsed_s']} s)")
+    known = sum(r["ok"] is None for r in result["rows"])
+    print(f"\n{'PASS' if result['ok'] else 'FAIL'}: {sum(r['ok'] is True for r in result['rows'])}/{len(result['rows'])} rows "
+          f"as expected" + (f", {known} known to differ (see the notes)" if known else "")
+          + f" (tolerance {result['tolerance']:g}, {result['elapsed_s']} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0 if result["ok"] else 1

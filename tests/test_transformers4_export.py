@@ -20,7 +20,7 @@ from test_pseudo_likelihood import masked_tokenizer
 
 from wml_framework.api import build_model
 from wml_framework.plugin_system.host import PluginHost
-from wml_framework.text.tokenizer import train_tokenizer
+from wml_framework.text.tokenizer import load_tokenizer, train_tokenizer
 from wml_framework.training.export import save_model
 from wml_framework.training.transformers4 import (
     config_for_transformers4,
@@ -63,8 +63,9 @@ def _read(folder, name: str) -> dict:
 def test_every_family_names_its_rotary_settings_and_dtype_for_transformers_4(tmp_path, family):
     """Catches: a family whose exported config lacks ``rope_theta`` (transformers 4 then rotates with 10000),
     GPT-NeoX without ``rotary_emb_base``/``rotary_pct`` or Phi without ``partial_rotary_factor`` (4's defaults
-    0.25 and 0.5), no ``torch_dtype``; and a rewrite that changes what transformers 5 reads (its
-    ``rope_parameters``, ``dtype``, the logits of the reloaded model)."""
+    0.25 and 0.5), no ``torch_dtype``; a rewrite that changes what transformers 5 reads (its ``rope_parameters``,
+    ``dtype``, the logits of the reloaded model); and ``wml eval`` splitting a family's text unlike its training
+    (transformers 5's AutoTokenizer gives a qwen2 folder Qwen2Tokenizer, which rebuilds the pre-tokenizer)."""
     from transformers import AutoConfig
 
     from wml_framework.evaluation.models import load_model
@@ -89,6 +90,8 @@ def test_every_family_names_its_rotary_settings_and_dtype_for_transformers_4(tmp
     ids = torch.tensor([[0, 5, 9, 33, 12, 7, 40]])
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "m")(input_ids=ids).logits, model(input_ids=ids).logits)
+    text = "Chad hadn't noticed 12 cats."     # a first word, a contraction, digits
+    assert load_tokenizer(tmp_path / "m")(text)["input_ids"] == tok(text)["input_ids"]
 
 
 def test_the_tokenizer_config_names_its_class_and_prefix_space(tmp_path):
