@@ -46,6 +46,17 @@ def test_run_folder_has_everything(finished_run):
         assert out.shape[1] > ids.shape[1]
 
 
+def test_every_exported_folder_is_written_for_transformers_4(finished_run):
+    """Catches: a folder of the run (the teacher, a peer, the champion) saved another way than ``save_model``,
+    without the keys the BabyLM pipeline's transformers 4.51.3 needs (tests/test_transformers4_export.py)."""
+    for folder in ("teacher", "champion", "peers/peer_0", "peers/peer_1"):
+        config = json.loads((finished_run / folder / "config.json").read_text())
+        tok = json.loads((finished_run / folder / "tokenizer_config.json").read_text())
+        assert config["rope_theta"] == config["rope_parameters"]["rope_theta"], folder
+        assert config["torch_dtype"] == config["dtype"], folder
+        assert tok["tokenizer_class"] == "PreTrainedTokenizerFast" and tok["add_prefix_space"] is True, folder
+
+
 def test_metrics_log_each_term_separately(finished_run):
     records = _read_metrics(finished_run)
     train = [r for r in records if r["kind"] == "train"]

@@ -21,6 +21,7 @@ from ..runtime.run_layout import peer_name
 from ..training.families import family_for
 from ..training.peers import build_peers, plan_peers, write_init_files
 from ..training.teacher import load_teacher_config
+from ..training.transformers4 import write_for_transformers4
 from ._support import host, one_line_errors, plugin_option, resolve_config
 
 __all__ = ["calibration_batch", "save_peers", "format_table", "command"]
@@ -75,6 +76,7 @@ def save_peers(out: Path, peers, teacher: Path) -> None:
             peer.save_pretrained(str(tmp), safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
+            write_for_transformers4(tmp)   # the BabyLM pipeline's transformers 4 reads it as 5 does
 
 
 def format_table(rows, teacher_shape: str, n_teacher: int) -> str:

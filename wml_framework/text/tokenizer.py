@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 
 import numpy as np
 
-__all__ = ["train_tokenizer", "load_tokenizer", "tokenizer_fingerprint", "bos_token_id", "present",
+__all__ = ["AS_IS_CLASSES", "train_tokenizer", "load_tokenizer", "tokenizer_fingerprint", "bos_token_id", "present",
            "encode_with_bos", "document_encoder", "word_starts", "tokenizer_adds_bos", "with_bos", "pad_token_id"]
 
 BOS, EOS, PAD, MASK = "<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>"
@@ -53,9 +54,24 @@ def train_tokenizer(docs, vocab_size: int, mask_token: bool = False):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, **extra)
 
 
-def load_tokenizer(path):
-    from transformers import AutoTokenizer
+#: the tokenizer classes (transformers 4 and 5 names) that read a folder's ``tokenizer.json`` as it is
+AS_IS_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
+
+def load_tokenizer(path):
+    """The tokenizer saved in folder ``path``. One that names a class of :data:`AS_IS_CLASSES` (what wml
+    exports) is read exactly from its ``tokenizer.json``: transformers 5's AutoTokenizer gives some model
+    types (``qwen2`` …) their own class instead, which rebuilds the pre-tokenizer, so the text would be
+    split unlike the model's training."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(path)
+    if (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file():
+        named = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+        if named in AS_IS_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(str(folder))
     return AutoTokenizer.from_pretrained(str(path))
 
 

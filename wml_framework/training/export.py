@@ -18,6 +18,7 @@ from ..text.tokenizer import bos_token_id
 from ..text.tokens import TokenData
 from .families import shape_of
 from .loop import TrainingLoop
+from .transformers4 import write_for_transformers4
 from .word_budget import WordBudget
 
 __all__ = ["SCORING_ATTR", "export", "print_summary", "save_model", "stamp_objective", "weights_fingerprint"]
@@ -32,9 +33,10 @@ def stamp_objective(model, name: str, options: dict, objective) -> None:
 
 
 def save_model(model, tokenizer, path: Path) -> None:
-    """A Hugging Face folder the BabyLM pipeline loads as it is: the tokenizer defines BOS, EOS and PAD
-    (PAD is EOS when it has none), and the model's config carries their ids (sequence classification
-    needs ``pad_token_id`` to batch sentences of different lengths)."""
+    """A Hugging Face folder the BabyLM pipeline loads as it is, under the transformers 4 it pins as
+    under 5 (:mod:`.transformers4`): the tokenizer defines BOS, EOS and PAD (PAD is EOS when it has
+    none), and the model's config carries their ids (sequence classification needs ``pad_token_id``
+    to batch sentences of different lengths)."""
     from transformers.utils import logging as hf_logging
 
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -49,6 +51,7 @@ def save_model(model, tokenizer, path: Path) -> None:
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_for_transformers4(tmp)
 
 
 def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, extra: Optional[dict] = None) -> dict:
