@@ -100,7 +100,7 @@ def test_torch_js_rows_equal_the_reference(pair):
 @FAST
 @given(st.integers(2, 4), st.integers(0, 10_000))
 def test_pairwise_accumulator_equals_the_reference_over_batches_and_labels(models, seed):
-    """Catches pairs counted twice or with themselves, the mean over pairs taken wrongly, and
+    """Catches a model paired with itself, the mean over pairs taken wrongly, and
     ignored positions counted (labels with -100 holes, added up over two batches)."""
     rng = np.random.default_rng(seed)
     z = rng.normal(0, 3, (models, 4, 5, 7))
