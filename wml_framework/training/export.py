@@ -130,6 +130,9 @@ def print_summary(summary: dict, log) -> None:
                "below every single peer's" if summary["ensemble_val_loss"] < best_single else "NOT below every single peer's")
     log(f"ensemble {'held-out loss' if measure == 'held-out loss' else 'held-out ' + measure} is {verdict} "
         f"({ens} vs best {best})")
+    js = (summary.get("diversity") or {}).get("js")
+    if js is not None:
+        log(f"peers' diversity: mean pairwise Jensen–Shannon divergence {js:.4f} nats (0: alike; ln 2 ≈ 0.693 at most)")
     words = summary.get("words") or {}
     if "total" in words:
         log(WordBudget(words["track"], words["teacher"], words["peers"], len(summary["peers"])).line())
