@@ -90,6 +90,10 @@ def test_the_two_process_run_exports_loadable_peers_and_one_of_everything(one_an
         AutoModelForCausalLM.from_pretrained(two / "peers" / f"peer_{i}")
     summary = json.loads((two / "summary.json").read_text())
     assert _close(summary["omega"], json.loads((one / "summary.json").read_text())["omega"])
+    # the peers' diversity is added up over both ranks' blocks (catches a rank reporting only its share)
+    alone = json.loads((one / "summary.json").read_text())["diversity"]
+    assert summary["diversity"]["tokens"] == alone["tokens"]
+    assert _close([summary["diversity"][k] for k in ("js", "ensemble_gain")], [alone[k] for k in ("js", "ensemble_gain")])
     assert (two / "eval.json").exists() and (two / "report.md").exists()
     lines = (two / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(set(lines))                                # one writer: no record twice

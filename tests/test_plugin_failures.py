@@ -254,3 +254,15 @@ def test_the_summary_calls_losses_equal_when_they_print_alike(ensemble, peers, v
     lines = []
     print_summary(_summary(ensemble, peers), lines.append)
     assert f"ensemble held-out loss {verdict}" in lines
+
+
+def test_the_summary_prints_the_peers_diversity_when_measured():
+    """Catches the diversity line missing, or printed for a run that did not measure it (an older
+    summary.json, a single peer)."""
+    lines = []
+    print_summary({**_summary(6.1, [6.2, 7.0]), "diversity": {"js": 0.01234}}, lines.append)
+    assert any("mean pairwise Jensen–Shannon divergence 0.0123 nats" in line for line in lines)
+    for diversity in (None, {"js": None}):
+        lines = []
+        print_summary({**_summary(6.1, [6.2, 7.0]), "diversity": diversity}, lines.append)
+        assert not any("Jensen" in line for line in lines)

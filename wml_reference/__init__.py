@@ -6,6 +6,7 @@ distillation targets are stop-gradient, every bad input raises ValueError. See d
 """
 
 from ._checks import IGNORE_INDEX, SIMPLEX_TOL
+from .divergence import js_divergence, mean_pairwise_js
 from .hypergradient import (
     hypergradient,
     hypergradient_first_order,
@@ -56,4 +57,6 @@ __all__ = [
     "unrolled_objective",
     "hypergradient",
     "hypergradient_first_order",
+    "js_divergence",
+    "mean_pairwise_js",
 ]

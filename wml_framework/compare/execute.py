@@ -210,5 +210,8 @@ def _member_line(member: Member) -> str:
     ens = evaluation.get("models", {}).get("ensemble", {})
     pairs = (ens.get("minimal_pairs") or {}).get("macro_accuracy")
     loss = summary.get("ensemble_val_loss")
+    diversity = summary.get("diversity") or {}
     return (f"ensemble held-out loss {'—' if loss is None else format(loss, '.4f')}"
-            + (f", min. pairs {100 * pairs:.1f}%" if pairs is not None else ""))
+            + (f", min. pairs {100 * pairs:.1f}%" if pairs is not None else "")
+            + (f", peers' JS {diversity['js']:.4f} nats" if diversity.get("js") is not None else "")
+            + (f", ensemble gain {diversity['ensemble_gain']:+.4f}" if diversity.get("ensemble_gain") is not None else ""))

@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..runtime.atomic import atomic_write_json, atomic_write_text
 from ..runtime.run_layout import RunLayout
-from .measures import MEASURES
+from .measures import MEASURES, MEMBER_MEASURES
 from .plan import ComparePlan, Member
 from .plots import write_plots
 from .stats import mean_std, paired_difference
@@ -42,7 +42,8 @@ def member_result(member: Member) -> Optional[dict]:
             "tokens": summary.get("tokens"), "steps": summary.get("steps"), "omega": summary.get("omega"),
             "train_s": summary.get("elapsed_s"), "wall_s": wall.get("wall_s"), "sessions": wall.get("sessions"),
             "initial_weights_sha256": trace.get("initial_weights_sha256"), "models": models,
-            "measure": summary.get("measure") or "next-token loss"}
+            "measure": summary.get("measure") or "next-token loss",
+            **{name: (summary.get("diversity") or {}).get(spec["key"]) for name, spec in MEMBER_MEASURES.items()}}
 
 
 def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
@@ -72,7 +73,8 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
         methods.append({**method.to_dict(), "models": rows,
                         "tokens": mean_std([r["tokens"] for r in finished])["mean"],
                         "wall_s": mean_std([r["wall_s"] for r in finished]),
-                        "seeds_finished": len(finished)})
+                        "seeds_finished": len(finished),
+                        **_member_measures(per_seed, base_seed, plan, method.label)})
     measure = next((r["measure"] for r in done.values() if r.get("measure")), "next-token loss")
     return {"command": command, "seeds": plan.seeds, "baseline": plan.baseline, "models": models, "measure": measure,
             "teacher": teacher, "teacher_dir": str(plan.teacher_dir), "methods": methods,
@@ -81,6 +83,17 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
             "failed": {m.name: f for m in plan.members if (f := _failure(m)) and results.get(m.name) is None},
             "config": {k: plan.base.get(k) for k in ("corpus", "blimp", "max_steps", "batch_size", "block_size",
                                                       "num_batches", "num_peers", "init", "learning_rate")}}
+
+
+def _member_measures(per_seed: dict, base_seed: dict, plan: ComparePlan, label: str) -> dict:
+    """Each member measure over the seeds (mean ± std) and, but for the baseline, paired against it."""
+    out = {}
+    for name in MEMBER_MEASURES:
+        values = [(per_seed[s] or {}).get(name) for s in plan.seeds]
+        out[name] = {"per_seed": values, **mean_std(values)}
+        if label != plan.baseline:
+            out[name]["vs_baseline"] = paired_difference(values, [(base_seed[s] or {}).get(name) for s in plan.seeds])
+    return out
 
 
 def _failure(member: Member) -> Optional[str]:
@@ -136,6 +149,20 @@ def _delta(d: Optional[dict], scale: float = 1.0, digits: int = 4) -> str:
     return f"{text} {interval}" + (" ≈ noise" if d["within_noise"] else "")
 
 
+def _member_table(result: dict) -> list[str]:
+    """The member measures (evaluation/diversity.py), one row per method."""
+    titles = [spec["title"] for spec in MEMBER_MEASURES.values()]
+    lines = ["", "| method | " + " | ".join(f"{t} | Δ vs {result['baseline']}" for t in titles) + " |",
+             "|---|" + "---|---|" * len(titles)]
+    for m in result["methods"]:
+        cells = [f"{_pm(m.get(name) or {})} | {_delta((m.get(name) or {}).get('vs_baseline'))}" for name in MEMBER_MEASURES]
+        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
+    return lines + ["", "Diversity: the Jensen–Shannon divergence between two peers' predictive distributions, "
+                    "averaged over the labelled positions of the run's evaluation blocks and over peer pairs "
+                    "(0 = identical peers, at most ln 2 ≈ 0.693). Gain: best peer's held-out loss − the ensemble's, "
+                    "on the same blocks (> 0: the ensemble beats every peer)."]
+
+
 def markdown(result: dict) -> str:
     """``comparison.md``: the table, per-method costs and the plots."""
     base = result["baseline"]
@@ -176,6 +203,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {m['label']} | {m['title']} (loss `{m['loss']}`, updater `{m['updater']}`"
                      + "".join(f", {k} `{v}`" for k, v in m["settings"].items())
                      + f") | {tokens} | {_pm(m['wall_s'], 1, 0)} | {m['seeds_finished']} |")
+    lines += _member_table(result)
     checks = result["checks"]
     lines += ["", "Same initial peer weights across methods, per seed: "
               + ", ".join(f"seed {s}: {'yes' if v else 'NO'}" for s, v in checks["same_initial_weights"].items())

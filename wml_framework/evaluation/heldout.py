@@ -95,7 +95,8 @@ def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_s
                    desc: str = "held-out loss", autocast: Optional[Callable[[], ContextManager]] = None,
                    shard: tuple[int, int] = (0, 1),
                    reduce_sum: Optional[Callable[[list], list]] = None,
-                   objective: Optional[Objective] = None, tokens_info: Optional[TokenInfo] = None) -> dict:
+                   objective: Optional[Objective] = None, tokens_info: Optional[TokenInfo] = None,
+                   observe: Optional[Callable[[list, torch.Tensor], None]] = None) -> dict:
     """Mean loss over labelled positions of each model (and of their ω-ensemble when ``omega`` is
     given): next-token loss by default; ``objective`` (with the tokenizer's ``tokens_info``) makes
     the inputs and labels otherwise (masked-token loss for ``masked``), attending as it evaluates.
@@ -103,7 +104,9 @@ def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_s
     Returns ``{"losses": [per model], "ensemble": float | None, "tokens", "blocks", "block_size"}``;
     sums are kept in float64. ``autocast`` (a context-manager factory) wraps the forwards.
     ``shard=(k, n)`` scores every n-th block from the k-th, and ``reduce_sum`` adds the sums of
-    the n shards (processes of a data-parallel run), so every process returns the full result."""
+    the n shards (processes of a data-parallel run), so every process returns the full result.
+    ``observe(logits, labels)`` sees every batch's float logits (one tensor per model) and labels,
+    so a further measure (:mod:`.diversity`) costs no forward of its own."""
     if block_size < 1 or batch_size < 1:
         raise ValueError(f"block_size and batch_size must be ≥ 1, got {block_size} and {batch_size}")
     for m in models:
@@ -130,6 +133,8 @@ def heldout_losses(models: Sequence[nn.Module], tokens, block_size: int, batch_s
                 zs = [peer_logits(m, x).float() for m in models]
             for k, z in enumerate(zs):
                 sums[k] += _nll_sum(z, y)
+            if observe is not None:
+                observe(zs, y)
             if weights is not None:
                 ens_sum += _nll_sum(mix_logits(zs, weights.to(dev)), y)
             count += int((y != IGNORE_INDEX).sum())

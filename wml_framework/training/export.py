@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from ..evaluation.diversity import PairwiseJS, diversity_record
 from ..evaluation.heldout import OBJECTIVE_ATTR, OBJECTIVE_OPTIONS_ATTR
 from ..evaluation.pseudo_likelihood import CONFIG_ATTR as SCORING_ATTR
 from ..runtime import distributed
@@ -58,7 +59,8 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, e
     """Every peer and the champion as standard HF folders, and ``summary.json`` (with ``extra``'s
     entries: what the runner knows beyond the loop, such as the teacher's words)."""
     layout = RunLayout(run_dir)
-    final = loop.evaluate()                      # every rank: the held-out blocks are shared out
+    js = PairwiseJS(len(loop.peers))
+    final = loop.evaluate(observe=js)            # every rank: the held-out blocks are shared out
     main = distributed.current().is_main
     omega = loop.state.omega.tolist()
     peers = []
@@ -78,6 +80,9 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, e
     cfg = loop.cfg.to_dict()
     summary = {
         "peers": peers, "omega": omega, "ensemble_val_loss": final["ensemble_val_loss"],
+        # how alike the peers are and what their ensemble gains, on the same blocks (evaluation/diversity.py)
+        "diversity": diversity_record(js, final["val_loss"], final["ensemble_val_loss"], [p["name"] for p in peers],
+                                      reduce_sum=loop.dist.sum_floats),
         "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
         "words": {"peers": loop.state.words},
         "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
@@ -128,6 +133,9 @@ def print_summary(summary: dict, log) -> None:
                "below every single peer's" if summary["ensemble_val_loss"] < best_single else "NOT below every single peer's")
     log(f"ensemble {'held-out loss' if measure == 'held-out loss' else 'held-out ' + measure} is {verdict} "
         f"({ens} vs best {best})")
+    js = (summary.get("diversity") or {}).get("js")
+    if js is not None:
+        log(f"peers' diversity: mean pairwise Jensen–Shannon divergence {js:.4f} nats (0: alike; ln 2 ≈ 0.693 at most)")
     words = summary.get("words") or {}
     if "total" in words:
         log(WordBudget(words["track"], words["teacher"], words["peers"], len(summary["peers"])).line())

@@ -315,17 +315,19 @@ class TrainingLoop:
                 "grad": grad, "val_loss": result.val_loss, "info": dict(result.info), "skipped": None}
 
     # -- evaluation on the fixed blocks of the evaluated half ------------------------------------
-    def score_heldout(self, models: list, omega=None) -> dict:
-        """``heldout_losses`` of ``models`` on the evaluation blocks, this rank scoring its share."""
+    def score_heldout(self, models: list, omega=None, observe=None) -> dict:
+        """``heldout_losses`` of ``models`` on the evaluation blocks, this rank scoring its share
+        (``observe``: see :func:`heldout_losses`)."""
         c = self.cfg
         return heldout_losses(models, self.data.val_eval, c.block_size, c.batch_size,
                               max_blocks=c.eval_batches * c.batch_size, omega=omega, device=self.device,
                               autocast=self.autocast, shard=(self.dist.rank, self.dist.world),
-                              reduce_sum=self.dist.sum_floats, objective=self.objective, tokens_info=self.tokens)
+                              reduce_sum=self.dist.sum_floats, objective=self.objective, tokens_info=self.tokens,
+                              observe=observe)
 
-    def evaluate(self) -> dict:
+    def evaluate(self, observe=None) -> dict:
         """The ``eval`` record of now: each model's held-out loss and their ω-ensemble's."""
-        out = self.score_heldout(self.peers, omega=self.state.omega)
+        out = self.score_heldout(self.peers, omega=self.state.omega, observe=observe)
         ens = out["ensemble"] if math.isfinite(out["ensemble"]) else None
         return {"kind": "eval", "step": self.state.step, "val_loss": finite_or_none(out["losses"]),
                 "ensemble_val_loss": ens, "teacher_val_loss": self.teacher_val}
