@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wml_framework.text.tokens import HELDOUT_SPLIT_RULE, TokenData, heldout_halves, heldout_piece, prepare
+from wml_framework.text.tokens import (
+    HELDOUT_SPLIT_RULE,
+    TokenData,
+    heldout_halves,
+    heldout_piece,
+    prepare,
+)
 
 #: four sources, each writing words of its own letters only, so that a word names its source
 ALPHABETS = {"a_grimm.txt": "abcde", "b_shakespeare.txt": "fghij", "c_childes.txt": "klmno", "d_wiki.txt": "pqrst"}
