@@ -84,3 +84,16 @@ def test_the_memory_cap_keeps_fewer_blocks(tmp_path):
     fit = fit_omega(loop.peers, data.val_omega, cfg.block_size, cfg.batch_size, 16, start=[0.5, 0.5],
                     memory=one_batch + 1)
     assert fit.blocks == cfg.batch_size
+
+
+def test_compare_reads_both_ensembles_from_a_summary():
+    """Catches: `wml compare` reading one ensemble only, or the fitted one under the trained one's name."""
+    from wml_framework.compare.results import ensembles_of, ensembles_table
+
+    summary = {"peers": [{"val_loss": 4.8}, {"val_loss": 4.7}], "ensemble_val_loss": 4.75,
+               "fitted_ensemble_val_loss": 4.69, "fitted_omega": [0.3, 0.7],
+               "ensemble_omega_half_loss": 5.1, "fitted_ensemble_omega_half_loss": 5.0}
+    e = ensembles_of(summary)
+    assert (e["trained"], e["fitted"], e["best_peer"]) == (4.75, 4.69, 4.7)
+    method = {"label": "wml", "ensembles": {k: {"mean": e[k], "std": None} for k in ("trained", "fitted", "best_peer")}}
+    assert "| wml | 4.7500 | 4.6900 | 4.7000 |" in ensembles_table({"methods": [method]}, "held-out loss")
