@@ -28,6 +28,7 @@ __all__ = ["OMEGA_CHOICES", "LoadedRun", "read_jsonl", "read_json", "run_omega",
 
 #: which ω a run's ensemble uses: fitted on the ω half at the end of the run, or the trained one
 OMEGA_CHOICES = ("fitted", "trained")
+FITTED_SOURCE = "summary.json (fitted ω)"
 
 
 @dataclass
@@ -45,6 +46,11 @@ class LoadedRun:
     teacher_dir: Path | None = None
     summary: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+
+    @property
+    def omega_kind(self) -> str:
+        """``fitted`` when ω is the run's fitted one, else ``trained`` (also for a fallback)."""
+        return "fitted" if self.omega_source == FITTED_SOURCE else "trained"
 
     def ensemble(self) -> EnsembleLM:
         return EnsembleLM(self.peers, self.omega)
@@ -92,7 +98,7 @@ def run_omega(run_dir: Path, num_peers: int, which: str = "fitted") -> tuple[np.
     summary = read_json(layout.summary)
     candidates: list[tuple[Any, str]] = [(summary.get("omega"), "summary.json")]
     if which == "fitted":
-        candidates.insert(0, (summary.get("fitted_omega"), "summary.json (fitted ω)"))
+        candidates.insert(0, (summary.get("fitted_omega"), FITTED_SOURCE))
     records = read_jsonl(layout.metrics)
     for kind in ("outer", "train"):
         last = [r for r in records if r.get("kind") == kind and r.get("omega") is not None]

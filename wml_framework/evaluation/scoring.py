@@ -94,7 +94,7 @@ def _scorers(path: Path, device, log, teacher: bool = True, omega: str = "fitted
             rows.append(dict(name="teacher", role="teacher", model=run.teacher,
                              tokenizer=load_tokenizer(run.teacher_dir), path=str(run.teacher_dir), omega=None))
         facts = {"kind": "run", "peer_names": run.peer_names, "omega": run.omega.tolist(),
-                 "omega_source": run.omega_source, "omega_choice": omega, "champion": run.summary.get("champion")}
+                 "omega_source": run.omega_source, "omega_choice": run.omega_kind, "champion": run.summary.get("champion")}
         return rows, facts
     if is_model_dir(path):
         log(f"loading model {path}")
