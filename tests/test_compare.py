@@ -140,6 +140,10 @@ def test_compare_end_to_end(tmp_path):
     assert (out / "teacher_run.log").read_text().count("teacher: training a") == 1
     md = (out / "comparison.md").read_text()
     assert "| kd | peer_0 |" in md and "Δ vs wml" in md and "uniform ω (peers trained apart)" in md
+    # both ensembles of every method (trained and fitted ω), and which one the eval.json row is
+    assert all(m["ensembles"]["fitted"]["n"] == 2 and m["ensembles"]["trained"]["n"] == 2 for m in data["methods"])
+    assert all(m["ensembles"]["fitted"]["mean"] <= m["ensembles"]["trained"]["mean"] + 0.05 for m in data["methods"])
+    assert "| method | trained ω | fitted ω | best peer |" in md and "fitted (trained: " in md
     assert (out / "plots" / "heldout_loss.png").stat().st_size > 1000
     # the same command again: everything is skipped and the result is the same
     again = CliRunner().invoke(main, [*_args(corpus, out), "--methods", "wml,wml_adam,kd", "--seeds", "2"])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -268,3 +269,24 @@ def test_a_run_plans_its_corpus_once(tmp_path, corpus, finished_run, monkeypatch
     cfg = tiny_config(corpus, teacher=str(finished_run / "teacher"), blimp="")
     runner.WMLTrainer.from_config(cfg, tmp_path / "run", log=lambda m: None).train_teacher_only()
     assert calls == [(str(corpus), "")]
+
+
+def test_summary_holds_the_trained_and_the_fitted_ensemble(finished_run, capsys):
+    """Catches: the fitted ω missing from summary.json, a fit worse than the best peer or than the
+    trained ω on the ω half, `wml eval`'s run reader not taking the fitted ω by default (or not
+    giving the trained one when asked), and a printed summary that shows one ensemble only."""
+    from wml_framework.evaluation.run_reader import load_run
+    from wml_framework.training.export import print_summary
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    fit = summary["omega_fit"]
+    assert len(summary["fitted_omega"]) == len(summary["omega"]) == 2
+    assert summary["fitted_ensemble_omega_half_loss"] <= min(fit["peer_losses"]) + 1e-9
+    assert summary["fitted_ensemble_omega_half_loss"] <= summary["ensemble_omega_half_loss"] + 1e-9
+    assert isinstance(summary["fitted_ensemble_val_loss"], float) and fit["blocks"] > 0
+    fitted, trained = load_run(finished_run, load_teacher=False), load_run(finished_run, load_teacher=False, omega="trained")
+    assert np.allclose(fitted.omega, summary["fitted_omega"]) and "fitted" in fitted.omega_source
+    assert np.allclose(trained.omega, summary["omega"]) and trained.omega_source == "summary.json"
+    lines = []
+    print_summary(summary, lines.append)
+    assert any("(trained ω)" in line for line in lines) and any("(fitted ω)" in line for line in lines)

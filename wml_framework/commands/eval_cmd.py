@@ -55,8 +55,10 @@ def format_table(result: dict) -> str:
 @click.option("--evaluator", "evaluators", multiple=True, type=PluginName("evaluator"),
               help="Evaluator plugin to run (repeatable).  [default: every registered evaluator]")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Where to write eval.json (default: inside PATH).")
+@click.option("--omega", type=click.Choice(["fitted", "trained"]), default="fitted", show_default=True,
+              help="A run's ensemble: with ω fitted on the ω half at the end of the run, or with the ω that trained the peers.")
 @one_line_errors
-def command(path, blimp, corpus, limit, block_size, overrides, device, threads, evaluators, json_out) -> None:
+def command(path, blimp, corpus, limit, block_size, overrides, device, threads, evaluators, json_out, omega) -> None:
     """Score a model folder, or a run's peers, ensemble and teacher, with every evaluator."""
     import torch
 
@@ -80,7 +82,7 @@ def command(path, blimp, corpus, limit, block_size, overrides, device, threads, 
             warnings.simplefilter("ignore", FutureWarning)
             _quiet_transformers()
             result = evaluate(path, blimp=blimp, corpus=corpus, limit=limit, block_size=block_size, settings=settings,
-                              device=device, evaluators=evaluators or None, host=host())
+                              device=device, evaluators=evaluators or None, host=host(), omega=omega)
     finally:
         torch.set_num_threads(previous)
     result["settings"]["threads"] = n_threads

@@ -43,7 +43,19 @@ def member_result(member: Member) -> Optional[dict]:
             "train_s": summary.get("elapsed_s"), "wall_s": wall.get("wall_s"), "sessions": wall.get("sessions"),
             "initial_weights_sha256": trace.get("initial_weights_sha256"), "models": models,
             "measure": summary.get("measure") or "next-token loss",
-            **{name: (summary.get("diversity") or {}).get(spec["key"]) for name, spec in MEMBER_MEASURES.items()}}
+            **{name: (summary.get("diversity") or {}).get(spec["key"]) for name, spec in MEMBER_MEASURES.items()},
+            # both ensembles on the trainer's blocks of the evaluated half (summary.json): trained and fitted ω
+            "ensembles": ensembles_of(summary), "eval_omega": evaluation.get("omega_choice", "trained")}
+
+
+def ensembles_of(summary: dict) -> dict:
+    """The trained-ω and fitted-ω ensembles of a finished run and its best peer, all on the trainer's
+    fixed blocks of the evaluated half (so they compare); the ω-half losses the fit was made on."""
+    peers = [p.get("val_loss") for p in summary.get("peers", []) if p.get("val_loss") is not None]
+    return {"trained": summary.get("ensemble_val_loss"), "fitted": summary.get("fitted_ensemble_val_loss"),
+            "best_peer": min(peers) if peers else None, "fitted_omega": summary.get("fitted_omega"),
+            "trained_omega_half": summary.get("ensemble_omega_half_loss"),
+            "fitted_omega_half": summary.get("fitted_ensemble_omega_half_loss")}
 
 
 def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
@@ -70,7 +82,9 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
             row["omega"] = mean_std([p["omega"] for p in present if p.get("omega") is not None])["mean"]
             rows[model] = row
         finished = [r for r in per_seed.values() if r]
-        methods.append({**method.to_dict(), "models": rows,
+        ensembles = {k: mean_std([r["ensembles"][k] for r in per_seed.values() if r and r["ensembles"].get(k) is not None])
+                     for k in ("trained", "fitted", "best_peer")}   # ensembles: trained and fitted ω
+        methods.append({**method.to_dict(), "models": rows, "ensembles": ensembles,
                         "tokens": mean_std([r["tokens"] for r in finished])["mean"],
                         "wall_s": mean_std([r["wall_s"] for r in finished]),
                         "seeds_finished": len(finished),
@@ -192,11 +206,12 @@ def markdown(result: dict) -> str:
         for model, row in m["models"].items():
             omega = "—" if row.get("omega") is None else f"{row['omega']:.3f}"
             if model == "ensemble":
-                omega = m["ensemble"]
+                omega = f"fitted (trained: {m['ensemble']})" if _eval_omega(result, m) == "fitted" else m["ensemble"]
             params = "" if row.get("parameters") is None else f"{row['parameters']:,}"
             lines.append(f"| {m['label']} | {model} | {params} | {omega} | {_pm(row['heldout_loss'])} | "
                          f"{_delta(row['heldout_loss'].get('vs_baseline'))} | {_pm(row['min_pairs'], 100, 1)} | "
                          f"{_delta(row['min_pairs'].get('vs_baseline'), 100, 1)} |")
+    lines += ensembles_table(result, loss_title)
     lines += ["", "| method | what | tokens per run | wall time per run (s) | seeds finished |", "|---|---|---:|---|---:|"]
     for m in result["methods"]:
         tokens = "—" if m["tokens"] is None else f"{m['tokens']:,.0f}"
@@ -214,6 +229,23 @@ def markdown(result: dict) -> str:
     if len(result["methods"]) > 1:
         lines += [f"![paired differences vs {base}](plots/differences.png)", ""]
     return "\n".join(lines)
+
+
+def _eval_omega(result: dict, method: dict) -> str:
+    """Which ω ``wml eval`` scored a method's ensemble row with (its members' eval.json)."""
+    members = [r for r in result["members"].values() if r and r["method"] == method["label"]]
+    return members[0].get("eval_omega", "trained") if members else "trained"
+
+
+def ensembles_table(result: dict, loss_title: str) -> list[str]:
+    """Both ensembles of every method beside its best peer, on the trainer's blocks (summary.json)."""
+    lines = ["", f"Ensembles, {loss_title} on the trainer's blocks of the evaluated half: with the ω that trained "
+             "the peers, and with ω fitted on the ω half at the end of the run (the ensemble `wml eval` scores).", "",
+             "| method | trained ω | fitted ω | best peer |", "|---|---|---|---|"]
+    for m in result["methods"]:
+        e = m.get("ensembles") or {}
+        lines.append(f"| {m['label']} | " + " | ".join(_pm(e.get(k) or {}) for k in ("trained", "fitted", "best_peer")) + " |")
+    return lines
 
 
 def write_outputs(out: Path, result: dict) -> list[Path]:

@@ -1,7 +1,9 @@
 """Reading a run folder back: its peers, ω, teacher, summary and records.
 
 Copes with partial folders (a killed run): a broken JSON line is skipped, a missing file reads
-as empty, and ω falls back from ``summary.json`` to the last logged record to uniform.
+as empty, and ω falls back from ``summary.json`` to the last logged record to uniform. A finished
+run has two ω (``training/export.py``): the fitted one, for its exported ensemble, read by default,
+and the one that trained the peers (``which="trained"``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from ..runtime.run_layout import RunLayout, is_model_dir, is_run_dir
 from ..text.tokenizer import load_tokenizer
 from .models import EnsembleLM, load_model
 
-__all__ = ["LoadedRun", "read_jsonl", "read_json", "run_omega", "load_run", "read_run_config"]
+__all__ = ["OMEGA_CHOICES", "LoadedRun", "read_jsonl", "read_json", "run_omega", "load_run", "read_run_config"]
+
+
+#: which ω a run's ensemble uses: fitted on the ω half at the end of the run, or the trained one
+OMEGA_CHOICES = ("fitted", "trained")
+FITTED_SOURCE = "summary.json (fitted ω)"
 
 
 @dataclass
@@ -39,6 +46,11 @@ class LoadedRun:
     teacher_dir: Path | None = None
     summary: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+
+    @property
+    def omega_kind(self) -> str:
+        """``fitted`` when ω is the run's fitted one, else ``trained`` (also for a fallback)."""
+        return "fitted" if self.omega_source == FITTED_SOURCE else "trained"
 
     def ensemble(self) -> EnsembleLM:
         return EnsembleLM(self.peers, self.omega)
@@ -76,11 +88,17 @@ def read_json(path: Path) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def run_omega(run_dir: Path, num_peers: int) -> tuple[np.ndarray, str]:
-    """ω of a run: summary.json, else the last ``outer`` then ``train`` record of
-    metrics.jsonl, else uniform; normalised to sum 1, with where it came from."""
+def run_omega(run_dir: Path, num_peers: int, which: str = "fitted") -> tuple[np.ndarray, str]:
+    """ω of a run: summary.json's fitted ω (``which="fitted"``, when the run has one), else its
+    trained ω, else the last ``outer`` then ``train`` record of metrics.jsonl, else uniform;
+    normalised to sum 1, with where it came from."""
+    if which not in OMEGA_CHOICES:
+        raise ValueError(f"which ω: {which!r}; allowed: {', '.join(OMEGA_CHOICES)}")
     layout = RunLayout(run_dir)
-    candidates: list[tuple[Any, str]] = [(read_json(layout.summary).get("omega"), "summary.json")]
+    summary = read_json(layout.summary)
+    candidates: list[tuple[Any, str]] = [(summary.get("omega"), "summary.json")]
+    if which == "fitted":
+        candidates.insert(0, (summary.get("fitted_omega"), FITTED_SOURCE))
     records = read_jsonl(layout.metrics)
     for kind in ("outer", "train"):
         last = [r for r in records if r.get("kind") == kind and r.get("omega") is not None]
@@ -100,8 +118,9 @@ def run_omega(run_dir: Path, num_peers: int) -> tuple[np.ndarray, str]:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", *, load_teacher: bool = True,
-             dtype: torch.dtype | None = torch.float32) -> LoadedRun:
-    """Peers (``peers/peer_*``), ω, teacher (``teacher/``, when present) and the shared tokenizer of a run."""
+             dtype: torch.dtype | None = torch.float32, omega: str = "fitted") -> LoadedRun:
+    """Peers (``peers/peer_*``), ω (``omega``: which, :func:`run_omega`), teacher (``teacher/``, when
+    present) and the shared tokenizer of a run."""
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     if not is_run_dir(run_dir):
@@ -110,9 +129,9 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = "cpu", *, 
     if not dirs:
         raise ValueError(f"{str(layout.peers)!r} holds no Hugging Face model folders")
     peers = [load_model(d, device, dtype) for d in dirs]
-    omega, source = run_omega(run_dir, len(dirs))
+    weights, source = run_omega(run_dir, len(dirs), omega)
     teacher = load_model(layout.teacher, device, dtype) if load_teacher and is_model_dir(layout.teacher) else None
-    return LoadedRun(run_dir=run_dir, peer_names=[d.name for d in dirs], peers=peers, peer_dirs=dirs, omega=omega,
+    return LoadedRun(run_dir=run_dir, peer_names=[d.name for d in dirs], peers=peers, peer_dirs=dirs, omega=weights,
                      omega_source=source, tokenizer=load_tokenizer(dirs[0]),
                      teacher=teacher, teacher_dir=layout.teacher if teacher is not None else None,
                      summary=read_json(layout.summary), config=read_run_config(run_dir))

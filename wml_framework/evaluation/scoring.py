@@ -73,7 +73,7 @@ def _base_config(run_dir: Path | None, log: Callable[[str], None]) -> cfgmod.WML
     return cfgmod.from_dict({}, check_plugins=False)
 
 
-def _scorers(path: Path, device, log, teacher: bool = True) -> tuple[list[dict], dict]:
+def _scorers(path: Path, device, log, teacher: bool = True, omega: str = "fitted") -> tuple[list[dict], dict]:
     """(name, role, model, tokenizer, path, ω) of everything to score, and facts about the run."""
 
     def load_tokenizer(folder):
@@ -85,7 +85,7 @@ def _scorers(path: Path, device, log, teacher: bool = True) -> tuple[list[dict],
 
     if is_run_dir(path):
         log(f"loading run {path}")
-        run = load_run(path, device, load_teacher=teacher)
+        run = load_run(path, device, load_teacher=teacher, omega=omega)
         rows = [dict(name=n, role="peer", model=m, tokenizer=run.tokenizer, path=str(d), omega=float(w))
                 for n, m, d, w in zip(run.peer_names, run.peers, run.peer_dirs, run.omega)]
         rows.append(dict(name="ensemble", role="ensemble", model=run.ensemble(), tokenizer=run.tokenizer,
@@ -94,7 +94,7 @@ def _scorers(path: Path, device, log, teacher: bool = True) -> tuple[list[dict],
             rows.append(dict(name="teacher", role="teacher", model=run.teacher,
                              tokenizer=load_tokenizer(run.teacher_dir), path=str(run.teacher_dir), omega=None))
         facts = {"kind": "run", "peer_names": run.peer_names, "omega": run.omega.tolist(),
-                 "omega_source": run.omega_source, "champion": run.summary.get("champion")}
+                 "omega_source": run.omega_source, "omega_choice": run.omega_kind, "champion": run.summary.get("champion")}
         return rows, facts
     if is_model_dir(path):
         log(f"loading model {path}")
@@ -127,7 +127,7 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
              block_size: int | None = None, settings: Optional[dict] = None, device: str = "auto",
              evaluators: Optional[Sequence[str]] = None, progress: bool | None = None,
              log: Callable[[str], None] = _echo_err, host: Optional[PluginHost] = None,
-             teacher: bool = True) -> dict:
+             teacher: bool = True, omega: str = "fitted") -> dict:
     """Score a model folder or every peer, the ensemble and the teacher of a run folder.
 
     ``blimp``/``corpus`` default to the run's config (or the shipped sample and corpus); 'none'
@@ -135,7 +135,8 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
     (``{"perplexity.max_blocks": 4}``). Returns the ``eval.json`` dictionary (plus a ``display``
     part for printing, which :func:`write_eval_json` leaves out). ``evaluators``: names of
     evaluator plugins to run; default: every registered one. ``teacher=False`` leaves a run's
-    teacher out (``wml compare`` scores its one teacher once)."""
+    teacher out (``wml compare`` scores its one teacher once). ``omega``: which ω a run's ensemble
+    mixes its peers with, ``fitted`` (at the end of the run, on the ω half) or ``trained``."""
     host = host or get_host()
     path = Path(path).expanduser()
     run_dir = path if is_run_dir(path) else None
@@ -154,7 +155,7 @@ def evaluate(path: str | Path, *, blimp: str | None = None, corpus: str | None =
 
     active = make_evaluators(cfg, list(evaluators) if evaluators else host.names("evaluator"), host, log)
     dev = resolve_device(device)
-    rows, facts = _scorers(path, dev, log, teacher)
+    rows, facts = _scorers(path, dev, log, teacher, omega)
     for name, evaluator in active.items():
         for warning in (evaluator.warnings() if callable(getattr(evaluator, "warnings", None)) else []):
             log(f"warning: {warning}")

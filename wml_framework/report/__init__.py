@@ -80,6 +80,20 @@ def paradigm_table(data: RunData) -> list[str]:
     return lines
 
 
+def fitted_line(data: RunData) -> list[str]:
+    """The fitted ω beside the trained one, with the ω-half losses the fit chose by."""
+    s = data.summary
+    if s.get("fitted_omega") is None:
+        return []
+    peers = (s.get("omega_fit") or {}).get("peer_losses") or []
+    weights = ", ".join(f"{w:.3f}" for w in s["fitted_omega"])
+    return ["", f"*ensemble, fitted ω*: ω = [{weights}], fitted at the end of the run on the ω half of the held-out "
+            f"split (loss there {_fmt(s.get('fitted_ensemble_omega_half_loss'), '.4f')}, vs "
+            f"{_fmt(s.get('ensemble_omega_half_loss'), '.4f')} with the trained ω and "
+            f"{_fmt(min(peers) if peers else None, '.4f')} for the best peer alone); its held-out loss above is the "
+            "trainer's, on the evaluated half. `wml eval` scores this ensemble unless told `--omega trained`."]
+
+
 def write_report(run_dir: str | Path) -> Report:
     """Write ``plots/*.png`` and ``report.md`` into the run folder; returns what was written."""
     data = load_run_data(run_dir)
@@ -103,7 +117,7 @@ def write_report(run_dir: str | Path) -> Report:
             "## Results", "", *results_table(data, rows), "",
             f"Held-out loss: from {loss_source}. Perplexity = exp(loss).  ",
             f"Minimal-pair accuracy: {acc_source}. The ensemble scores with the ω-weighted sum of its peers' logits; "
-            "its parameter count is the sum of its peers'.", ""]
+            "its parameter count is the sum of its peers'.", *fitted_line(data), ""]
     ptable = paradigm_table(data)
     if ptable:
         head += ["### Minimal-pair accuracy per paradigm (%)", "", *ptable, ""]

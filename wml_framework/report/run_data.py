@@ -66,7 +66,7 @@ def load_run_data(run_dir: str | Path) -> RunData:
     if not names:
         width = max((len(r.get("ce", [])) for r in records["train"]), default=0)
         names = [f"peer_{i}" for i in range(width)]
-    omega, source = (run_omega(run_dir, len(names)) if names else (None, "none"))
+    omega, source = (run_omega(run_dir, len(names), "trained") if names else (None, "none"))
     return RunData(run_dir, names, summary, evaluation, records, omega, source, notes)
 
 
@@ -132,11 +132,19 @@ def result_rows(data: RunData) -> tuple[list[Row], str, str]:
         sp, em = speers.get(name, {}), models.get(name, {})
         rows.append(_row(name, "peer", sp, em, None if data.omega is None else float(data.omega[i]), loss_key, acc_key))
     teacher_summary = data.summary.get("teacher") if isinstance(data.summary.get("teacher"), dict) else {}
-    ens = _row("ensemble", "ensemble", {"val_loss": data.summary.get("ensemble_val_loss")}, models.get("ensemble", {}),
-               None, loss_key, acc_key)
-    if ens.parameters is None and all(r.parameters for r in rows) and rows:
-        ens.parameters = sum(r.parameters for r in rows)
-    rows.append(ens)
+    # two ensembles: with the trained ω and with the fitted ω; eval.json scored one of them (`omega_choice`)
+    scored = (data.evaluation.get("omega_choice", "trained") if data.evaluation else "trained")
+    fitted_loss = data.summary.get("fitted_ensemble_val_loss")
+    kinds = [("trained", "ensemble", data.summary.get("ensemble_val_loss"))]
+    if fitted_loss is not None or scored == "fitted":
+        kinds.append(("fitted", "ensemble, fitted ω", fitted_loss))
+    for kind, name, loss in kinds:
+        mine = kind == scored
+        ens = _row(name if mine or not loss_key else f"{name} (trainer's loss)", "ensemble", {"val_loss": loss},
+                   models.get("ensemble", {}) if mine else {}, None, loss_key if mine else None, acc_key)
+        if ens.parameters is None and all(r.parameters for r in rows) and rows:
+            ens.parameters = sum(r.parameters for r in rows if r.role == "peer")
+        rows.append(ens)
     if teacher_summary or "teacher" in models:
         rows.append(_row("teacher", "teacher", teacher_summary or {}, models.get("teacher", {}), None, loss_key, acc_key))
     if loss_from_eval:

@@ -2,8 +2,10 @@
 
 Train and held-out streams: the held-out one comes from held-out files when the corpus has them
 (``val_corpus``, or a BabyLM ``dev/`` folder), otherwise from every k-th chunk of the corpus. The
-held-out stream is split again in two halves (:func:`heldout_halves`): the first tunes ω, the second
-is only evaluated. Tokenizing streams documents in batches through the tokenizers library and writes
+held-out stream is split again in two parts (:func:`heldout_halves`): cut into pieces of 2048 tokens,
+the even pieces tune ω and the odd ones are only evaluated, so both parts sample every source of the
+held-out text in proportion (first and second halves would hand ω some files and evaluation the
+others). Tokenizing streams documents in batches through the tokenizers library and writes
 ids as it goes, so memory stays flat however large the corpus. Random blocks of ``block_size`` tokens
 are drawn nanoGPT-style.
 """
@@ -34,13 +36,17 @@ from .corpus import (
 )
 from .tokenizer import document_encoder, tokenizer_fingerprint, train_tokenizer
 
-__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks", "random_starts", "random_rows",
+__all__ = ["SPLIT_CHUNK", "MIN_SPLIT_CHUNK", "HELDOUT_SPLIT_RULE", "heldout_piece", "BATCH_CHARS", "TokenData", "heldout_halves", "random_blocks", "random_starts", "random_rows",
            "document_batches", "encode_files", "split_stream", "prepare", "prepare_for", "needs_mask_token"]
 
 #: part of the cache key: streams cached before words were counted are made again
 WORDS_RULE_VERSION = "words-1"
 SPLIT_CHUNK = 2048  # tokens; every k-th chunk is held out, so every book is in both splits
 MIN_SPLIT_CHUNK = 64  # smaller corpora get smaller chunks, so that ~8 of them are held out
+#: how the held-out stream is divided between ω and evaluation; a checkpoint records it, so that a
+#: run resumed under another rule says that its evaluations before and after differ in text
+HELDOUT_SPLIT_RULE = "alternate-pieces-1"
+MIN_HELDOUT_PIECES = 8  # a short held-out stream still alternates at least this many pieces
 BATCH_CHARS = 1 << 21  # characters of documents encoded a call (big enough to keep the library busy)
 
 
@@ -67,13 +73,19 @@ class TokenData:
 
     @property
     def val_omega(self) -> np.ndarray:
-        """The first half of the held-out stream: the only data the outer (ω) step sees."""
-        return heldout_halves(self.val)[0]
+        """The even pieces of the held-out stream: the only data the outer (ω) step sees."""
+        return self._halves()[0]
 
     @property
     def val_eval(self) -> np.ndarray:
-        """The second half of the held-out stream: only ever evaluated, never tuned on."""
-        return heldout_halves(self.val)[1]
+        """The odd pieces of the held-out stream: only ever evaluated, never tuned on."""
+        return self._halves()[1]
+
+    def _halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`heldout_halves` of ``val``, made once (both parts are in-memory copies)."""
+        if getattr(self, "_held_parts", None) is None or self._held_parts[0] is not self.val:
+            self._held_parts = (self.val, heldout_halves(self.val))
+        return self._held_parts[1]
 
     def blocks(self, split: str, batch_size: int, block_size: int, gen: torch.Generator) -> torch.Tensor:
         """Random blocks of ``block_size + 1`` tokens, (batch, block+1), of the train stream or of the
@@ -97,10 +109,30 @@ class TokenData:
         return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
+def heldout_piece(n_tokens: int) -> int:
+    """Tokens per piece of a held-out stream of ``n_tokens``: :data:`SPLIT_CHUNK` (the chunk the corpus
+    split holds out, so pieces fall on its joins), fewer when the stream is short, so that it still
+    has :data:`MIN_HELDOUT_PIECES` pieces to alternate."""
+    return max(1, min(SPLIT_CHUNK, n_tokens // MIN_HELDOUT_PIECES))
+
+
 def heldout_halves(val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ω half, evaluated half) of a held-out stream: the one place the split is decided."""
-    half = len(val) // 2
-    return val[:half], val[half:]
+    """(ω part, evaluated part) of a held-out stream: the one place the split is decided.
+
+    The stream is cut into pieces of :func:`heldout_piece` tokens; pieces 0, 2, 4 … make the ω part
+    and 1, 3, 5 … the evaluated part, each in stream order. Both parts therefore sample every file
+    of the held-out text in proportion (to within a piece), and each gets half of it (to within a
+    piece). The parts are copies in memory (2 bytes a token: 20 MB for a 10M-token held-out
+    stream); a block drawn from one may straddle two pieces, text from two places, as blocks of the
+    corpus split's held-out chunks always could."""
+    n = len(val)
+    piece = heldout_piece(n)
+    whole = n // piece
+    body = np.asarray(val[:whole * piece]).reshape(whole, piece)
+    tail = np.asarray(val[whole * piece:])
+    parts = [body[0::2].reshape(-1), body[1::2].reshape(-1)]
+    parts[whole % 2] = np.concatenate([parts[whole % 2], tail])   # the last, partial piece: the next in turn
+    return parts[0], parts[1]
 
 
 def random_blocks(stream: np.ndarray, batch_size: int, block_size: int, gen: torch.Generator, name: str = "token"):

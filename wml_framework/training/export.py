@@ -1,5 +1,9 @@
 """The end of a run: every peer and the champion as standard Hugging Face folders, and
-``summary.json`` with each peer's shape, held-out loss and ω (what ``wml run`` prints last)."""
+``summary.json`` with each peer's shape, held-out loss and ω (what ``wml run`` prints last).
+
+Two ensembles are reported: with the ω that trained the peers (``omega``) and with the fitted ω
+(``fitted_omega``), the exact minimiser of the ensemble's loss on the ω half, found once the peers
+are final (:mod:`~..evaluation.omega_fit`); both are evaluated on the evaluated half."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from ..evaluation.diversity import PairwiseJS, diversity_record
 from ..evaluation.heldout import OBJECTIVE_ATTR, OBJECTIVE_OPTIONS_ATTR
+from ..evaluation.omega_fit import fit_omega
 from ..evaluation.pseudo_likelihood import CONFIG_ATTR as SCORING_ATTR
 from ..runtime import distributed
 from ..runtime.atomic import atomic_directory, atomic_write_json
@@ -19,10 +24,11 @@ from ..text.tokenizer import bos_token_id
 from ..text.tokens import TokenData
 from .families import shape_of
 from .loop import TrainingLoop
+from .records import finite_or_none
 from .transformers4 import write_for_transformers4
 from .word_budget import WordBudget
 
-__all__ = ["SCORING_ATTR", "export", "print_summary", "save_model", "stamp_objective", "weights_fingerprint"]
+__all__ = ["SCORING_ATTR", "export", "fit_for", "print_summary", "save_model", "stamp_objective", "weights_fingerprint"]
 
 def stamp_objective(model, name: str, options: dict, objective) -> None:
     """Write into the model's config the objective it was trained with (name, options, and the
@@ -61,6 +67,8 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, e
     layout = RunLayout(run_dir)
     js = PairwiseJS(len(loop.peers))
     final = loop.evaluate(observe=js)            # every rank: the held-out blocks are shared out
+    fitted = fit_for(loop, data)                 # before the peers move to the CPU to be saved
+    fitted_final = loop.score_heldout(loop.peers, omega=fitted.omega)
     main = distributed.current().is_main
     omega = loop.state.omega.tolist()
     peers = []
@@ -83,6 +91,10 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, e
         # how alike the peers are and what their ensemble gains, on the same blocks (evaluation/diversity.py)
         "diversity": diversity_record(js, final["val_loss"], final["ensemble_val_loss"], [p["name"] for p in peers],
                                       reduce_sum=loop.dist.sum_floats),
+        # the exported ensemble's ω, fitted on the ω half at the end (not the ω that trained the peers)
+        "fitted_omega": fitted.omega.tolist(), "fitted_ensemble_val_loss": finite_or_none([fitted_final["ensemble"]])[0],
+        "ensemble_omega_half_loss": fitted.start_loss, "fitted_ensemble_omega_half_loss": fitted.loss,
+        "omega_fit": {k: v for k, v in fitted.as_dict().items() if k in ("peer_losses", "blocks", "tokens", "solver")},
         "champion": peers[best]["name"], "steps": loop.state.step, "tokens": loop.state.tokens,
         "words": {"peers": loop.state.words},
         "stopped_early": loop.state.stopped_early, "elapsed_s": round(elapsed, 1),
@@ -101,6 +113,16 @@ def export(loop: TrainingLoop, data: TokenData, run_dir: Path, elapsed: float, e
     return summary
 
 
+def fit_for(loop: TrainingLoop, data: TokenData):
+    """The fitted ω of the loop's final peers: on the ω half's evaluation-style blocks (as many as
+    the evaluated half's, ``eval_batches × batch_size``), starting from the trained ω. Every process
+    of a data-parallel run fits alike, on the same blocks, and so gets the same ω."""
+    c = loop.cfg
+    return fit_omega(loop.peers, data.val_omega, c.block_size, c.batch_size, c.eval_batches * c.batch_size,
+                     start=loop.state.omega.tolist(), device=loop.device, autocast=loop.autocast,
+                     objective=loop.objective, tokens_info=loop.tokens)
+
+
 def weights_fingerprint(model) -> str:
     """SHA-256 of a model's tensors (names, dtypes, shapes, bytes): runs that start from the same
     weights say so (``init_trace.json``), which ``wml compare`` checks across its methods."""
@@ -114,6 +136,10 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def _weights(w) -> str:
+    return "[" + ", ".join(f"{x:.3f}" for x in w) + "]"
+
+
 def print_summary(summary: dict, log) -> None:
     log("")
     measure = summary.get("measure") or "held-out loss"
@@ -125,7 +151,9 @@ def print_summary(summary: dict, log) -> None:
     for p in summary["peers"]:
         mark = "  ← champion" if p["name"] == summary["champion"] else ""
         log(f"{p['name']:<10} {p['parameters']:>10,} {p['omega']:>7.3f} {p['val_loss']:>{width}.4f}{mark}")
-    log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>{width}.4f}")
+    log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['ensemble_val_loss']:>{width}.4f}  (trained ω)")
+    if summary.get("fitted_ensemble_val_loss") is not None:
+        log(f"{'ensemble':<10} {'':>10} {'':>7} {summary['fitted_ensemble_val_loss']:>{width}.4f}  (fitted ω)")
     best_single = min(p["val_loss"] for p in summary["peers"])
     ens, best = f"{summary['ensemble_val_loss']:.4f}", f"{best_single:.4f}"
     # compared as printed: values that print alike are called equal, never "below" or "NOT below"
@@ -139,6 +167,12 @@ def print_summary(summary: dict, log) -> None:
     words = summary.get("words") or {}
     if "total" in words:
         log(WordBudget(words["track"], words["teacher"], words["peers"], len(summary["peers"])).line())
+    if summary.get("fitted_omega") is not None:
+        fit = summary.get("omega_fit") or {}
+        best_half = min(fit.get("peer_losses") or [float("nan")])
+        log(f"fitted ω {_weights(summary['fitted_omega'])} (trained ω {_weights(summary['omega'])}); on the ω half "
+            f"{summary['fitted_ensemble_omega_half_loss']:.4f} vs trained {summary['ensemble_omega_half_loss']:.4f}, "
+            f"best peer {best_half:.4f}; `wml eval` scores the fitted ensemble (--omega trained for the other)")
     uniform = 1.0 / len(summary["omega"])
     log(f"ω moved from uniform by {max(abs(w - uniform) for w in summary['omega']):.4f} (max |ω_i − 1/M|)")
     for f in summary.get("observer_failures", []):

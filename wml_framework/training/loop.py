@@ -46,7 +46,7 @@ from ..runtime.atomic import append_jsonl, fsync_file
 from ..runtime.placement import device_names, peer_placement
 from ..runtime.run_layout import RunLayout
 from ..runtime.threads import ThreadGovernor
-from ..text.tokens import TokenData
+from ..text.tokens import HELDOUT_SPLIT_RULE, TokenData
 from .adam_precond import adam_preconditioner
 from .attention import eager_attention
 from .callbacks import TrainerControl, TrainerState, dispatch
@@ -338,7 +338,7 @@ class TrainingLoop:
         return {
             "step": st.step, "tokens": st.tokens, "words": st.words, "omega": st.omega, "best_val": st.best_val,
             "bad_evals": st.bad_evals, "stopped_early": st.stopped_early, "nonfinite": list(st.nonfinite),
-            "nonfinite_outer": st.nonfinite_outer,
+            "nonfinite_outer": st.nonfinite_outer, "heldout_split": HELDOUT_SPLIT_RULE,
             "peer_configs": [p.config.to_dict() for p in self.peers],
             "peers": [p.state_dict() for p in self.peers],
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -349,6 +349,11 @@ class TrainingLoop:
         }
 
     def load_state_dict(self, s: dict) -> None:
+        rule = s.get("heldout_split", "first-and-second-half")   # checkpoints before the rule was recorded
+        if rule != HELDOUT_SPLIT_RULE:
+            self.log(f"warning: the checkpoint was written under held-out split {rule!r}, this version splits by "
+                     f"{HELDOUT_SPLIT_RULE!r}: ω now tunes on, and evaluation scores, other held-out text, so the "
+                     "losses logged before and after this resume are not comparable (docs/data.md)")
         for p, sd in zip(self.peers, s["peers"]):
             p.load_state_dict(sd)
         for o, sd in zip(self.optimizers, s["optimizers"]):
