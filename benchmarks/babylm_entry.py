@@ -99,7 +99,7 @@ def main() -> int:
         same = json.loads(theirs_file.read_text()) == json.loads(mine_file.read_text())
         mp = ours["models"][name]["minimal_pairs"]
         rows.append((rev, revision["words"], pipeline_accuracy(report), 100 * mp["macro_accuracy"], same))
-    print(f"| revision | words trained on | pipeline BLiMP fast (avg over UIDs) | wml eval (macro) | same predictions.json |")
+    print("| revision | words trained on | pipeline BLiMP fast (avg over UIDs) | wml eval (macro) | same predictions.json |")
     print("|---|---:|---:|---:|---|")
     for rev, words, theirs, mine, same in rows:
         print(f"| {rev} | {words:,} | {theirs:.2f} | {mine:.2f} | {'yes' if same else 'NO'} |")

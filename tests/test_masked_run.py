@@ -53,7 +53,11 @@ def test_a_masked_run_on_the_embedded_corpus_trains_a_roberta_teacher_and_its_pe
 @pytest.mark.slow
 def test_masked_exports_load_as_masked_lms_and_sequence_classifiers(masked_run):
     """Catches exports saved with a causal head, or without the objective ``wml eval`` reads."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
