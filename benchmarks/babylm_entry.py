@@ -25,12 +25,14 @@ from pathlib import Path
 #: runs the pipeline's sentence_zero_shot as `python -m` would; modules its image tasks import but
 #: BLiMP never uses get a stand-in when the interpreter lacks them
 DRIVER = textwrap.dedent("""
-    import runpy, sys, types
-    for name in ("datasets", "aiohttp", "wandb"):
+    import importlib.machinery, runpy, sys, types
+    import transformers                       # first: it looks for datasets as it is installed
+    for name in ("datasets", "aiohttp"):
         try:
             __import__(name)
         except ImportError:
             stub = types.ModuleType(name)
+            stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
             stub.load_dataset = stub.ClientTimeout = None
             sys.modules[name] = stub
     sys.argv = ["run", *sys.argv[1:]]
