@@ -25,7 +25,7 @@ from .models import evaluating, model_device, normalised_weights, resolve_device
 __all__ = ["FIT_MEMORY", "MixtureProblem", "OmegaFit", "collect_problem", "solve", "fit_omega"]
 
 #: bytes of peer logits kept for the fit (float32); fewer blocks are used when they would take more
-FIT_MEMORY = 1 << 30
+FIT_MEMORY = 1 << 28             # 256 MiB: each solver step reads it all a few times
 
 
 class MixtureProblem:
@@ -118,7 +118,7 @@ def solve(problem: MixtureProblem, start) -> tuple[np.ndarray, float, str]:
     if m > 1:
         res = minimize(problem.value_and_grad, start, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
                        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
-                       options={"ftol": 1e-12, "maxiter": 200})
+                       options={"ftol": 1e-10, "maxiter": 100})
         w = np.clip(res.x, 0.0, None)
         if w.sum() > 0:
             candidates.insert(0, (w / w.sum(), "SLSQP"))
