@@ -120,6 +120,7 @@ def solve(problem: MixtureProblem, start) -> tuple[np.ndarray, float, str]:
                        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
                        options={"ftol": 1e-7, "maxiter": 50})   # float32 logits: a tighter ftol only spins
         w = np.clip(res.x, 0.0, None)
+        w[w < 1e-9] = 0.0             # rounding dust (1e-17) on a vertex would make the same fit print differently
         if w.sum() > 0:
             candidates.insert(0, (w / w.sum(), "SLSQP"))
     scored = [(problem.value(w), i, w, name) for i, (w, name) in enumerate(candidates)]
