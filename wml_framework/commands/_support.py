@@ -81,6 +81,35 @@ def config_options(fn):
     return fn
 
 
+def launch_options(fn):
+    """``--jobs``, ``--launcher`` and ``--slurm``: how the independent runs of ``wml compare`` and
+    ``wml tune`` are spread over processes or cluster jobs (wml_framework/compare/jobs.py)."""
+    from ..compare.jobs import LAUNCHERS, SLURM_KEYS
+
+    opts = [
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Runs at a time: local processes (the cores divided between them), or SLURM jobs queued at once."),
+        click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True,
+                     help="'local': processes here; 'slurm': a SLURM job per run through submitit; 'submitit-local': "
+                          "submitit's jobs on this machine (the cluster path, tried without a cluster)."),
+        click.option("--slurm", "slurm_options", multiple=True, metavar="KEY=VALUE",
+                     help=f"SLURM option (repeatable): {', '.join(SLURM_KEYS)}."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def resolve_launch(jobs: int, launcher: str, slurm_options):
+    """The options of :func:`launch_options` as one checked object (a bad one is a usage error)."""
+    from ..compare.jobs import Launch
+
+    try:
+        return Launch.parse(jobs, launcher, slurm_options)
+    except cfgmod.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def resolve_config(config_path=None, preset=None, overrides=(), **named) -> cfgmod.WMLConfig:
     """Defaults < preset < TOML < ``--set`` < the named options (``--init``, ``--peers`` …),
     validated against the command line's plugins; a problem is a one-line usage error."""

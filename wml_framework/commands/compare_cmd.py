@@ -7,7 +7,14 @@ import sys
 
 import click
 
-from ._support import config_options, host, one_line_errors, resolve_config
+from ._support import (
+    config_options,
+    host,
+    launch_options,
+    one_line_errors,
+    resolve_config,
+    resolve_launch,
+)
 
 __all__ = ["command"]
 
@@ -21,9 +28,10 @@ __all__ = ["command"]
 @click.option("--baseline", default=None, help="Method the paired differences are taken against (default: wml).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Comparison folder; the same command again continues it.")
+@launch_options
 @one_line_errors
 def command(config_path, preset, overrides, init, updater, loss, objective, teacher, corpus, methods, num_seeds,
-            baseline, out) -> None:
+            baseline, out, jobs, launcher, slurm_options) -> None:
     """Answer "does peer sharing beat teacher-guided distillation?" on your data: train every method on
     the same peers, teacher, data order and token budget for several seeds, and compare them."""
     from .. import config as cfgmod
@@ -34,6 +42,7 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
     if loss or updater:
         raise click.UsageError("--loss and --updater are chosen by each method; name methods with --methods "
                                "(LABEL=LOSS/UPDATER for your own)")
+    launch = resolve_launch(jobs, launcher, slurm_options)
     cfg = resolve_config(config_path, preset, overrides, init=init, objective=objective, teacher=teacher, corpus=corpus)
     try:
         chosen = parse_methods(methods, host=host())
@@ -42,7 +51,8 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
         raise click.UsageError(str(exc)) from None
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress to stderr, the result's path to stdout
     try:
-        run_compare(plan, make_host=PluginHost, say=say, command="wml " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        run_compare(plan, make_host=PluginHost, say=say, command="wml " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                    launch=launch)
     except Interrupted as exc:
         say(f"\n{exc.name}: stopped (the member's checkpoint is written); the same command continues the comparison")
         sys.exit(exc.exit_code)

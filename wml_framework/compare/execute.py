@@ -23,10 +23,11 @@ from ..runtime.atomic import atomic_write_json
 from ..runtime.run_layout import RunLayout, is_model_dir
 from ..training.loop import TrainingError
 from ..training.progress import RunProgress
+from .jobs import Launch, Task, run_tasks, threads_per_member
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
 
-__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "run_compare"]
+__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "member_job", "run_compare"]
 
 MEMBER_FILE = "compare_member.json"
 #: keys that may differ between a member's saved config and the plan (they change speed, not results)
@@ -52,12 +53,15 @@ def _file_log(path: Path) -> Callable[[str], None]:
     return log
 
 
-def _member_host(make_host: Callable[[], PluginHost], desc: str) -> PluginHost:
+def _member_host(make_host: Callable[[], PluginHost], desc: Optional[str]) -> PluginHost:
+    """The plugins of one member, less the per-step log; with a progress bar named ``desc``
+    (None: members side by side, whose bars would overwrite each other)."""
     host = make_host()
     names = {name for name, _ in host.pm.list_name_plugin()}
     if "run_log" in names:
         host.unregister("run_log")                 # its per-step lines would drown the comparison's
-    host.register(_MemberProgress(desc), f"compare_progress_{id(desc)}")
+    if desc is not None:
+        host.register(_MemberProgress(desc), f"compare_progress_{id(desc)}")
     return host
 
 
@@ -126,18 +130,23 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     return folder
 
 
-def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> Optional[str]:
-    """Train (or resume), evaluate and report one member; returns why it failed, or None."""
+def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say,
+                threads: Optional[int] = None, quiet: bool = False) -> Optional[str]:
+    """Train (or resume), evaluate and report one member; returns why it failed, or None.
+    ``threads`` (members run side by side) replaces the config's; ``quiet``: no progress bar."""
     layout = RunLayout(member.run_dir)
-    host = _member_host(make_host, member.name)
+    host = _member_host(make_host, None if quiet else member.name)
     expected = plan.member_config(member, host=host)
+    if threads is not None:
+        expected = expected.replace(threads=str(threads))
     member.run_dir.mkdir(parents=True, exist_ok=True)
     log = _file_log(member.run_dir / "wml.log")
     t0 = time.time()
     finished, failure = False, None
     try:
         if layout.config.is_file():
-            trainer = WMLTrainer.from_run_dir(member.run_dir, host=host, log=log)
+            overrides = None if threads is None else {"threads": str(threads)}
+            trainer = WMLTrainer.from_run_dir(member.run_dir, host=host, log=log, overrides=overrides)
             if not layout.summary.is_file():
                 say(f"  {member.name}: resuming the interrupted run")
                 trainer.train()
@@ -157,15 +166,25 @@ def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) 
     return failure
 
 
+def member_job(plan: ComparePlan, member_name: str, first: bool, *, threads: Optional[int] = None) -> Optional[str]:
+    """One member in a process of its own (``--jobs``, ``--launcher``): the plan travels pickled."""
+    member = next(m for m in plan.members if m.name == member_name)
+    return _run_member(plan, member, first, PluginHost, say=_file_log(member.run_dir / "wml.log"),
+                       threads=threads, quiet=True)
+
+
 def _eta(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = PluginHost,
-                say: Callable[[str], None] = print, command: Optional[str] = None) -> dict:
+                say: Callable[[str], None] = print, command: Optional[str] = None,
+                launch: Launch = Launch()) -> dict:
     """Train and evaluate every member of ``plan`` (continuing an earlier start), then write
-    ``comparison.json``, ``comparison.md`` and the plots. Returns the comparison's dictionary."""
+    ``comparison.json``, ``comparison.md`` and the plots. Returns the comparison's dictionary.
+    ``launch`` runs the members side by side (``--jobs``) or as SLURM jobs (``--launcher``); members
+    in other processes use the installed plugins (``make_host`` serves the in-process ones)."""
     continuing = check_or_save(plan)
     host = make_host()
     for member in plan.members:     # every folder this comparison would reuse belongs to it
@@ -175,29 +194,57 @@ def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = Plug
     say(f"compare: {len(plan.methods)} method(s) × {len(plan.seeds)} seed(s) = {total} runs in {plan.out}"
         + (" (continuing)" if continuing else ""))
     _teacher(plan, make_host, say)
-    times: list[float] = []
     t_all = time.time()
+    todo = []
     for k, member in enumerate(plan.members, start=1):
         if member_done(member):
             say(f"[{k}/{total}] {member.name}: done earlier, skipped")
-            continue
-        say(f"[{k}/{total}] {member.name}: {member.method.title} (log: {member.run_dir / 'wml.log'})")
-        t0 = time.time()
-        failure = _run_member(plan, member, first=not _teacher_scored(plan), make_host=make_host, say=say)
-        times.append(time.time() - t0)
+        else:
+            todo.append(member)
+    # the shared teacher is scored with one member only: the first one still to run, decided here
+    scorer = None if _teacher_scored(plan) or not todo else todo[0].name
+    position = {m.name: k for k, m in enumerate(plan.members, start=1)}
+    started = time.time()
+    finished: list = []
+
+    def on_done(task: Task, failure: Optional[str]) -> None:
+        member = next(m for m in todo if m.name == task.name)
+        k = position[member.name]
+        finished.append(member)
         if failure:
             say(f"[{k}/{total}] {member.name}: FAILED ({failure}); the comparison goes on without it, and the same "
                 f"command tries it again (its log: {member.run_dir / 'wml.log'})")
-            continue
-        left = sum(1 for m in plan.members[k:] if not member_done(m))
-        line = _member_line(member)
-        eta = f"; ETA {_eta(left * sum(times) / len(times))} for {left} more" if left else ""
-        say(f"[{k}/{total}] {member.name}: finished in {_eta(times[-1])} — {line}{eta}")
+            return
+        left = len(todo) - len(finished)
+        per_member = (time.time() - started) / len(finished)
+        eta = f"; ETA {_eta(left * per_member)} for {left} more" if left else ""
+        say(f"[{k}/{total}] {member.name}: finished in {_eta(_wall(member))} — {_member_line(member)}{eta}")
+
+    if launch.parallel:
+        threads = threads_per_member(launch)
+        where = "SLURM jobs" if launch.launcher == "slurm" else "processes"
+        say(f"compare: {len(todo)} run(s), {launch.jobs} at a time as {where}"
+            + (f", {threads} thread(s) each" if threads else "") + " (each run's log: its wml.log)")
+        tasks = [Task(m.name, member_job, (plan, m.name, m.name == scorer)) for m in todo]
+        run_tasks(tasks, launch, folder=plan.out / "jobs", say=say, on_done=on_done)
+    else:
+        for member in todo:
+            k = position[member.name]
+            say(f"[{k}/{total}] {member.name}: {member.method.title} (log: {member.run_dir / 'wml.log'})")
+            failure = _run_member(plan, member, first=member.name == scorer, make_host=make_host, say=say)
+            on_done(Task(member.name, member_job), failure)
     result = collect(plan, command=command)
     paths = write_outputs(plan.out, result)
     say(f"compare: all {total} runs done in {_eta(time.time() - t_all)} this session; "
         + ", ".join(str(p) for p in paths))
     return result
+
+
+def _wall(member: Member) -> float:
+    try:
+        return float(json.loads((member.run_dir / MEMBER_FILE).read_text())["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _member_line(member: Member) -> str:

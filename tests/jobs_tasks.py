@@ -1,0 +1,36 @@
+"""Module-level member functions for tests/test_compare_jobs.py (a pool pickles them by name)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def write_pid(folder: str, name: str, *, threads=None):
+    """A member that records the process it ran in and the threads it was given."""
+    Path(folder, f"{name}.txt").write_text(f"{os.getpid()} {threads}")
+    return None
+
+
+def fails(message: str, *, threads=None):
+    raise RuntimeError(message)
+
+
+def reports_failure(message: str, *, threads=None):
+    return message
+
+
+def waits_for_a_signal(folder: str, name: str, *, threads=None):
+    """A member that trains until stopped: ready once its handlers are in, then it stops cleanly
+    (as a run does: its checkpoint written) when a signal arrives."""
+    from wml_framework.runtime import interrupts
+
+    with interrupts.handling():
+        Path(folder, f"{name}.ready").write_text("")
+        try:
+            while True:
+                time.sleep(0.05)
+        except interrupts.Interrupted as exc:
+            Path(folder, f"{name}.stopped").write_text(exc.name)
+            raise
