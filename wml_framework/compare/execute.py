@@ -26,7 +26,7 @@ from ..training.progress import RunProgress
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
 
-__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "run_compare"]
+__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "shared_teacher", "run_compare"]
 
 MEMBER_FILE = "compare_member.json"
 #: keys that may differ between a member's saved config and the plan (they change speed, not results)
@@ -124,6 +124,10 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     folder = trainer.train_teacher_only()
     say(f"teacher: ready in {time.time() - t0:.0f} s ({folder})")
     return folder
+
+
+#: the one teacher of a comparison's (or a tuning's) runs, trained once in ``teacher_run/`` or given
+shared_teacher = _teacher
 
 
 def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say) -> Optional[str]:
