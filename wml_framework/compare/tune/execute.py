@@ -62,8 +62,9 @@ def _next_batch(plan: TunePlan, method: Method, trials: list[Trial], jobs: int, 
     return batch
 
 
-def _describe(values: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+def _describe(values: dict, keys=None) -> str:
+    keys = keys or list(values)
+    return ", ".join(f"{k}={values[k]:.4g}" if isinstance(values[k], float) else f"{k}={values[k]}" for k in keys)
 
 
 def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost, say: Callable[[str], None] = print,
@@ -92,7 +93,7 @@ def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost
             for t in batch:
                 config = plan.trial_config(method, t.values).to_dict()
                 say(f"  {method.label}/{t.name} ({t.origin}{', resuming' if RunLayout(t.run_dir).config.is_file() else ''}):"
-                    f" {_describe(t.values)}")
+                    f" {_describe(t.values, plan.spaces[method.label].keys)}")
                 tasks.append(Task(f"{method.label}/{t.name}", run_trial, (str(t.run_dir), config, make_host)))
             started = time.time()
             run_tasks(tasks, launch, folder=plan.method_dir(method), say=say,
@@ -100,13 +101,14 @@ def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost
             attempted.update(t.index for t in batch)       # once per start: a trial that fails again stays failed
         trials = read_trials(plan, method)
         table = write_method_outputs(plan, method, trials)
-        best = bests[method] = best_trial(trials)
+        best = best_trial(trials)
+        bests[method.label] = (method, best)
         say("\n" + table)
-        say(f"{method.label}: best {best.name}, objective {best.objective:.4f} ({_describe(best.values)}); "
+        say(f"{method.label}: best {best.name}, objective {best.objective:.4f} ({_describe(best.values, plan.spaces[method.label].keys)}); "
             f"{plan.method_dir(method) / 'best.toml'}" if best else f"{method.label}: no trial finished")
     path = write_tuned(plan, bests)
     say(f"tune: {path}")
-    return {m.label: b for m, b in bests.items()}
+    return {label: best for label, (_, best) in bests.items()}
 
 
 def _done_line(plan: TunePlan, method: Method, task: Task, failure: Optional[str], started: float) -> str:

@@ -83,13 +83,13 @@ def write_method_outputs(plan: TunePlan, method: Method, trials: Sequence[Trial]
 
 def write_tuned(plan: TunePlan, bests: dict) -> Path:
     """``tuned.json``: for every method tuned in the folder (earlier starts' included), its best
-    settings, objective, trial and the seed it was tuned at."""
+    settings, objective, trial and the seed it was tuned at. ``bests``: {label: (method, best trial or None)}."""
     path = plan.out / TUNED_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError):
         data = {}
-    for method, best in bests.items():
+    for method, best in bests.values():
         if best is None:
             data.pop(method.label, None)
             continue
