@@ -62,7 +62,7 @@ class TunePlan:
 
     def to_dict(self) -> dict:
         return {"base_config": self.base, "teacher_given": self.teacher_plan.teacher_given, "seed": self.seed,
-                "methods": self.recorded}
+                "teacher_method": self.teacher_plan.methods[0].label, "methods": self.recorded}
 
 
 def make_tune_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], trials: int, out, *,
@@ -73,16 +73,16 @@ def make_tune_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], trials: in
         raise cfgmod.ConfigError(f"--trials: value {trials} is not allowed; expected at least 1")
     out = Path(out).expanduser().resolve()
     saved = _read(out)
-    order = list((saved or {}).get("methods", {}))
-    teacher_method = next((m for label in order[:1] for m in methods if m.label == label), None)
     # the teacher is trained with the folder's first method's config, whichever methods this start names
-    teacher_methods = [teacher_method] if teacher_method else []
-    if saved and not teacher_methods and order:
-        first = saved["methods"][order[0]]["method"]
-        teacher_methods = [Method(first["label"], first["title"], first["loss"], first["updater"],
-                                  first.get("settings") or {}, first.get("ensemble", "learned ω"))]
-    teacher_plan = make_plan(base, [*teacher_methods, *(m for m in methods if m not in teacher_methods)], 1, out,
-                             host=host)
+    first = (saved or {}).get("teacher_method")
+    teacher_method = next((m for m in methods if first and m.label == first), None)
+    if first and teacher_method is None:
+        d = saved["methods"][first]["method"]
+        teacher_method = Method(d["label"], d["title"], d["loss"], d["updater"], d.get("settings") or {},
+                                d.get("ensemble", "learned ω"))
+    teacher_method = teacher_method or methods[0]
+    others = [m for m in methods if m.label != teacher_method.label]
+    teacher_plan = make_plan(base, [teacher_method, *others], 1, out, host=host)
     spaces = {}
     for m in methods:
         try:

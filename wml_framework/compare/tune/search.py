@@ -69,7 +69,7 @@ def _fitted(space: Space, seed: int, scored: Sequence[Observation], worst_of: Se
 
     optimizer = BayesianOptimization(f=None, pbounds=space.bounds(), random_state=seed % (2**32), verbose=0,
                                      allow_duplicate_points=True,
-                                     acquisition_function=ExpectedImprovement(xi=0.01, random_state=seed % (2**32)))
+                                     acquisition_function=ExpectedImprovement(xi=0.01))
     for o in scored:
         optimizer.register(params=space.to_search(o.values), target=-float(o.loss))
     worst = -max(o.loss for o in scored)

@@ -128,8 +128,6 @@ def parse_dimension(text: str, *, max_steps: Optional[int] = None) -> tuple[str,
     if "int" in flags and not integer:
         raise ConfigError(f"--space: {key}={rest!r}: ':int' is only for whole-number keys; {key} is a {spec.type.__name__}")
     low, high = (_bound(key, rest, p, spec) for p in parts[:2])
-    if integer and not (float(low).is_integer() and float(high).is_integer()):
-        raise ConfigError(f"--space: {key}={rest!r}: bounds of a whole-number key must be whole numbers")
     if not low < high:
         raise ConfigError(f"--space: {key}={rest!r}: LOW must be below HIGH (to fix a value, use --set {key}=VALUE)")
     if "log" in flags and low <= 0:
@@ -144,6 +142,8 @@ def _bound(key: str, rest: str, text: str, spec) -> float:
         value = float(text)
     except ValueError:
         raise ConfigError(f"--space: {key}={rest!r}: bound {text!r} is not a number") from None
+    if spec.type is int and not value.is_integer():
+        raise ConfigError(f"--space: {key}={rest!r}: bounds of a whole-number key must be whole numbers")
     try:
         validate_value(key, spec, int(value) if spec.type is int and value.is_integer() else value)
     except ConfigError:
