@@ -23,7 +23,13 @@ from wml_framework import hookimpl
 from wml_framework.api import LossResult
 from wml_framework.cli import main
 from wml_framework.compare import parse_methods
-from wml_framework.compare.tune import make_space, make_tune_plan, parse_dimension, read_trials, run_tune
+from wml_framework.compare.tune import (
+    make_space,
+    make_tune_plan,
+    parse_dimension,
+    read_trials,
+    run_tune,
+)
 from wml_framework.compare.tune.plan import check_or_save
 from wml_framework.compare.tune.search import Observation, random_trials_for, suggest
 from wml_framework.compare.tune.space import settings_for

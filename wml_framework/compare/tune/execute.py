@@ -72,7 +72,8 @@ def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost
     """Run (or continue) every method's trials; write the tables, ``best.toml`` and ``tuned.json``.
     Returns ``{label: best Trial or None}``."""
     continuing = check_or_save(plan)
-    _check_folders(plan, make_host())
+    host = make_host()
+    _check_folders(plan, host)
     say(f"tune: {', '.join(m.label for m in plan.methods)}, {plan.trials} trials each "
         f"({plan.random_trials()} random, then Bayesian optimization), seed {plan.seed}, "
         f"{launch.jobs} at a time, in {plan.out}" + (" (continuing)" if continuing else ""))
@@ -91,7 +92,7 @@ def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost
                 break
             tasks = []
             for t in batch:
-                config = plan.trial_config(method, t.values).to_dict()
+                config = plan.trial_config(method, t.values, host=host).to_dict()
                 say(f"  {method.label}/{t.name} ({t.origin}{', resuming' if RunLayout(t.run_dir).config.is_file() else ''}):"
                     f" {_describe(t.values, plan.spaces[method.label].keys)}")
                 tasks.append(Task(f"{method.label}/{t.name}", run_trial, (str(t.run_dir), config, make_host)))
