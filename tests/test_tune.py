@@ -51,8 +51,10 @@ def test_every_point_of_a_parsed_range_maps_inside_its_bounds(low, span, log, x)
     assert key == "learning_rate" and dim.log is log
     lo, hi = dim.bounds
     assert (lo, hi) == ((math.log10(low), math.log10(high)) if log else (low, high))
-    value = dim.from_search(lo + x * (hi - lo))
+    point = lo + x * (hi - lo)
+    value = dim.from_search(point)
     assert low * (1 - 1e-3) <= value <= high * (1 + 1e-3)
+    assert dim.to_search(max(value, 1e-300)) == pytest.approx(point, rel=1e-3, abs=1e-3)     # the same point back
 
 
 def test_whole_number_keys_are_rounded_and_searched_in_log_space():
@@ -128,6 +130,7 @@ def test_random_draws_come_first_and_repeat_for_the_same_seed():
     straight = suggest(space, seed=7, label="wml", start=0, count=4, random_trials=4, finished=[])
     resumed = suggest(space, seed=7, label="wml", start=2, count=2, random_trials=4, finished=[])
     assert straight[2:] == resumed and {how for _, how in straight} == {"random"}
+    assert len({json.dumps(v, sort_keys=True) for v, _ in straight}) == 4
     assert suggest(space, seed=8, label="wml", start=0, count=1, random_trials=4, finished=[]) != straight[:1]
 
 
