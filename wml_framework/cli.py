@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": "eval_cmd",
     "report": "report_cmd",
     "compare": "compare_cmd",
+    "tune": "tune_cmd",
 }
 
 

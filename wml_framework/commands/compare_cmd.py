@@ -26,12 +26,15 @@ __all__ = ["command"]
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds per method: seed, seed+1, … (the config key `seed` is the first).")
 @click.option("--baseline", default=None, help="Method the paired differences are taken against (default: wml).")
+@click.option("--tuned", "tuned_dir", type=click.Path(file_okay=False), default=None,
+              help="A `wml tune` folder: each method tuned there runs with its tuned settings (the tuning's seed must "
+                   "not be one of these seeds).")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Comparison folder; the same command again continues it.")
 @launch_options
 @one_line_errors
 def command(config_path, preset, overrides, init, updater, loss, objective, teacher, corpus, methods, num_seeds,
-            baseline, out, jobs, launcher, slurm_options) -> None:
+            baseline, tuned_dir, out, jobs, launcher, slurm_options) -> None:
     """Answer "does peer sharing beat teacher-guided distillation?" on your data: train every method on
     the same peers, teacher, data order and token budget for several seeds, and compare them."""
     from .. import config as cfgmod
@@ -45,8 +48,12 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
     launch = resolve_launch(jobs, launcher, slurm_options)
     cfg = resolve_config(config_path, preset, overrides, init=init, objective=objective, teacher=teacher, corpus=corpus)
     try:
-        chosen = parse_methods(methods, host=host())
-        plan = make_plan(cfg, chosen, num_seeds, out, baseline=baseline, host=host())
+        chosen, record = parse_methods(methods, host=host()), None
+        if tuned_dir is not None:
+            from ..compare.tuned import apply_tuned
+
+            chosen, record = apply_tuned(tuned_dir, cfg, chosen, num_seeds)
+        plan = make_plan(cfg, chosen, num_seeds, out, baseline=baseline, host=host(), tuned=record)
     except cfgmod.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress to stderr, the result's path to stdout

@@ -27,7 +27,8 @@ from .jobs import Launch, Task, run_tasks, threads_per_member
 from .plan import PATH_KEYS, ComparePlan, Member, check_or_save
 from .results import collect, write_outputs
 
-__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "member_job", "run_compare"]
+__all__ = ["MEMBER_FILE", "FREE_KEYS", "member_done", "check_saved_config", "shared_teacher", "member_host", "member_job",
+           "run_compare"]
 
 MEMBER_FILE = "compare_member.json"
 #: keys that may differ between a member's saved config and the plan (they change speed, not results)
@@ -53,7 +54,7 @@ def _file_log(path: Path) -> Callable[[str], None]:
     return log
 
 
-def _member_host(make_host: Callable[[], PluginHost], desc: Optional[str]) -> PluginHost:
+def member_host(make_host: Callable[[], PluginHost], desc: Optional[str]) -> PluginHost:
     """The plugins of one member, less the per-step log; with a progress bar named ``desc``
     (None: members side by side, whose bars would overwrite each other)."""
     host = make_host()
@@ -115,7 +116,7 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     """The teacher every member shares: the one given, or one trained once in ``teacher_run/``."""
     if plan.teacher_given or is_model_dir(plan.teacher_dir):
         return plan.teacher_dir
-    host = _member_host(make_host, "teacher")
+    host = member_host(make_host, "teacher")
     log = _file_log(plan.out / "teacher_run.log")
     cfg = plan.teacher_config(host=host)
     t0 = time.time()
@@ -130,12 +131,16 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     return folder
 
 
+#: the one teacher of a comparison's (or a tuning's) runs, trained once in ``teacher_run/`` or given
+shared_teacher = _teacher
+
+
 def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say,
                 threads: Optional[int] = None, quiet: bool = False) -> Optional[str]:
     """Train (or resume), evaluate and report one member; returns why it failed, or None.
     ``threads`` (members run side by side) replaces the config's; ``quiet``: no progress bar."""
     layout = RunLayout(member.run_dir)
-    host = _member_host(make_host, None if quiet else member.name)
+    host = member_host(make_host, None if quiet else member.name)
     expected = plan.member_config(member, host=host)
     if threads is not None:
         expected = expected.replace(threads=str(threads))

@@ -57,6 +57,7 @@ class ComparePlan:
     baseline: str
     teacher_given: Optional[str] = None
     members: list = field(default_factory=list)
+    tuned: Optional[dict] = None       # what each method took from a tuning (compare/tuned.py), if any
 
     @property
     def teacher_run(self) -> Path:
@@ -75,14 +76,18 @@ class ComparePlan:
         return cfgmod.from_dict({**self.base, **self.methods[0].config_values(), "teacher": ""}, host=host)
 
     def to_dict(self) -> dict:
-        return {"methods": [m.to_dict() for m in self.methods], "seeds": list(self.seeds), "baseline": self.baseline,
-                "teacher_given": self.teacher_given, "base_config": self.base}
+        out = {"methods": [m.to_dict() for m in self.methods], "seeds": list(self.seeds), "baseline": self.baseline,
+               "teacher_given": self.teacher_given, "base_config": self.base}
+        if self.tuned is not None:
+            out["tuned"] = self.tuned
+        return out
 
 
 def make_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], num_seeds: int, out, *, baseline: Optional[str] = None,
-              host=None) -> ComparePlan:
+              host=None, tuned=None) -> ComparePlan:
     """Members for seeds ``base.seed … base.seed + num_seeds − 1``; every member's configuration is
-    validated here, so a bad value fails before the teacher trains."""
+    validated here, so a bad value fails before the teacher trains. ``tuned``: what each method took
+    from a tuning (:func:`~wml_framework.compare.tuned.apply_tuned`, whose methods these are), recorded."""
     if num_seeds < 1:
         raise cfgmod.ConfigError(f"--seeds: value {num_seeds} is not allowed; expected at least 1")
     labels = [m.label for m in methods]
@@ -99,7 +104,8 @@ def make_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], num_seeds: int,
         if key in values:
             values[key] = resolved_path(values[key])
     out = Path(out).expanduser().resolve()
-    plan = ComparePlan(out, list(methods), [base.seed + k for k in range(num_seeds)], values, baseline, teacher_given)
+    plan = ComparePlan(out, list(methods), [base.seed + k for k in range(num_seeds)], values, baseline, teacher_given,
+                       tuned=tuned)
     plan.members = [Member(m, s, out / "members" / f"{m.label}-seed{s}") for s in plan.seeds for m in methods]
     for member in plan.members:
         try:

@@ -15,7 +15,7 @@ from .plan import ComparePlan, Member
 from .plots import write_plots
 from .stats import mean_std, paired_difference
 
-__all__ = ["member_result", "collect", "markdown", "write_outputs"]
+__all__ = ["member_result", "collect", "markdown", "tuned_section", "write_outputs"]
 
 def _read(path: Path) -> Optional[dict]:
     try:
@@ -95,6 +95,7 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
             "checks": _checks(plan, results), "members": results,
             "missing": sorted(k for k, v in results.items() if v is None),
             "failed": {m.name: f for m in plan.members if (f := _failure(m)) and results.get(m.name) is None},
+            "tuned": plan.tuned,
             "config": {k: plan.base.get(k) for k in ("corpus", "blimp", "max_steps", "batch_size", "block_size",
                                                       "num_batches", "num_peers", "init", "learning_rate")}}
 
@@ -212,6 +213,7 @@ def markdown(result: dict) -> str:
                          f"{_delta(row['heldout_loss'].get('vs_baseline'))} | {_pm(row['min_pairs'], 100, 1)} | "
                          f"{_delta(row['min_pairs'].get('vs_baseline'), 100, 1)} |")
     lines += ensembles_table(result, loss_title)
+    lines += tuned_section(result)
     lines += ["", "| method | what | tokens per run | wall time per run (s) | seeds finished |", "|---|---|---:|---|---:|"]
     for m in result["methods"]:
         tokens = "—" if m["tokens"] is None else f"{m['tokens']:,.0f}"
@@ -245,6 +247,25 @@ def ensembles_table(result: dict, loss_title: str) -> list[str]:
     for m in result["methods"]:
         e = m.get("ensembles") or {}
         lines.append(f"| {m['label']} | " + " | ".join(_pm(e.get(k) or {}) for k in ("trained", "fitted", "best_peer")) + " |")
+    return lines
+
+
+def tuned_section(result: dict) -> list[str]:
+    """With ``--tuned``: which settings each method ran with, tuned (and where) or the shared ones."""
+    tuned = result.get("tuned")
+    if not tuned:
+        return []
+    lines = ["", f"Settings per method: tuned by `wml tune` in `{tuned['dir']}` at seed {tuned['seed']} (left out of "
+             "this comparison's seeds); a method not tuned there ran the shared settings.", "",
+             "| method | settings | values |", "|---|---|---|"]
+    for label, entry in tuned["methods"].items():
+        if entry.get("tuned"):
+            values = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                               for k, v in entry["settings"].items())
+            lines.append(f"| {label} | tuned ({entry.get('trial')}, objective {entry.get('objective', float('nan')):.4f}) "
+                         f"| {values} |")
+        else:
+            lines.append(f"| {label} | not tuned (shared settings) | — |")
     return lines
 
 
