@@ -32,6 +32,7 @@ from .runtime.run_lock import locked
 from .text.corpus import CorpusError, plan_corpus
 from .text.tokenizer import load_tokenizer, with_bos
 from .text.tokens import TokenData, prepare_for
+from .training.budget import Budget, BudgetError, resolve_run
 from .training.callbacks import TrainerControl, TrainerState, dispatch
 from .training.export import (
     export,
@@ -69,7 +70,6 @@ from .training.teacher import (
     teacher_config,
     train_teacher,
 )
-from .training.budget import Budget, BudgetError, resolve_run
 from .training.word_budget import WordBudget, planned_words
 
 __all__ = ["MIN_POSITIONS", "RESUME_KEYS", "RunError", "default_run_dir", "RunPlugins", "create_plugins",
