@@ -94,9 +94,9 @@ def teacher_budget(cfg: WMLConfig, peers: Budget) -> Optional[Budget]:
         return None
     per_step = cfg.batch_size * cfg.block_size
     text = cfg.teacher_budget.strip()
-    if text == PEERS:
-        return Budget(PEERS, max(1, peers.tokens // per_step), per_step, peers.tokens, peers.train_tokens,
-                      peers.corpus_words)
+    if text == PEERS:      # the tokens the peers' budget asks for: every peer reads at least as many
+        return Budget(PEERS, max(1, peers.target_tokens // per_step), per_step, peers.target_tokens,
+                      peers.train_tokens, peers.corpus_words)
     spec = parse_budget(text)
     if spec is None:
         return _fixed(cfg.teacher_steps, per_step, peers.train_tokens, peers.corpus_words)
