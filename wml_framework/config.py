@@ -37,6 +37,7 @@ from .plugin_system.validation import (
     validate_value,
 )
 from .runtime.atomic import atomic_write_text
+from .runtime.budget_spec import ALLOWED, ALLOWED_TEACHER, PEERS, parse_budget
 from .runtime.placement import device_names
 from .runtime.threads import parse_threads
 
@@ -92,10 +93,12 @@ class WMLConfig:
     teacher_n_embd: int = _f(128, "Hidden size of the trained teacher.", low=8, high=8192, group="teacher")
     teacher_n_head: int = _f(4, "Attention heads of the trained teacher.", low=1, high=128, group="teacher")
     teacher_steps: int = _f(1200, "Optimizer steps spent training the teacher.", low=0, high=10_000_000, group="teacher")
+    teacher_budget: str = _f("", "How much text the teacher trained when none is given reads, in place of teacher_steps: the syntax of budget, or 'peers' (as many tokens as one peer's budget, never more: the teacher then reads no more words than a peer); teacher_steps then becomes the steps that fit it. Empty: teacher_steps. Ignored with a given teacher (docs/compare.md, Fair budgets).", group="teacher")
     teacher_learning_rate: float = _f(5e-3, "Peak learning rate of the teacher's training.", low=0.0, high=10.0, low_open=True, group="teacher")
 
     # -- optimisation (seed card names) ------------------------------------------------
     max_steps: int = _f(600, "Optimizer steps of the peers, each over num_batches micro-batches (the seed card calls it num_epochs; that name is accepted too).", low=1, high=10_000_000, group="optimization")
+    budget: str = _f("", "How much text each peer trains on, in place of max_steps: '2 epochs', '1.5 epochs', '300000 words', '300k words', '2M words', '1.5M tokens'. Resolved once the data is known (words into tokens by the corpus's tokens per word) into steps = ⌈tokens / (batch_size × block_size × num_batches)⌉, which then set max_steps, lr_decay_iters and omega_decay_iters (= ⌈steps / outer_every⌉). Empty: max_steps as given (docs/compare.md, Fair budgets).", group="optimization")
     learning_rate: float = _f(5e-3, "Peak learning rate of the peers (AdamW).", low=0.0, high=10.0, low_open=True, group="optimization")
     min_lr: float = _f(5e-4, "Learning rate at the end of the cosine decay.", low=0.0, high=10.0, group="optimization")
     warmup_iters: int = _f(20, "Linear learning-rate warm-up steps.", low=0, high=10_000_000, group="optimization")
@@ -200,6 +203,14 @@ def _check_relations(cfg: WMLConfig) -> None:
         parse_threads(cfg.threads)
     except ValueError:
         raise ConfigError(f"config key 'threads': value {cfg.threads!r} is not allowed; expected 'auto' or a whole number ≥ 1") from None
+    for key, allowed_text in (("budget", ALLOWED), ("teacher_budget", ALLOWED_TEACHER)):
+        value = getattr(cfg, key)
+        if key == "teacher_budget" and value.strip() == PEERS:
+            continue
+        try:
+            parse_budget(value, allowed_text)
+        except ValueError as exc:
+            raise ConfigError(f"config key {key!r}: value {value!r} is not allowed; {exc}") from None
     for name in device_names(cfg.peer_devices):
         if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
             raise ConfigError(f"config key 'peer_devices': value {cfg.peer_devices!r} is not allowed; expected "

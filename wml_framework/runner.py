@@ -32,6 +32,7 @@ from .runtime.run_lock import locked
 from .text.corpus import CorpusError, plan_corpus
 from .text.tokenizer import load_tokenizer, with_bos
 from .text.tokens import TokenData, prepare_for
+from .training.budget import Budget, BudgetError, resolve_run
 from .training.callbacks import TrainerControl, TrainerState, dispatch
 from .training.export import (
     export,
@@ -77,7 +78,7 @@ __all__ = ["MIN_POSITIONS", "RESUME_KEYS", "RunError", "default_run_dir", "RunPl
 MIN_POSITIONS = 256  # a trained teacher (and its peers) can score evaluation sentences longer than a block
 #: keys a resumed run may change (``wml run --resume DIR --set KEY=VALUE``): none changes a model's
 #: shape, the data, the tokenizer or a plugin, so the checkpoint stays valid
-RESUME_KEYS = ("max_steps", "lr_decay_iters", "eval_interval", "checkpoint_interval", "enable_early_stopping",
+RESUME_KEYS = ("max_steps", "lr_decay_iters", "budget", "eval_interval", "checkpoint_interval", "enable_early_stopping",
                "early_stopping_patience", "nonfinite_patience", "blimp", "blimp_limit", "device", "bf16", "threads",
                "report_to")
 
@@ -117,6 +118,8 @@ class WMLTrainer:
         self.summary: Optional[dict] = None
         self.config_changed = not resuming       # config.toml is written when this is true
         self._given_teacher = None               # (model, tokenizer) of a given teacher, loaded once
+        self.budget: Optional[Budget] = None     # the peers' budget, once the data is known
+        self.teacher_budget: Optional[Budget] = None
 
     @classmethod
     def from_config(cls, cfg: WMLConfig, run_dir=None, *, callbacks: Sequence = (),
@@ -143,6 +146,11 @@ class WMLTrainer:
         for name in dropped:
             log(f"warning: the options of plugin {name!r} in {layout.config.name} are ignored: it is not installed "
                 "(the run does not use it)")
+        if overrides and cfg.budget:
+            steered = sorted(k for k in overrides if cfgmod.ALIASES.get(k, k) in ("max_steps", "lr_decay_iters"))
+            if steered:
+                raise RunError(f"config key {steered[0]!r} cannot change when a run with budget {cfg.budget!r} resumes: "
+                               "the budget sets it; change budget instead (--set budget='3 epochs')")
         if overrides:
             frozen = sorted(k for k in overrides if cfgmod.ALIASES.get(k, k) not in RESUME_KEYS)
             if frozen:
@@ -177,6 +185,8 @@ class WMLTrainer:
             torch.manual_seed(self.cfg.seed)
             t_start = time.time()
             teacher, data = self._prepare_teacher(device, plugins)
+            if self.budget is not None and self.budget.spec:
+                plugins = create_plugins(self.cfg, self.host)   # plugins that read the steps see the budget's
             if dist.broadcast(checkpoint.exists(self.run_dir)):
                 loop = self._resume_loop(teacher, data, device, plugins)
             else:
@@ -192,7 +202,8 @@ class WMLTrainer:
             self._phase("export")
             budget = self._word_budget(loop)
             self.summary = export(loop, data, self.run_dir, elapsed=time.time() - t_start,
-                                  extra={"words": budget.as_dict()})
+                                  extra={"words": budget.as_dict(), "budget": self.budget.as_dict(),
+                                         "teacher_budget": self.teacher_budget and self.teacher_budget.as_dict()})
             if dist.is_main and self.cfg.babylm_track != "none":
                 gather_champion(self.run_dir, self.summary["champion"], self.run_dir.name,
                                 plugins.objective.scoring, log=self.log,
@@ -286,7 +297,7 @@ class WMLTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log(f"{'resuming' if self.resuming else 'run folder:'} {self.run_dir}")
         self.log(f"data: {len(self.corpus.train)} training file(s); held-out text: {self.corpus.heldout_from}")
-        if plugins.updater.needs_validation and cfg.max_steps < cfg.outer_every:
+        if plugins.updater.needs_validation and cfg.max_steps < cfg.outer_every and not cfg.budget:
             self.log(f"warning: updater {cfg.updater!r} will not move ω: max_steps ({cfg.max_steps}) is below "
                      f"outer_every ({cfg.outer_every}), so no outer step comes; lower outer_every")
         return plugins
@@ -388,16 +399,19 @@ class WMLTrainer:
         teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
         if source == "given":                     # the tokenizer rank 0 tokenized with: the same cache entry
             tokenizer = with_bos(load_tokenizer(cfg.teacher))
-        return teacher.to(device).eval(), prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer,
-                                                      log=log, plan=self.corpus,
-                                                      mask_token=plugins.objective.needs_mask_token)
+        data = prepare_for(cfg, tokenizer=None if source == "trained" else tokenizer, log=log, plan=self.corpus,
+                           mask_token=plugins.objective.needs_mask_token)
+        self._resolve_budget(data, plugins, quiet=True)
+        return teacher.to(device).eval(), data
 
     def _main_teacher(self, device, plugins: RunPlugins):
         cfg, log, saved = self.cfg, self.log, self.layout.teacher
         if (saved / "config.json").exists():
             checkpoint.remove(self.run_dir, checkpoint.TEACHER)   # a kill after the save, before the removal
             teacher, tokenizer = load_teacher(saved, dtype=train_dtype(cfg))
-            return teacher.to(device).eval(), prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
+            data = prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
+            self._resolve_budget(data, plugins)
+            return teacher.to(device).eval(), data
         if cfg.teacher:
             teacher, tokenizer = self._given_teacher or load_teacher(cfg.teacher, dtype=train_dtype(cfg))
             self._given_teacher = None
@@ -405,9 +419,11 @@ class WMLTrainer:
                 raise RunError(f"teacher {cfg.teacher!r} has no tokenizer files; save its tokenizer beside the model")
             tokenizer = with_bos(tokenizer)  # exported peers then score the first word in the BabyLM pipeline too
             data = prepare_for(cfg, tokenizer=tokenizer, log=log, plan=self.corpus)
+            cfg = self._resolve_budget(data, plugins)
             self._check_word_plan(data)
         else:
             data = prepare_for(cfg, log=log, plan=self.corpus, mask_token=plugins.objective.needs_mask_token)
+            cfg = self._resolve_budget(data, plugins)
             self._check_word_plan(data)
             family_name = default_family(cfg, plugins.objective)
             family = self.host.create("family", family_name)
@@ -476,6 +492,24 @@ class WMLTrainer:
         return TrainingLoop(cfg, self.host, peers, data, self.run_dir, device, loss=plugins.loss,
                             updater=plugins.updater, teacher=teacher, log=self.log, callbacks=self.callbacks,
                             objective=plugins.objective, milestones=milestones)
+
+    def _resolve_budget(self, data: TokenData, plugins: RunPlugins, quiet: bool = False) -> WMLConfig:
+        """Once the data is known: the budgets in steps, and ``self.cfg`` with them (max_steps, both
+        decays, teacher_steps); everything after reads the resolved values. Returns the new config."""
+        try:
+            self.cfg, self.budget, self.teacher_budget = resolve_run(self.cfg, len(data.train), data.corpus_words)
+        except (BudgetError, cfgmod.ConfigError) as exc:
+            raise RunError(str(exc)) from None
+        cfg, log = self.cfg, (lambda m: None) if quiet else self.log
+        for who, b in (("peers", self.budget), ("teacher", self.teacher_budget)):
+            if b is not None and b.spec:
+                words = "" if b.words is None else f", about {b.words:,} words"
+                log(f"budget: {who} {b.spec!r} = {b.steps:,} steps of {b.tokens_per_step:,} tokens = {b.tokens:,} "
+                    f"tokens ({b.epochs:g} epochs{words})")
+        if self.budget.spec and plugins.updater.needs_validation and cfg.max_steps < cfg.outer_every:
+            log(f"warning: updater {cfg.updater!r} will not move ω: budget {cfg.budget!r} is {cfg.max_steps} steps, "
+                f"below outer_every ({cfg.outer_every}), so no outer step comes; lower outer_every")
+        return cfg
 
     def _teacher_words(self) -> Optional[int]:
         """The words the run's own teacher trained on (its last record), None for a given teacher."""

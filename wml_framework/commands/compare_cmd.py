@@ -22,7 +22,7 @@ __all__ = ["command"]
 @click.command("compare", epilog="Methods: wml, wml_adam, wml_first_order, dml, kd, ce (default: all), or "
                                      "LABEL=LOSS/UPDATER[/HYPERGRADIENT] for any installed plugins. docs/compare.md.")
 @config_options
-@click.option("--methods", default=None, metavar="M1,M2,…", help="Methods to compare (default: all six built-in ones).")
+@click.option("--methods", default=None, metavar="M1,M2,…", help="Methods to compare (default: the six rows of the seed card; wml_champion, the seed card's recipe, by name).")
 @click.option("--seeds", "num_seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds per method: seed, seed+1, … (the config key `seed` is the first).")
 @click.option("--baseline", default=None, help="Method the paired differences are taken against (default: wml).")

@@ -160,7 +160,7 @@ def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say,
             trainer.train()
         # the shared teacher is scored once, with the first member to finish; evaluators' lines go to the log
         with (member.run_dir / "wml.log").open("a", encoding="utf-8") as fh, contextlib.redirect_stderr(fh):
-            trainer.evaluate(teacher=first)
+            trainer.evaluate(teacher=first, **plan.eval_options(member))
         trainer.report()
         finished = True
     except (TrainingError, RunError, EvaluationError, PluginError) as exc:

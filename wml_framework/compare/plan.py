@@ -71,9 +71,21 @@ class ComparePlan:
         values = {**self.base, **member.method.config_values(), "seed": member.seed, "teacher": str(self.teacher_dir)}
         return cfgmod.from_dict(values, host=host)
 
+    def block_sizes(self) -> list[int]:
+        """Every method's block length (a method such as ``wml_champion`` sets its own)."""
+        return [int(m.settings.get("block_size", self.base["block_size"])) for m in self.methods]
+
     def teacher_config(self, host=None) -> cfgmod.WMLConfig:
-        """The first method's config at the base seed: it trains (and sizes the peers for) the one teacher."""
-        return cfgmod.from_dict({**self.base, **self.methods[0].config_values(), "teacher": ""}, host=host)
+        """The first method's config at the base seed: it trains (and sizes the peers for) the one teacher,
+        on blocks of the longest length any method uses, so that every member's peers hold their blocks."""
+        return cfgmod.from_dict({**self.base, **self.methods[0].config_values(), "teacher": "",
+                                 "block_size": max(self.block_sizes())}, host=host)
+
+    def eval_options(self, member: Member) -> dict:
+        """How ``wml eval`` scores ``member``: on blocks of the comparison's length whatever the method
+        trained on, so that every member's held-out loss is measured alike."""
+        own = int(member.method.settings.get("block_size", self.base["block_size"]))
+        return {} if own == self.base["block_size"] else {"block_size": self.base["block_size"]}
 
     def to_dict(self) -> dict:
         out = {"methods": [m.to_dict() for m in self.methods], "seeds": list(self.seeds), "baseline": self.baseline,
@@ -112,7 +124,8 @@ def make_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], num_seeds: int,
             cfg = plan.member_config(member, host=host)
         except cfgmod.ConfigError as exc:
             raise cfgmod.ConfigError(f"method {member.method.label!r}: {exc}") from None
-        if cfg.max_steps < cfg.outer_every and member.method.updater == "mirror":
+        # with a budget the steps are known once the data is: the runner warns then (runner._resolve_budget)
+        if cfg.max_steps < cfg.outer_every and member.method.updater == "mirror" and not cfg.budget:
             raise cfgmod.ConfigError(f"method {member.method.label!r}: max_steps ({cfg.max_steps}) is below outer_every "
                                      f"({cfg.outer_every}), so its ω would never move; lower outer_every")
     return plan

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from ..evaluation.run_reader import read_jsonl
 from ..runtime.atomic import atomic_write_json, atomic_write_text
 from ..runtime.run_layout import RunLayout
 from .measures import MEASURES, MEMBER_MEASURES
@@ -15,7 +16,7 @@ from .plan import ComparePlan, Member
 from .plots import write_plots
 from .stats import mean_std, paired_difference
 
-__all__ = ["member_result", "collect", "markdown", "tuned_section", "write_outputs"]
+__all__ = ["member_result", "teacher_budget", "collect", "markdown", "tuned_section", "write_outputs"]
 
 def _read(path: Path) -> Optional[dict]:
     try:
@@ -42,6 +43,8 @@ def member_result(member: Member) -> Optional[dict]:
             "tokens": summary.get("tokens"), "steps": summary.get("steps"), "omega": summary.get("omega"),
             "train_s": summary.get("elapsed_s"), "wall_s": wall.get("wall_s"), "sessions": wall.get("sessions"),
             "initial_weights_sha256": trace.get("initial_weights_sha256"), "models": models,
+            # the peers' training text: words read (once a step), and what the budget meant (summary.json)
+            "words": (summary.get("words") or {}).get("peers"), "budget": summary.get("budget"),
             "measure": summary.get("measure") or "next-token loss",
             **{name: (summary.get("diversity") or {}).get(spec["key"]) for name, spec in MEMBER_MEASURES.items()},
             # both ensembles on the trainer's blocks of the evaluated half (summary.json): trained and fitted ω
@@ -56,6 +59,45 @@ def ensembles_of(summary: dict) -> dict:
             "best_peer": min(peers) if peers else None, "fitted_omega": summary.get("fitted_omega"),
             "trained_omega_half": summary.get("ensemble_omega_half_loss"),
             "fitted_omega_half": summary.get("fitted_ensemble_omega_half_loss")}
+
+
+def teacher_budget(plan: ComparePlan) -> dict:
+    """What the shared teacher trained on, from its records in ``teacher_run/``: tokens, words (as the
+    BabyLM rules count them) and steps; None for a teacher the comparison was given (unknown to wml)."""
+    spec = plan.base.get("teacher_budget") or ""
+    if plan.teacher_given:
+        return {"given": True, "spec": spec, "tokens": None, "words": None, "steps": None, "tokens_per_step": None}
+    trained = [r for r in read_jsonl(RunLayout(plan.teacher_run).teacher_metrics) if r.get("kind") == "train"]
+    last = trained[-1] if trained else {}
+    steps, tokens = last.get("step"), last.get("tokens")
+    return {"given": False, "spec": spec, "tokens": tokens, "words": last.get("words"), "steps": steps,
+            "tokens_per_step": tokens // steps if steps else None}
+
+
+def _budgets(plan: ComparePlan, results: dict) -> dict:
+    """Each method's peers' training text (means over its finished seeds) beside the teacher's, and
+    whether the teacher read no more tokens than any method's peers, and as many (within one step of
+    the teacher's plus one of the method's: neither can stop between its steps)."""
+    teacher = teacher_budget(plan)
+    peers = {}
+    for method in plan.methods:
+        rows = [r for s in plan.seeds if (r := results.get(f"{method.label}-seed{s}"))]
+        budgets = [r.get("budget") or {} for r in rows]
+        peers[method.label] = {"spec": next((b.get("spec") for b in budgets if b), None),
+                               "tokens": mean_std([r["tokens"] for r in rows])["mean"],
+                               "words": mean_std([r.get("words") for r in rows])["mean"],
+                               "epochs": mean_std([b.get("epochs") for b in budgets])["mean"],
+                               "steps": mean_std([r["steps"] for r in rows])["mean"]}
+    known = [p for p in peers.values() if p["tokens"] is not None]
+    equal = within = None
+    if teacher["tokens"] is not None and known:
+        step = teacher["tokens_per_step"] or 0
+        within = all(teacher["tokens"] <= p["tokens"] for p in known)
+        equal = all(abs(teacher["tokens"] - p["tokens"]) < step + p["tokens"] / max(p["steps"], 1) for p in known)
+    for p in peers.values():
+        p["teacher_words_ratio"] = (teacher["words"] / p["words"] if teacher["words"] is not None and p["words"]
+                                    else None)
+    return {"peers": peers, "teacher": teacher, "teacher_equals_peers": equal, "teacher_within_peers": within}
 
 
 def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
@@ -86,18 +128,22 @@ def collect(plan: ComparePlan, command: Optional[str] = None) -> dict:
                      for k in ("trained", "fitted", "best_peer")}   # ensembles: trained and fitted ω
         methods.append({**method.to_dict(), "models": rows, "ensembles": ensembles,
                         "tokens": mean_std([r["tokens"] for r in finished])["mean"],
+                        "words": mean_std([r.get("words") for r in finished])["mean"],
+                        "epochs": mean_std([(r.get("budget") or {}).get("epochs") for r in finished])["mean"],
                         "wall_s": mean_std([r["wall_s"] for r in finished]),
                         "seeds_finished": len(finished),
                         **_member_measures(per_seed, base_seed, plan, method.label)})
     measure = next((r["measure"] for r in done.values() if r.get("measure")), "next-token loss")
     return {"command": command, "seeds": plan.seeds, "baseline": plan.baseline, "models": models, "measure": measure,
             "teacher": teacher, "teacher_dir": str(plan.teacher_dir), "methods": methods,
+            "budgets": _budgets(plan, results),
             "checks": _checks(plan, results), "members": results,
             "missing": sorted(k for k, v in results.items() if v is None),
             "failed": {m.name: f for m in plan.members if (f := _failure(m)) and results.get(m.name) is None},
             "tuned": plan.tuned,
-            "config": {k: plan.base.get(k) for k in ("corpus", "blimp", "max_steps", "batch_size", "block_size",
-                                                      "num_batches", "num_peers", "init", "learning_rate")}}
+            "config": {k: plan.base.get(k) for k in ("corpus", "blimp", "max_steps", "budget", "teacher_budget",
+                                                      "batch_size", "block_size", "num_batches", "num_peers", "init",
+                                                      "learning_rate")}}
 
 
 def _member_measures(per_seed: dict, base_seed: dict, plan: ComparePlan, label: str) -> dict:
@@ -131,15 +177,26 @@ def _value(result: Optional[dict], model: str, measure: str):
     return result["models"][model].get(measure)
 
 
+def _trained_alike(rows: list) -> bool:
+    """The same tokens; or, where every member had a budget, the same one, each member past it by
+    less than one of its steps (a method with larger steps cannot land on the same count)."""
+    budgets = [r.get("budget") or {} for r in rows]
+    if rows and all(b.get("spec") for b in budgets):
+        return (len({(b["spec"], b["target_tokens"]) for b in budgets}) == 1
+                and all(0 <= r["tokens"] - b["target_tokens"] < b["tokens_per_step"] for r, b in zip(rows, budgets)))
+    return len({r["tokens"] for r in rows}) <= 1
+
+
 def _checks(plan: ComparePlan, results: dict) -> dict:
-    """Whether the members of each seed really started alike: the same initial peer weights and tokens."""
+    """Whether the members of each seed really started alike: the same initial peer weights and tokens
+    (with a budget: the same budget)."""
     same_init, same_tokens = {}, {}
     for s in plan.seeds:
         rows = [results.get(f"{m.label}-seed{s}") for m in plan.methods]
         rows = [r for r in rows if r]
         same_init[str(s)] = len({json.dumps(r["initial_weights_sha256"]) for r in rows}) <= 1 and all(
             r["initial_weights_sha256"] for r in rows)
-        same_tokens[str(s)] = len({r["tokens"] for r in rows}) <= 1
+        same_tokens[str(s)] = _trained_alike(rows)
     return {"same_initial_weights": same_init, "same_tokens": same_tokens}
 
 
@@ -201,6 +258,7 @@ def markdown(result: dict) -> str:
         pairs = "—" if t.get("min_pairs") is None else f"{100 * t['min_pairs']:.1f}%"
         loss = "—" if t.get("heldout_loss") is None else f"{t['heldout_loss']:.4f}"
         lines += [f"Teacher ({t.get('parameters'):,} parameters): {loss_title} {loss}, minimal pairs {pairs}.", ""]
+    lines += budget_lines(result)
     lines += [f"| method | model | params | ω | {loss_title} | Δ vs " + base + " | min. pairs % | Δ vs " + base + " |",
               "|---|---|---:|---:|---|---|---|---|"]
     for m in result["methods"]:
@@ -214,12 +272,16 @@ def markdown(result: dict) -> str:
                          f"{_delta(row['min_pairs'].get('vs_baseline'), 100, 1)} |")
     lines += ensembles_table(result, loss_title)
     lines += tuned_section(result)
-    lines += ["", "| method | what | tokens per run | wall time per run (s) | seeds finished |", "|---|---|---:|---|---:|"]
+    lines += ["", "| method | what | tokens per run | words per run | epochs | wall time per run (s) | seeds finished |",
+              "|---|---|---:|---:|---:|---|---:|"]
     for m in result["methods"]:
         tokens = "—" if m["tokens"] is None else f"{m['tokens']:,.0f}"
+        words = "—" if m.get("words") is None else f"{m['words']:,.0f}"
+        epochs = "—" if m.get("epochs") is None else f"{m['epochs']:.2f}"
         lines.append(f"| {m['label']} | {m['title']} (loss `{m['loss']}`, updater `{m['updater']}`"
                      + "".join(f", {k} `{v}`" for k, v in m["settings"].items())
-                     + f") | {tokens} | {_pm(m['wall_s'], 1, 0)} | {m['seeds_finished']} |")
+                     + f") | {tokens} | {words} | {epochs} | {_pm(m['wall_s'], 1, 0)} | {m['seeds_finished']} |")
+    lines += preset_lines(result)
     lines += _member_table(result)
     checks = result["checks"]
     lines += ["", "Same initial peer weights across methods, per seed: "
@@ -231,6 +293,51 @@ def markdown(result: dict) -> str:
     if len(result["methods"]) > 1:
         lines += [f"![paired differences vs {base}](plots/differences.png)", ""]
     return "\n".join(lines)
+
+
+def budget_lines(result: dict) -> list[str]:
+    """The teacher's training text beside each method's peers', in words (the BabyLM rules count words,
+    teacher included), and whether the two are equal."""
+    b = result.get("budgets")
+    if not b:
+        return []
+    t = b["teacher"]
+    spec = f"teacher_budget {t['spec']!r}" if t.get("spec") else "teacher_steps"
+    if t.get("given"):
+        teacher = "a given teacher (its training words are not known to wml)"
+    elif t.get("words") is None:
+        teacher = "the teacher: not trained yet"
+    else:
+        teacher = f"teacher {t['words']:,} words ({t['tokens']:,} tokens, {t['steps']:,} steps; {spec})"
+    peers = "; ".join(f"`{label}` {p['words']:,.0f} words ({p['tokens']:,.0f} tokens"
+                      + (f", {p['epochs']:.2f} epochs" if p.get("epochs") is not None else "")
+                      + (f", budget {p['spec']!r}" if p.get("spec") else "") + ")"
+                      for label, p in b["peers"].items() if p.get("words") is not None)
+    line = f"Training text, per run: {teacher}; peers (every peer reads the step's batch: counted once) {peers or '—'}."
+    if b.get("teacher_equals_peers"):
+        line += " The teacher read as many tokens as one peer's budget (within a step of each), no more."
+    elif b.get("teacher_within_peers"):
+        line += " The teacher read fewer tokens than the peers."
+    elif b.get("teacher_within_peers") is False:
+        ratio = max((p["teacher_words_ratio"] for p in b["peers"].values() if p.get("teacher_words_ratio")), default=None)
+        line += (f" The teacher read MORE than the peers ({ratio:.2f}× a peer's words at most)" if ratio else
+                 " The teacher read MORE tokens than the peers") + "; `teacher_budget = \"peers\"` holds them equal."
+    return [line, ""]
+
+
+def preset_lines(result: dict) -> list[str]:
+    """For a method taken from a preset (``wml_champion``): the preset's keys it used, and those it left
+    out with why."""
+    lines = []
+    for m in result["methods"]:
+        if not m.get("preset"):
+            continue
+        used = ", ".join(f"{k} `{m['settings'][k]}`" for k in m.get("from_preset", []))
+        others = ", ".join(f"{k} `{v}`" for k, v in m["settings"].items() if k not in m.get("from_preset", []))
+        left = "; ".join(f"{k} ({why})" for k, why in m.get("left_out", {}).items())
+        lines += ["", f"`{m['label']}` takes the `{m['preset']}` preset's settings: {used}"
+                  + (f"; not in the preset: {others}" if others else "") + f". Left out: {left}."]
+    return lines
 
 
 def _eval_omega(result: dict, method: dict) -> str:
