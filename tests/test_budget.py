@@ -97,6 +97,25 @@ def test_resolution_rounds_steps_up_and_sets_both_decays():
     assert plain.max_steps == cfg.max_steps and budget.as_dict()["spec"] == ""
 
 
+def test_budget_steps_scales_the_batch_and_keeps_the_schedule():
+    """The champion's recipe on data of another size: 2 epochs of 100,000 tokens in about 10 steps of
+    micro-batches of 4 × 32 tokens: round(200,000 / (10 × 128)) = 156 micro-batches a step, 11 steps.
+    Catches: budget_steps ignored (num_batches kept, so hundreds of steps), the steps not recomputed
+    from the scaled batch, a scale of 0 micro-batches on a small budget, the teacher's step scaled too."""
+    cfg = cfgmod.from_dict({**TINY, "num_batches": 60, "budget": "2 epochs", "budget_steps": 10,
+                            "teacher_budget": "peers"}, check_plugins=False)
+    resolved, peers, teacher = resolve_run(cfg, 100_000, 70_000)
+    assert resolved.num_batches == 156 and peers.tokens_per_step == 156 * 128
+    assert peers.steps == math.ceil(200_000 / (156 * 128)) == resolved.max_steps == resolved.lr_decay_iters == 11
+    assert teacher.tokens_per_step == 128
+    tiny, tiny_budget, _ = resolve_run(cfg.replace(budget="1000 tokens"), 100_000, 70_000)
+    assert tiny.num_batches == 1 and tiny_budget.steps == math.ceil(1000 / 128)
+    kept, _, _ = resolve_run(cfg.replace(budget_steps=0), 100_000, 70_000)
+    assert kept.num_batches == 60
+    no_budget, _, _ = resolve_run(cfg.replace(budget=""), 100_000, 70_000)
+    assert no_budget.num_batches == 60 and no_budget.max_steps == cfg.max_steps
+
+
 # --------------------------------------------------------------------------- a run with a budget
 
 SMALL_BUDGET = dict(budget="2 epochs", teacher_budget="peers", batch_size=8, blimp="", eval_interval=10, val_fraction=0.2,
@@ -208,6 +227,7 @@ def test_the_champion_arm_takes_the_preset_but_not_what_the_comparison_holds_equ
                 "omega_min_lr", "outer_every", "loss_alpha"):
         assert getattr(champion, key) == preset[key], key
     assert (champion.max_steps, champion.enable_early_stopping, champion.bayesian_n_iter) == (3, False, 2)
+    assert champion.budget_steps == preset["max_steps"] and plan.member_config(plan.members[0]).budget_steps == 0
     assert plan.teacher_config().block_size == 512 and plan.eval_options(plan.members[1]) == {"block_size": 32}
     assert plan.eval_options(plan.members[0]) == {}
     record = plan.members[1].method.to_dict()
@@ -268,6 +288,11 @@ def test_compare_with_the_champion_arm_reports_every_runs_words(tmp_path):
     by = {m["label"]: m for m in data["methods"]}
     assert by["wml_champion"]["words"] == b["peers"]["wml_champion"]["words"]
     assert by["wml_champion"]["preset"] == "babylm-champion"
+    # the card's 100 steps kept, its 60 micro-batches a step scaled down to what 2 epochs of this text fill
+    summary = json.loads((out / "members" / "wml_champion-seed1337" / "summary.json").read_text())
+    got, micro = summary["budget"], 3 * 512
+    assert got["tokens_per_step"] == micro * max(1, round(got["target_tokens"] / (100 * micro))) < 60 * micro
+    assert got["steps"] == math.ceil(got["target_tokens"] / got["tokens_per_step"])
     evaluation = json.loads((out / "members" / "wml_champion-seed1337" / "eval.json").read_text())
     assert evaluation["models"]["peer_0"]["perplexity"]["block_size"] == TINY["block_size"]
     md = (out / "comparison.md").read_text()

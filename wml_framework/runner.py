@@ -496,6 +496,7 @@ class WMLTrainer:
     def _resolve_budget(self, data: TokenData, plugins: RunPlugins, quiet: bool = False) -> WMLConfig:
         """Once the data is known: the budgets in steps, and ``self.cfg`` with them (max_steps, both
         decays, teacher_steps); everything after reads the resolved values. Returns the new config."""
+        batches_before = self.cfg.num_batches
         try:
             self.cfg, self.budget, self.teacher_budget = resolve_run(self.cfg, len(data.train), data.corpus_words)
         except (BudgetError, cfgmod.ConfigError) as exc:
@@ -506,6 +507,9 @@ class WMLTrainer:
                 words = "" if b.words is None else f", about {b.words:,} words"
                 log(f"budget: {who} {b.spec!r} = {b.steps:,} steps of {b.tokens_per_step:,} tokens = {b.tokens:,} "
                     f"tokens ({b.epochs:g} epochs{words})")
+        if cfg.num_batches != batches_before:
+            log(f"budget: num_batches {batches_before} → {cfg.num_batches}, so the budget takes about "
+                f"{cfg.budget_steps} steps (budget_steps)")
         if self.budget.spec and plugins.updater.needs_validation and cfg.max_steps < cfg.outer_every:
             log(f"warning: updater {cfg.updater!r} will not move ω: budget {cfg.budget!r} is {cfg.max_steps} steps, "
                 f"below outer_every ({cfg.outer_every}), so no outer step comes; lower outer_every")

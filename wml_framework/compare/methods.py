@@ -48,7 +48,8 @@ CHAMPION_PRESET = "babylm-champion"
 _SAME_PEERS = "peer sizing: every method of a seed starts from the same peers (paired comparison)"
 #: the preset's keys a comparison cannot take from it, and why: what every arm must share, or the budget sets
 CHAMPION_LEFT_OUT = {
-    "max_steps": "the run's length is the comparison's: its budget (or max_steps), for every method alike",
+    "max_steps": "the run's length is the comparison's: its budget (or max_steps), for every method alike; "
+                 "with a budget the card's 100 steps are kept (budget_steps) and num_batches is scaled to fit",
     "lr_decay_iters": "follows the run's length (the budget's steps, or the comparison's value)",
     "omega_decay_iters": "follows the run's length (⌈budget steps / outer_every⌉, or the comparison's value)",
     "enable_early_stopping": "the comparison's, the same for every method",
@@ -63,6 +64,8 @@ def champion_method() -> Method:
     which the preset does not name, is the ``wml`` arm's (exact)."""
     preset = PRESETS[CHAMPION_PRESET]
     settings = {k: v for k, v in preset.items() if k not in CHAMPION_LEFT_OUT}
+    # with a budget, its schedule (100 steps, 20 outer steps) is kept and the batch scaled to the data
+    settings["budget_steps"] = preset["max_steps"]
     return Method("wml_champion", "WML, the seed card's recipe (babylm-champion preset)", "wml", "mirror",
                   {**settings, "hypergradient": "exact"}, preset=CHAMPION_PRESET,
                   left_out={k: why for k, why in CHAMPION_LEFT_OUT.items() if k in preset})

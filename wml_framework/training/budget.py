@@ -22,7 +22,7 @@ from typing import Optional
 from ..config import WMLConfig
 from ..runtime.budget_spec import PEERS, BudgetSpec, parse_budget
 
-__all__ = ["Budget", "BudgetError", "budget_tokens", "peer_budget", "teacher_budget", "resolve_run"]
+__all__ = ["Budget", "BudgetError", "budget_tokens", "scaled_batches", "peer_budget", "teacher_budget", "resolve_run"]
 
 
 class BudgetError(ValueError):
@@ -77,13 +77,26 @@ def _fixed(steps: int, per_step: int, train_tokens: int, corpus_words: Optional[
     return Budget("", steps, per_step, steps * per_step, train_tokens, corpus_words)
 
 
+MAX_BATCHES = 10_000      # the config's bound on num_batches
+
+
+def scaled_batches(cfg: WMLConfig, target_tokens: int) -> int:
+    """``num_batches`` for ``budget_steps``: the budget spread over about that many steps (at least one
+    micro-batch a step); ``cfg.num_batches`` itself when ``budget_steps`` is 0."""
+    if not cfg.budget_steps:
+        return cfg.num_batches
+    micro = cfg.batch_size * cfg.block_size
+    return min(MAX_BATCHES, max(1, round(target_tokens / (cfg.budget_steps * micro))))
+
+
 def peer_budget(cfg: WMLConfig, train_tokens: int, corpus_words: Optional[int]) -> Budget:
-    """The peers' budget: ``cfg.budget`` in steps (at least one), or ``max_steps`` when none is set."""
-    per_step = cfg.batch_size * cfg.block_size * cfg.num_batches
+    """The peers' budget: ``cfg.budget`` in steps (at least one), or ``max_steps`` when none is set.
+    With ``budget_steps`` the step holds :func:`scaled_batches` micro-batches."""
     spec = parse_budget(cfg.budget)
     if spec is None:
-        return _fixed(cfg.max_steps, per_step, train_tokens, corpus_words)
+        return _fixed(cfg.max_steps, cfg.batch_size * cfg.block_size * cfg.num_batches, train_tokens, corpus_words)
     target = budget_tokens(spec, train_tokens, corpus_words)
+    per_step = cfg.batch_size * cfg.block_size * scaled_batches(cfg, target)
     return Budget(spec.text, max(1, math.ceil(target / per_step)), per_step, target, train_tokens, corpus_words)
 
 
@@ -109,14 +122,16 @@ def resolve_run(cfg: WMLConfig, train_tokens: int, corpus_words: Optional[int]
                 ) -> tuple[WMLConfig, Budget, Optional[Budget]]:
     """The configuration to train with, and the peers' and the teacher's budgets. Without a budget the
     configuration comes back unchanged; with one, its steps replace ``max_steps`` and both decays
-    (``lr_decay_iters`` = steps, ``omega_decay_iters`` = ⌈steps / outer_every⌉), and the teacher's
-    replace ``teacher_steps``."""
+    (``lr_decay_iters`` = steps, ``omega_decay_iters`` = ⌈steps / outer_every⌉), ``budget_steps``
+    rescales ``num_batches``, and the teacher's steps replace ``teacher_steps``."""
     peers = peer_budget(cfg, train_tokens, corpus_words)
     teacher = teacher_budget(cfg, peers)
     changes = {}
     if peers.spec:
         changes.update(max_steps=peers.steps, lr_decay_iters=peers.steps,
                        omega_decay_iters=math.ceil(peers.steps / cfg.outer_every))
+        if cfg.budget_steps:
+            changes["num_batches"] = scaled_batches(cfg, peers.target_tokens)
     if teacher is not None and teacher.spec:
         changes["teacher_steps"] = teacher.steps
     return (cfg.replace(**changes) if changes else cfg), peers, teacher
