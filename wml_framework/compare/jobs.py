@@ -127,10 +127,14 @@ def run_tasks(tasks: Sequence[Task], launch: Launch, *, folder: Path, say: Calla
 
 # -- N local processes -----------------------------------------------------------------------------
 
-def _ignore_sigint() -> None:
+def _worker_setup() -> None:
     """A pool worker waiting for work ignores Ctrl-C (it reaches the whole process group): the
-    parent decides, and a member's run installs its own handlers while it trains."""
+    parent decides, and a member's run installs its own handlers while it trains. Its members
+    share the terminal, so Hugging Face's per-file loading bars are off."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _failure_of(future: cf.Future) -> Optional[str]:
@@ -145,7 +149,7 @@ def _run_pool(tasks: Sequence[Task], jobs: int, threads: Optional[int], done) ->
 
     context = multiprocessing.get_context("spawn")       # no fork of a process holding torch's threads
     with interrupts.handling():
-        pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_ignore_sigint)
+        pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_setup)
         running: dict = {}
         try:
             for task in tasks:
