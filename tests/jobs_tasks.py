@@ -34,3 +34,16 @@ def waits_for_a_signal(folder: str, name: str, *, threads=None):
         except interrupts.Interrupted as exc:
             Path(folder, f"{name}.stopped").write_text(exc.name)
             raise
+
+
+def waits_for_file(folder: str, name: str, *, threads=None):
+    """A member that ends only once another member has created ``name`` in ``folder``."""
+    path = Path(folder, name)
+    while not path.exists():
+        time.sleep(0.02)
+    return None
+
+
+def creates_file(folder: str, name: str, *, threads=None):
+    Path(folder, name).write_text("")
+    return None

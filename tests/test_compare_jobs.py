@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from jobs_tasks import fails, reports_failure, write_pid
+from jobs_tasks import creates_file, fails, reports_failure, waits_for_file, write_pid
 from run_helpers import TINY, toy_corpus
 
 from wml_framework import config as cfgmod
@@ -64,10 +64,28 @@ def test_a_pool_runs_each_member_once_in_processes_of_its_own(tmp_path):
     assert {(tmp_path / f"m{k}.txt").read_text().split()[1] for k in range(3)} == {str(threads_per_member(Launch(2)))}
 
 
+@pytest.mark.timeout(300)
+def test_a_free_slot_is_refilled_while_the_others_run(tmp_path):
+    """Asynchronous refill: member A ends only once member C exists, and C is only handed out by
+    ``refill`` when a slot frees (member B ends at once). Batches that wait for their slowest member
+    would never start C: the test would hang (and time out).
+    Catches: refill asked only when every running member has ended, or never; a refilled task not run."""
+    asked: list = []
+
+    def refill():
+        asked.append(len(asked))
+        return Task("c", creates_file, (str(tmp_path), "released")) if len(asked) == 1 else None
+
+    tasks = [Task("a", waits_for_file, (str(tmp_path), "released")), Task("b", write_pid, (str(tmp_path), "b"))]
+    results = run_tasks(tasks, Launch(2), folder=tmp_path / "jobs", refill=refill)
+    assert results == {"a": None, "b": None, "c": None} and len(asked) >= 2
+
+
 def test_one_job_runs_in_this_process(tmp_path):
     """Catches: --jobs 1 paying for a process per member (and losing the in-process plugins)."""
-    run_tasks([Task("m", write_pid, (str(tmp_path), "m"))], Launch(1), folder=tmp_path)
-    assert (tmp_path / "m.txt").read_text() == f"{os.getpid()} None"
+    more = iter([Task("n", write_pid, (str(tmp_path), "n"))])
+    run_tasks([Task("m", write_pid, (str(tmp_path), "m"))], Launch(1), folder=tmp_path, refill=lambda: next(more, None))
+    assert (tmp_path / "m.txt").read_text() == f"{os.getpid()} None" == (tmp_path / "n.txt").read_text()
 
 
 _RUNNER = """

@@ -101,27 +101,35 @@ def threads_per_member(launch: Launch, cores: Optional[int] = None) -> Optional[
 
 
 def run_tasks(tasks: Sequence[Task], launch: Launch, *, folder: Path, say: Callable[[str], None] = print,
-              on_done: Optional[Callable[[Task, Optional[str]], None]] = None) -> dict:
+              on_done: Optional[Callable[[Task, Optional[str]], None]] = None,
+              refill: Optional[Callable[[], Optional[Task]]] = None) -> dict:
     """Run every task, ``launch.jobs`` at a time; ``on_done(task, failure)`` as each ends (in this
-    process, in the order they end). Returns {name: failure or None}. A signal to this process
-    stops the members (each writes its checkpoint) and is raised again as ``Interrupted``."""
+    process, in the order they end). Once ``tasks`` are all started, ``refill()`` is asked for the next
+    task whenever one ends (None: no more), so a slot never waits for the slowest member of a batch
+    (asynchronous Bayesian optimization suggests a trial with the running ones as pending).
+    Returns {name: failure or None}. A signal to this process stops the members (each writes its
+    checkpoint) and is raised again as ``Interrupted``."""
     results: dict = {}
+    queue = list(tasks)
 
     def done(task: Task, failure: Optional[str]) -> None:
         results[task.name] = failure
         if on_done is not None:
             on_done(task, failure)
 
+    def next_task() -> Optional[Task]:
+        if queue:
+            return queue.pop(0)
+        return refill() if refill is not None else None
+
     threads = threads_per_member(launch)
-    if not tasks:
-        return results
     if launch.launcher == "local" and launch.jobs == 1:
-        for task in tasks:
+        while (task := next_task()) is not None:
             done(task, task.fn(*task.args, threads=threads))
     elif launch.launcher == "local":
-        _run_pool(tasks, launch.jobs, threads, done)
+        _run_pool(next_task, launch.jobs, threads, done)
     else:
-        _run_submitit(tasks, launch, threads, Path(folder), say, done)
+        _run_submitit(next_task, launch, threads, Path(folder), say, done)
     return results
 
 
@@ -144,18 +152,25 @@ def _failure_of(future: cf.Future) -> Optional[str]:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
-def _run_pool(tasks: Sequence[Task], jobs: int, threads: Optional[int], done) -> None:
+def _run_pool(next_task: Callable[[], Optional[Task]], jobs: int, threads: Optional[int], done) -> None:
     from ..runtime import interrupts
 
     context = multiprocessing.get_context("spawn")       # no fork of a process holding torch's threads
     with interrupts.handling():
         pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_setup)
         running: dict = {}
-        try:
-            for task in tasks:
+
+        def fill() -> None:
+            while len(running) < jobs and (task := next_task()) is not None:
                 running[pool.submit(task.fn, *task.args, threads=threads)] = task
-            for future in cf.as_completed(running):
-                done(running[future], _failure_of(future))
+
+        try:
+            fill()
+            while running:
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    done(running.pop(future), _failure_of(future))
+                fill()
         except interrupts.Interrupted as exc:
             _stop_workers(pool, exc.signum)
             pool.shutdown(wait=True, cancel_futures=True)        # each member writes its checkpoint
@@ -196,27 +211,31 @@ def make_executor(launch: Launch, folder: Path, threads: Optional[int]):
     return executor
 
 
-def _run_submitit(tasks: Sequence[Task], launch: Launch, threads: Optional[int], folder: Path, say, done) -> None:
+def _run_submitit(next_task: Callable[[], Optional[Task]], launch: Launch, threads: Optional[int], folder: Path,
+                  say, done) -> None:
     """Keep ``launch.jobs`` jobs queued or running; collect each as it ends. Stopping this command
     cancels the jobs it submitted (a cancelled member resumes from its checkpoint next time)."""
     from ..runtime import interrupts
 
     folder.mkdir(parents=True, exist_ok=True)
     executor = make_executor(launch, folder, threads)
-    waiting = list(tasks)
     running: dict = {}
+
+    def fill() -> None:
+        while len(running) < launch.jobs and (task := next_task()) is not None:
+            job = executor.submit(_SubmititMember(task.fn), *task.args, threads=threads)
+            say(f"  {task.name}: submitted as job {job.job_id} (logs: {folder})")
+            running[job.job_id] = (job, task)
+
     with interrupts.handling():
         try:
-            while waiting or running:
-                while waiting and len(running) < launch.jobs:
-                    task = waiting.pop(0)
-                    job = executor.submit(_SubmititMember(task.fn), *task.args, threads=threads)
-                    say(f"  {task.name}: submitted as job {job.job_id} (logs: {folder})")
-                    running[job.job_id] = (job, task)
+            fill()
+            while running:
                 for job_id, (job, task) in list(running.items()):
                     if job.done():
                         del running[job_id]
                         done(task, _job_failure(job))
+                fill()
                 if running:
                     time.sleep(POLL_S)
         except interrupts.Interrupted:

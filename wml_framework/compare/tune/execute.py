@@ -1,8 +1,10 @@
-"""Running a tuning: the shared teacher, then each method's trials in batches of ``--jobs``, then
+"""Running a tuning: the shared teacher, then each method's trials, ``--jobs`` at a time, then
 the tables, ``best.toml`` files and ``tuned.json``.
 
-A batch is the pending trials (written, not finished: an interrupted one resumes from its
-checkpoint) topped up with new suggestions, so a stopped tuning continues with the same values.
+The first trials started are the pending ones (written, not finished: an interrupted one resumes
+from its checkpoint, with its values) topped up with new suggestions; after that, each time a trial
+ends the next is suggested with the running ones as pending points (asynchronous: no slot waits
+for the slowest trial of a batch).
 """
 
 from __future__ import annotations
@@ -41,20 +43,22 @@ def _check_folders(plan: TunePlan, host: PluginHost) -> None:
                                    f"trial {method.label}/{t.name}")
 
 
-def _next_batch(plan: TunePlan, method: Method, trials: list[Trial], jobs: int, retry: set,
+def _next_batch(plan: TunePlan, method: Method, trials: list[Trial], room: int, retry: set,
                 attempted: set) -> list[Trial]:
-    """The pending trials (and the failed ones in ``retry``) not yet run in this session, and new ones
-    suggested (their trial.json written) up to ``jobs``."""
-    pending = [t for t in trials if t.index not in attempted and (t.status == "pending" or t.index in retry)]
-    batch = pending[:jobs]
-    room = min(jobs - len(batch), plan.trials - len(trials))
+    """Up to ``room`` trials to start: the pending ones (and the failed ones in ``retry``) not yet run
+    in this session, then new ones suggested (their trial.json written). Trials started in this
+    session and still running count as pending points for the suggestions (the constant liar)."""
+    waiting = [t for t in trials if t.index not in attempted and (t.status == "pending" or t.index in retry)]
+    batch = waiting[:room]
+    room = min(room - len(batch), plan.trials - len(trials))
     if room > 0:
+        running = [t for t in trials if t.index in attempted and t.status == "pending"]
         done = [Observation(t.values, t.objective) for t in trials if t.status == "done"]
-        failed = [Observation(t.values) for t in trials if t.status == "failed" and t not in pending]
+        failed = [Observation(t.values) for t in trials if t.status == "failed" and t not in waiting]
         start = max((t.index for t in trials), default=-1) + 1
         chosen = suggest(plan.spaces[method.label], seed=plan.seed, label=method.label, start=start, count=room,
                          random_trials=plan.random_trials(), finished=done, failed=failed,
-                         pending=[Observation(t.values) for t in pending])
+                         pending=[Observation(t.values) for t in waiting + running])
         for k, (values, origin) in enumerate(chosen):
             run_dir = plan.trial_dir(method, start + k)
             write_trial(run_dir, start + k, values, origin, settings_for(values, plan.base), plan.seed)
@@ -70,7 +74,7 @@ def _describe(values: dict, keys=None) -> str:
 def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost, say: Callable[[str], None] = print,
              launch: Launch = Launch(), retry_failed: bool = False) -> dict:
     """Run (or continue) every method's trials; write the tables, ``best.toml`` and ``tuned.json``.
-    Returns ``{label: best Trial or None}``. ``launch`` runs a batch's trials side by side."""
+    Returns ``{label: best Trial or None}``. ``launch`` runs ``jobs`` trials side by side."""
     continuing = check_or_save(plan)
     host = make_host()
     _check_folders(plan, host)
@@ -84,24 +88,28 @@ def run_tune(plan: TunePlan, *, make_host: Callable[[], PluginHost] = PluginHost
         trials = read_trials(plan, method)
         retry = {t.index for t in trials if retry_failed and t.status == "failed"
                  and not RunLayout(t.run_dir).summary.is_file()}          # a trial whose run failed, not its loss
-        attempted: set = set()
-        while True:
-            trials = read_trials(plan, method)
-            batch = _next_batch(plan, method, trials, launch.jobs, retry, attempted)
-            if not batch:
-                break
+        attempted: set = set()        # started in this session: a trial that fails again stays failed
+
+        def start(trials: list, room: int) -> list:
             tasks = []
-            for t in batch:
+            for t in _next_batch(plan, method, trials, room, retry, attempted):
+                attempted.add(t.index)
                 config = plan.trial_config(method, t.values, host=host).to_dict()
                 say(f"  {method.label}/{t.name} ({t.origin}{', resuming' if RunLayout(t.run_dir).config.is_file() else ''}):"
                     f" {_describe(t.values, plan.spaces[method.label].keys)}")
                 # a trial in another process loads the installed plugins (a make_host need not pickle)
                 tasks.append(Task(f"{method.label}/{t.name}", run_trial,
                                   (str(t.run_dir), config, None if launch.parallel else make_host)))
-            started = time.time()
-            run_tasks(tasks, launch, folder=plan.method_dir(method), say=say,
-                      on_done=lambda task, failure: say(_done_line(plan, method, task, failure, started)))
-            attempted.update(t.index for t in batch)       # once per start: a trial that fails again stays failed
+            return tasks
+
+        def refill():
+            """A slot is free: the next trial, suggested with the running ones as pending."""
+            more = start(read_trials(plan, method), 1)
+            return more[0] if more else None
+
+        started = time.time()
+        run_tasks(start(read_trials(plan, method), launch.jobs), launch, folder=plan.method_dir(method), say=say,
+                  on_done=lambda task, failure: say(_done_line(plan, method, task, failure, started)), refill=refill)
         trials = read_trials(plan, method)
         table = write_method_outputs(plan, method, trials)
         best = best_trial(trials)
@@ -119,4 +127,5 @@ def _done_line(plan: TunePlan, method: Method, task: Task, failure: Optional[str
     if failure or trial is None or trial.status != "done":
         return (f"  {task.name}: FAILED ({failure or (trial and trial.failure)}); the tuning goes on without it "
                 f"(its log: {Path(task.args[0]) / 'wml.log'})")
-    return f"  {task.name}: objective {trial.objective:.4f} in {time.time() - started:.0f} s"
+    wall = trial.wall_s or time.time() - started
+    return f"  {task.name}: objective {trial.objective:.4f} in {wall:.0f} s"
