@@ -47,3 +47,17 @@ def waits_for_file(folder: str, name: str, *, threads=None):
 def creates_file(folder: str, name: str, *, threads=None):
     Path(folder, name).write_text("")
     return None
+
+
+def stopped_by_a_signal(*, threads=None):
+    """A member whose run was stopped by SIGTERM (it raises what a stopped run raises)."""
+    import signal
+
+    from wml_framework.runtime.interrupts import Interrupted
+
+    raise Interrupted(signal.SIGTERM, step=7)
+
+
+def dies(*, threads=None):
+    """A member whose process is killed outright (as the out-of-memory killer would)."""
+    os._exit(9)

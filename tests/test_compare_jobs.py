@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,7 +14,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from jobs_tasks import creates_file, fails, reports_failure, waits_for_file, write_pid
+from jobs_tasks import (
+    creates_file,
+    dies,
+    fails,
+    reports_failure,
+    stopped_by_a_signal,
+    waits_for_file,
+    write_pid,
+)
 from run_helpers import TINY, toy_corpus
 
 from wml_framework import config as cfgmod
@@ -79,6 +88,24 @@ def test_a_free_slot_is_refilled_while_the_others_run(tmp_path):
     tasks = [Task("a", waits_for_file, (str(tmp_path), "released")), Task("b", write_pid, (str(tmp_path), "b"))]
     results = run_tasks(tasks, Launch(2), folder=tmp_path / "jobs", refill=refill)
     assert results == {"a": None, "b": None, "c": None} and len(asked) >= 2
+
+
+def test_a_stopped_or_killed_member_leaves_the_pool_usable(tmp_path):
+    """A member stopped by a signal (its run checkpointed) is that member's failure line, and one whose
+    process is killed outright costs a new pool, not the comparison: the members after it still run.
+    Catches: the stopped run's exception not crossing between processes (it broke the pool, and the
+    command hung in the pool's shutdown: seen in a real tuning), a broken pool ending the command."""
+    from wml_framework.runtime.interrupts import Interrupted
+
+    again = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM, 7)))
+    assert (again.signum, again.step, again.exit_code) == (signal.SIGTERM, 7, 128 + signal.SIGTERM)
+    tasks = [Task("stopped", stopped_by_a_signal), *(Task(f"m{k}", write_pid, (str(tmp_path), f"m{k}")) for k in range(3))]
+    results = run_tasks(tasks, Launch(2), folder=tmp_path)
+    assert results["stopped"].startswith("stopped by SIGTERM") and all(results[f"m{k}"] is None for k in range(3))
+    results = run_tasks([Task("dies", dies), *(Task(f"n{k}", write_pid, (str(tmp_path), f"n{k}")) for k in range(4))],
+                        Launch(2), folder=tmp_path)
+    assert "BrokenProcessPool" in results["dies"]
+    assert results["n3"] is None and (tmp_path / "n3.txt").is_file()      # started after the break, in a new pool
 
 
 def test_one_job_runs_in_this_process(tmp_path):

@@ -145,6 +145,17 @@ def _worker_setup() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _guarded(fn, *args, threads=None) -> Optional[str]:
+    """A member in a pool worker: a signal that stops it (its checkpoint written) becomes its failure
+    line, so the worker stays whole and the pool usable; the command resumes it next time."""
+    from ..runtime.interrupts import Interrupted
+
+    try:
+        return fn(*args, threads=threads)
+    except Interrupted as exc:
+        return f"stopped by {exc.name} (its checkpoint is written; the same command resumes it)"
+
+
 def _failure_of(future: cf.Future) -> Optional[str]:
     exc = future.exception()
     if exc is None:
@@ -161,8 +172,15 @@ def _run_pool(next_task: Callable[[], Optional[Task]], jobs: int, threads: Optio
         running: dict = {}
 
         def fill() -> None:
+            nonlocal pool
             while len(running) < jobs and (task := next_task()) is not None:
-                running[pool.submit(task.fn, *task.args, threads=threads)] = task
+                try:
+                    future = pool.submit(_guarded, task.fn, *task.args, threads=threads)
+                except cf.process.BrokenProcessPool:      # a worker was killed (say, out of memory): a new pool
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_setup)
+                    future = pool.submit(_guarded, task.fn, *task.args, threads=threads)
+                running[future] = task
 
         try:
             fill()

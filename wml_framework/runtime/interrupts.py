@@ -28,6 +28,11 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.step = signum, step
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
+    def __reduce__(self):
+        """Pickled with its own arguments: a stopped member's exception crosses from its process to
+        the command's (the default would rebuild it from the message, and fail)."""
+        return (type(self), (self.signum, self.step))
+
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
