@@ -22,18 +22,18 @@ def reports_failure(message: str, *, threads=None):
 
 
 def waits_for_a_signal(folder: str, name: str, *, threads=None):
-    """A member that trains until stopped: ready once its handlers are in, then it stops cleanly
-    (as a run does: its checkpoint written) when a signal arrives."""
+    """A member that trains until stopped, as a run does: a signal inside its (endless) step is
+    deferred, the step ends, its checkpoint is written, then it stops. A second signal would stop it
+    at once, without the checkpoint."""
     from wml_framework.runtime import interrupts
 
     with interrupts.handling():
-        Path(folder, f"{name}.ready").write_text("")
-        try:
-            while True:
-                time.sleep(0.05)
-        except interrupts.Interrupted as exc:
-            Path(folder, f"{name}.stopped").write_text(exc.name)
-            raise
+        with interrupts.deferred():
+            Path(folder, f"{name}.ready").write_text("")
+            while interrupts.pending() is None:
+                time.sleep(0.02)
+            Path(folder, f"{name}.checkpoint").write_text(str(interrupts.pending()))
+        interrupts.raise_pending()
 
 
 def waits_for_file(folder: str, name: str, *, threads=None):
@@ -61,3 +61,13 @@ def stopped_by_a_signal(*, threads=None):
 def dies(*, threads=None):
     """A member whose process is killed outright (as the out-of-memory killer would)."""
     os._exit(9)
+
+
+def prepares_corpus(corpus: str, cache: str, barrier, *, threads=None):
+    """A member preparing the corpus's token streams at the same moment as another (the barrier)."""
+    from wml_framework.text.tokens import prepare
+
+    barrier.wait()
+    lines: list = []
+    data = prepare(corpus, 300, 0.1, cache=Path(cache), log=lines.append)
+    return len(data.train), len(data.val), any("cached token streams" in line for line in lines)

@@ -130,21 +130,23 @@ except Interrupted as exc:
 
 
 def test_ctrl_c_stops_every_member_cleanly(tmp_path):
-    """Ctrl-C (SIGINT to the command) once both members are running (files they write, not a time):
-    each member gets the signal its run turns into a checkpoint, and the command exits 130.
-    Catches: members killed without their handlers running, or left running after the command exits."""
+    """Ctrl-C at a terminal (SIGINT to the whole process group) once both members are running (files
+    they write, not a time): each member gets one signal, finishes its step, writes its checkpoint,
+    and the command exits 130.
+    Catches: members reached twice (the terminal's SIGINT and the command's forwarded SIGTERM: the
+    second stops a run mid-step, without its checkpoint; found by review), members left running."""
     proc = subprocess.Popen([sys.executable, "-c", _RUNNER.format(here=str(HERE), folder=str(tmp_path))],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     try:
         while not all((tmp_path / f"{n}.ready").exists() for n in "ab"):
             assert proc.poll() is None, "the runner ended before its members started"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)                  # what a terminal's Ctrl-C does
         assert proc.wait(timeout=300) == 128 + signal.SIGINT
     finally:
         if proc.poll() is None:
-            proc.kill()
-    assert {(tmp_path / f"{n}.stopped").read_text() for n in "ab"} == {"SIGTERM"}
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert {(tmp_path / f"{n}.checkpoint").read_text() for n in "ab"} == {str(int(signal.SIGTERM))}
 
 
 def test_slurm_jobs_ask_for_the_options_given(tmp_path, monkeypatch):

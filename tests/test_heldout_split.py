@@ -97,3 +97,22 @@ def test_resuming_a_checkpoint_of_another_split_rule_warns(tmp_path):
     del state["heldout_split"]
     loop.load_state_dict(state)
     assert any("held-out split 'first-and-second-half'" in line for line in lines)
+
+
+def test_processes_preparing_one_corpus_at_once_share_the_cache_entry(tmp_path):
+    """Two processes (members started together by --jobs) prepare the same corpus at the same moment
+    (a barrier, not a time): one builds the cache entry, the other reads it; both get the same streams.
+    Catches: both building the entry, writing and deleting the same files (one failed with
+    FileNotFoundError on all.bin: seen by a review of `wml compare --jobs`)."""
+    import multiprocessing
+
+    from jobs_tasks import prepares_corpus
+    from run_helpers import toy_corpus
+
+    corpus = toy_corpus(tmp_path / "toy.txt", sentences=20000)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Manager().Barrier(2)
+    with context.Pool(2) as pool:
+        results = pool.starmap(prepares_corpus, [(str(corpus), str(tmp_path / "cache"), barrier)] * 2)
+    assert results[0][:2] == results[1][:2] and results[0][0] > 0
+    assert sorted(r[2] for r in results) == [False, True]           # built once, then read from the cache

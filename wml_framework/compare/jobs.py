@@ -136,9 +136,12 @@ def run_tasks(tasks: Sequence[Task], launch: Launch, *, folder: Path, say: Calla
 # -- N local processes -----------------------------------------------------------------------------
 
 def _worker_setup() -> None:
-    """A pool worker waiting for work ignores Ctrl-C (it reaches the whole process group): the
-    parent decides, and a member's run installs its own handlers while it trains. Its members
-    share the terminal, so Hugging Face's per-file loading bars are off."""
+    """A pool worker leaves the terminal's process group: a Ctrl-C reaches the command alone, which
+    sends each member one SIGTERM (a second signal would stop a run mid-step, without its
+    checkpoint). Waiting for work, it ignores Ctrl-C anyway. Its members share the terminal, so
+    Hugging Face's per-file loading bars are off."""
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from transformers.utils import logging as hf_logging
 
@@ -222,7 +225,9 @@ def make_executor(launch: Launch, folder: Path, threads: Optional[int]):
     params.setdefault("timeout_min", 60 * 24)
     if cluster == "slurm":
         params.setdefault("cpus_per_task", threads or 1)
-        params.setdefault("slurm_signal_delay_s", 120)  # time to finish a step and write a checkpoint
+        # submitit's warning signal before the limit: it requeues the member, which resumes from its
+        # last periodic checkpoint (checkpoint_interval)
+        params.setdefault("slurm_signal_delay_s", 120)
     else:
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
     executor.update_parameters(name="wml", tasks_per_node=1, nodes=1, **params)
@@ -278,7 +283,7 @@ class _SubmititMember:
         self.fn = fn
 
     def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+        return _guarded(self.fn, *args, **kwargs)
 
     def checkpoint(self, *args, **kwargs):
         import submitit

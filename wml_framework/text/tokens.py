@@ -23,6 +23,11 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None
+
 from ..plugin_system.host import get_host
 from ..runtime.atomic import atomic_directory, atomic_write_json
 from .corpus import (
@@ -265,6 +270,29 @@ def prepare(corpus: str, vocab_size: int, val_fraction: float, tokenizer=None, c
     split = ("files", len(plan.train)) if plan.heldout else ("chunks", val_fraction, SPLIT_CHUNK)
     key = files_fingerprint(plan.train + plan.heldout, key_extra, split, clean, DOC_RULE_VERSION)
     where = (cache or cache_dir()) / "tokens" / key
+    where.mkdir(parents=True, exist_ok=True)
+    with _entry_lock(where):      # members started together: one builds the entry, the others then read it
+        return _prepare_entry(plan, where, tokenizer, vocab_size, val_fraction, clean, progress, mask_token, log)
+
+
+@contextlib.contextmanager
+def _entry_lock(where: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the cache entry while it is read or built (released by the system
+    if the process dies): processes preparing the same corpus at once never write the same files."""
+    if fcntl is None:  # pragma: no cover - not on Windows
+        yield
+        return
+    with open(where / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _prepare_entry(plan: CorpusPlan, where: Path, tokenizer, vocab_size: int, val_fraction: float, clean: bool,
+                   progress: Optional[bool], mask_token: bool, log) -> TokenData:
+    """The cache entry ``where``: read when it is built, built (tokenizer, streams, meta.json) otherwise."""
     meta_path = where / "meta.json"
     if tokenizer is None and (where / "tokenizer").is_dir():
         from transformers import AutoTokenizer
