@@ -174,6 +174,48 @@ def test_a_tuning_folder_of_other_settings_is_refused_and_may_gain_methods(tmp_p
         check_or_save(make_tune_plan(cfgmod.from_dict({**TINY, "seed": 1338}), parse_methods("wml"), 4, out))
 
 
+def test_what_tuning_must_not_see_or_search_is_refused(tmp_path):
+    """Catches (found by review): early stopping, which reads the evaluated half, steering the trials;
+    a --space key for one method searched as noise in another's space; a key a budget overwrites
+    searched at all."""
+    out = tmp_path / "tune"
+    with pytest.raises(cfgmod.ConfigError, match="'enable_early_stopping'.*evaluated half"):
+        make_tune_plan(cfgmod.from_dict({**TINY, "enable_early_stopping": True}), parse_methods("ce"), 4, out)
+    plan = make_tune_plan(cfgmod.from_dict(TINY), parse_methods("wml,kd"), 4, out,
+                          space=["kd_alpha=0.1:0.2", "omega_lr=0.1:1:log", "weight_decay=0:0.2"])
+    assert "kd_alpha" not in plan.spaces["wml"].keys and "omega_lr" not in plan.spaces["kd"].keys
+    assert plan.spaces["kd"].to_dict() != {} and "weight_decay" in plan.spaces["wml"].keys
+    assert "weight_decay" in plan.spaces["kd"].keys and "kd_alpha" in plan.spaces["kd"].keys
+    with pytest.raises(cfgmod.ConfigError, match="key 'omega_lr' is read by none of the methods tuned \\(ce, kd\\)"):
+        make_tune_plan(cfgmod.from_dict(TINY), parse_methods("ce,kd"), 4, out, space=["omega_lr=0.1:1:log"])
+    with pytest.raises(cfgmod.ConfigError, match="'lr_decay_iters' cannot be tuned with budget = '2 epochs'"):
+        make_tune_plan(cfgmod.from_dict({**TINY, "budget": "2 epochs"}), parse_methods("ce"), 4, out,
+                       space=["lr_decay_iters=5:20"])
+    with pytest.raises(cfgmod.ConfigError, match="'budget_steps' cannot be tuned"):
+        make_tune_plan(cfgmod.from_dict(TINY), parse_methods("ce"), 4, out, space=["budget_steps=1:20"])
+    assert not out.exists()
+
+
+def test_an_unexpected_error_is_the_trials_failure(tmp_path, monkeypatch):
+    """Catches (found by review): an error of no expected kind (an OSError, a torch RuntimeError)
+    ending the whole tuning with a traceback, or leaving its trial 'pending' for ever."""
+    from wml_framework.compare.tune import execute as tune_execute
+    from wml_framework.compare.tune.trial import read_trial, run_trial, write_trial
+
+    run_dir = tmp_path / "trial-000"
+    write_trial(run_dir, 0, {"learning_rate": 0.001}, "random", {"learning_rate": 0.001}, 1337)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk said no\nsecond line")
+
+    monkeypatch.setattr(tune_execute.run_trial.__globals__["WMLTrainer"], "from_config", broken)
+    failure = run_trial(str(run_dir), cfgmod.from_dict(TINY).to_dict())
+    assert failure == "RuntimeError: the disk said no"
+    trial = read_trial(run_dir)
+    assert trial.status == "failed" and trial.failure == failure
+    assert "Traceback" in (run_dir / "wml.log").read_text()
+
+
 def _fake_tuning(tmp_path: Path, **base_changes) -> Path:
     """A tuning folder's tune.json as `wml tune` writes it, and a tuned.json for `wml` only."""
     out = tmp_path / "tune"

@@ -17,7 +17,7 @@ from ...runtime.atomic import atomic_write_json
 from ..methods import Method
 from ..plan import PATH_KEYS, ComparePlan, make_plan, resolved_path
 from .search import random_trials_for
-from .space import Dimension, Space, corners, make_space, settings_for
+from .space import Dimension, Space, corners, make_space, settings_for, uses_key
 
 __all__ = ["TUNE_FILE", "TunePlan", "make_tune_plan", "check_or_save", "normalized_base", "base_difference"]
 
@@ -86,9 +86,18 @@ def make_tune_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], trials: in
     spaces = {}
     for m in methods:
         try:
-            spaces[m.label] = make_space(m.loss, m.updater, base.max_steps, space)
+            spaces[m.label] = make_space(m.loss, m.updater, base.max_steps, space, budget=base.budget)
         except cfgmod.ConfigError as exc:
             raise cfgmod.ConfigError(f"method {m.label!r}: {exc}") from None
+    if base.enable_early_stopping:
+        raise cfgmod.ConfigError("config key 'enable_early_stopping': value True is not allowed with wml tune: early "
+                                 "stopping reads the evaluated half of the held-out split, which tuning must never "
+                                 "see; set enable_early_stopping = false (a fixed budget, as a fair comparison has)")
+    for text in space:
+        key = text.partition("=")[0].strip()
+        if not any(uses_key(key, m.loss, m.updater) for m in methods):
+            raise cfgmod.ConfigError(f"--space: key {key!r} is read by none of the methods tuned "
+                                     f"({', '.join(m.label for m in methods)})")
     plan = TunePlan(out, list(methods), spaces, trials, base.seed, teacher_plan)
     for m in methods:
         for corner in corners(spaces[m.label]):

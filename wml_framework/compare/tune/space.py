@@ -26,6 +26,7 @@ RATIO_KEYS = {"min_lr_ratio": ("min_lr", "learning_rate"), "omega_min_ratio": ("
 TUNABLE_GROUPS = ("optimization", "loss", "omega")
 #: numeric keys of those groups that are not tuned: the budget, and the keys the ratios set
 _NOT_TUNED = {"max_steps": "it is the budget every method shares",
+              "budget_steps": "it splits the budget every method shares into steps",
               "min_lr": "it follows learning_rate; tune min_lr_ratio (min_lr = learning_rate × it)",
               "omega_min_lr": "it follows omega_lr; tune omega_min_ratio (omega_min_lr = omega_lr × it)"}
 _DIGITS = 4          # significant digits of a suggested value: readable in tables and TOML, finer than any effect
@@ -174,11 +175,33 @@ def default_space(loss: str, updater: str, max_steps: int) -> list[Dimension]:
     return dims
 
 
-def make_space(loss: str, updater: str, max_steps: int, overrides: Sequence[str] = ()) -> Space:
-    """The default space of a method, with ``--space`` entries replacing, adding or fixing keys."""
+#: keys only some methods read: a `--space` entry for one goes to the methods that use it
+_USED_BY = {"loss_alpha": ("loss", "wml"), "temperature": ("loss", "wml"), "kd_alpha": ("loss", "kd"),
+            "kd_temperature": ("loss", "kd"), "omega_lr": ("updater", "mirror"), "omega_min_ratio": ("updater", "mirror"),
+            "omega_warmup_iters": ("updater", "mirror"), "omega_decay_iters": ("updater", "mirror"),
+            "outer_every": ("updater", "mirror")}
+#: keys a budget sets (training/budget.py): tuning them would search what is then overwritten
+_SET_BY_BUDGET = ("lr_decay_iters", "omega_decay_iters")
+
+
+def uses_key(key: str, loss: str, updater: str) -> bool:
+    """Whether a method of this loss and updater reads ``key`` (a key of no particular kind: yes)."""
+    kind, name = _USED_BY.get(key, (None, None))
+    return kind is None or {"loss": loss, "updater": updater}[kind] == name
+
+
+def make_space(loss: str, updater: str, max_steps: int, overrides: Sequence[str] = (), *,
+               budget: str = "") -> Space:
+    """The default space of a method, with the ``--space`` entries it uses replacing, adding or fixing
+    keys (an entry for α_kd does not reach a WML method). With a ``budget``, the keys it sets are refused."""
     dims = {d.key: d for d in default_space(loss, updater, max_steps)}
     for text in overrides:
         key, dim = parse_dimension(text, max_steps=max_steps)
+        if budget and key in _SET_BY_BUDGET:
+            raise ConfigError(f"--space: key {key!r} cannot be tuned with budget = {budget!r}: the budget sets it "
+                              "(⌈steps / outer_every⌉ or the budget's steps); tune the budget's length elsewhere")
+        if not uses_key(key, loss, updater):
+            continue
         if dim is None:
             dims.pop(key, None)
         else:

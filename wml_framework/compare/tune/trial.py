@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -128,6 +129,9 @@ def run_trial(run_dir: str, config: dict, make_host: Optional[Callable[[], Plugi
         except (TrainingError, RunError, PluginError, cfgmod.ConfigError) as exc:
             failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log(f"Error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - anything else is this trial's failure, not the tuning's
+            failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            log(f"Error: {traceback.format_exc()}")
         else:
             trial = read_trial(run_dir_path)
             failure = trial.failure if trial is not None and trial.status == "failed" else None
