@@ -216,6 +216,18 @@ def test_an_unexpected_error_is_the_trials_failure(tmp_path, monkeypatch):
     assert "Traceback" in (run_dir / "wml.log").read_text()
 
 
+def test_a_method_whose_blocks_the_folders_teacher_cannot_hold_is_refused(tmp_path):
+    """Catches (found by review): wml_champion (blocks of 512) added to a tuning folder whose teacher
+    was trained on shorter blocks: every one of its trials failed at its start, after the work began."""
+    out = tmp_path / "tune"
+    teacher = out / "teacher_run" / "teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 64}))
+    make_tune_plan(cfgmod.from_dict(TINY), parse_methods("ce"), 4, out)
+    with pytest.raises(cfgmod.ConfigError, match="'wml_champion': its blocks of 512 tokens do not fit .*\\(64 positions"):
+        make_tune_plan(cfgmod.from_dict({**TINY, "budget": "1 epochs"}), parse_methods("wml_champion"), 4, out)
+
+
 def _fake_tuning(tmp_path: Path, **base_changes) -> Path:
     """A tuning folder's tune.json as `wml tune` writes it, and a tuned.json for `wml` only."""
     out = tmp_path / "tune"

@@ -98,6 +98,7 @@ def make_tune_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], trials: in
         if not any(uses_key(key, m.loss, m.updater) for m in methods):
             raise cfgmod.ConfigError(f"--space: key {key!r} is read by none of the methods tuned "
                                      f"({', '.join(m.label for m in methods)})")
+    _check_teacher_positions(teacher_plan, methods, host)
     plan = TunePlan(out, list(methods), spaces, trials, base.seed, teacher_plan)
     for m in methods:
         for corner in corners(spaces[m.label]):
@@ -111,6 +112,24 @@ def make_tune_plan(base: cfgmod.WMLConfig, methods: Sequence[Method], trials: in
         plan.recorded[m.label] = {"method": m.to_dict(), "space": spaces[m.label].to_dict(), "trials": trials,
                                   "random_trials": plan.random_trials()}
     return plan
+
+
+def _check_teacher_positions(teacher_plan, methods: Sequence[Method], host) -> None:
+    """A folder's teacher, trained at its first start, must hold the blocks of a method added later
+    (``wml_champion``'s 512): refused here, before any work, not by each trial at its start."""
+    config = Path(teacher_plan.teacher_dir) / "config.json"
+    if not config.is_file():
+        return
+    try:
+        saved = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    limit = next((v for k in ("max_position_embeddings", "n_positions") if isinstance(v := saved.get(k), int)), None)
+    for m in methods:
+        block = cfgmod.from_dict({**teacher_plan.base, **m.config_values()}, check_plugins=False).block_size
+        if limit is not None and block > limit:
+            raise cfgmod.ConfigError(f"method {m.label!r}: its blocks of {block} tokens do not fit the tuning folder's "
+                                     f"teacher ({limit} positions, trained at its first start); tune it in another --out")
 
 
 def _read(out: Path) -> Optional[dict]:
