@@ -342,6 +342,22 @@ def test_tune_then_compare_tuned_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_tune_through_submitit_jobs(tmp_path):
+    """``wml tune --launcher submitit-local``: each trial a submitit job (the SLURM path on this
+    machine), collected by the same command, the next suggested as each ends.
+    Catches: a trial function or its arguments submitit cannot pickle, results not collected."""
+    pytest.importorskip("submitit")
+    corpus = toy_corpus(tmp_path / "toy.txt")
+    out = tmp_path / "tune"
+    result = CliRunner().invoke(main, ["tune", "--corpus", str(corpus), *_sets(), "--method", "ce", "--trials", "3",
+                                       "--jobs", "2", "--launcher", "submitit-local", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("submitted as job") == 3 and "| trial-002" in result.output
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert tuned["ce"]["objective"] > 0 and list((out / "ce").glob("*_log.out"))
+
+
+@pytest.mark.slow
 def test_a_killed_tuning_resumes_the_interrupted_trial_with_its_values(tmp_path):
     """A real process, SIGKILLed once trial-001 has written its step-4 checkpoint (an event of the run,
     not a time); the same command then skips trial-000, resumes trial-001 with the values of its
