@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from diverging_plugin import diverging_host
 from run_helpers import TINY, read_metrics, toy_corpus
 
 from wml_framework import config as cfgmod
-from wml_framework import hookimpl
-from wml_framework.api import LossResult
 from wml_framework.cli import main
 from wml_framework.compare import make_plan, parse_methods
 from wml_framework.compare.plan import check_or_save
@@ -201,35 +200,13 @@ def test_member_folders_of_other_settings_are_refused(tmp_path):
         check_saved_config(member.run_dir, other.member_config(other.members[0], host=host), host, "member")
 
 
-class _Diverges:
-    """A loss that is NaN from the first step: its members stop with a TrainingError."""
-
-    needs_teacher = False
-
-    def __call__(self, logits, labels, omega, teacher_logits=None):
-        import torch
-
-        per = torch.stack([z.float().sum() * float("nan") for z in logits])
-        return LossResult(per.sum(), per, per.detach(), torch.zeros_like(per.detach()))
-
-
-class _DivergingPlugin:
-    @hookimpl
-    def wml_register_losses(self, register):
-        register("diverges", lambda cfg: _Diverges(), help="NaN on purpose")
-
-
 @pytest.mark.slow
 def test_a_failing_member_does_not_stop_the_comparison(tmp_path):
     """Would catch: one diverging member aborting the whole comparison (the later members never run),
     and the teacher left unscored because the first member failed."""
     from wml_framework.compare import run_compare
 
-    def make_host():
-        host = PluginHost()
-        host.register(_DivergingPlugin(), "diverging_example")
-        return host
-
+    make_host = diverging_host
     corpus = toy_corpus(tmp_path / "toy.txt")
     lines: list[str] = []
     plan = make_plan(cfgmod.from_dict({**TINY, "corpus": str(corpus), "threads": "1"}, host=make_host()),

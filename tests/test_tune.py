@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from diverging_plugin import diverging_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from run_helpers import TINY, read_metrics, toy_corpus
 
 from wml_framework import config as cfgmod
-from wml_framework import hookimpl
-from wml_framework.api import LossResult
 from wml_framework.cli import main
 from wml_framework.compare import parse_methods
 from wml_framework.compare.tune import (
@@ -34,7 +33,6 @@ from wml_framework.compare.tune.plan import check_or_save
 from wml_framework.compare.tune.search import Observation, random_trials_for, suggest
 from wml_framework.compare.tune.space import settings_for
 from wml_framework.compare.tuned import apply_tuned
-from wml_framework.plugin_system.host import PluginHost
 
 # --------------------------------------------------------------------------- the space
 
@@ -389,31 +387,6 @@ def _plan_and_method(out: Path):
     plan = make_tune_plan(cfgmod.from_dict({**TINY, "corpus": str(out.parent / "toy.txt"), "threads": "1"}),
                           parse_methods("ce"), 3, out)
     return plan, plan.methods[0]
-
-
-class _Diverges:
-    """A loss that is NaN from the first step: its trials stop with a TrainingError."""
-
-    needs_teacher = False
-
-    def __call__(self, logits, labels, omega, teacher_logits=None):
-        import torch
-
-        per = torch.stack([z.float().sum() * float("nan") for z in logits])
-        return LossResult(per.sum(), per, per.detach(), torch.zeros_like(per.detach()))
-
-
-class _DivergingPlugin:
-    @hookimpl
-    def wml_register_losses(self, register):
-        register("diverges", lambda cfg: _Diverges(), help="NaN on purpose")
-
-
-def diverging_host() -> PluginHost:
-    """A module-level host factory (a trial's arguments must be picklable)."""
-    host = PluginHost()
-    host.register(_DivergingPlugin(), "diverging_example")
-    return host
 
 
 @pytest.mark.slow

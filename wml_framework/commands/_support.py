@@ -110,6 +110,22 @@ def resolve_launch(jobs: int, launcher: str, slurm_options):
         raise click.UsageError(str(exc)) from None
 
 
+def until_stopped(work, *, unit: str, whole: str):
+    """Run ``work()`` (a comparison, a tuning); a signal becomes one line saying that the same command
+    continues ``whole`` and the shell's exit status, never a traceback. ``unit``: what was running."""
+    from ..runtime.interrupts import Interrupted
+
+    try:
+        return work()
+    except Interrupted as exc:
+        click.echo(f"\n{exc.name}: stopped (the {unit}'s checkpoint is written); the same command continues the {whole}",
+                   err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; the same command continues the {whole}", err=True)
+        sys.exit(130)
+
+
 def resolve_config(config_path=None, preset=None, overrides=(), **named) -> cfgmod.WMLConfig:
     """Defaults < preset < TOML < ``--set`` < the named options (``--init``, ``--peers`` …),
     validated against the command line's plugins; a problem is a one-line usage error."""

@@ -14,6 +14,7 @@ from ._support import (
     one_line_errors,
     resolve_config,
     resolve_launch,
+    until_stopped,
 )
 
 __all__ = ["command"]
@@ -40,7 +41,6 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
     from .. import config as cfgmod
     from ..compare import make_plan, parse_methods, run_compare
     from ..plugin_system.host import PluginHost
-    from ..runtime.interrupts import Interrupted
 
     if loss or updater:
         raise click.UsageError("--loss and --updater are chosen by each method; name methods with --methods "
@@ -57,13 +57,7 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
     except cfgmod.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress to stderr, the result's path to stdout
-    try:
-        run_compare(plan, make_host=PluginHost, say=say, command="wml " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                    launch=launch)
-    except Interrupted as exc:
-        say(f"\n{exc.name}: stopped (the member's checkpoint is written); the same command continues the comparison")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        say("\ninterrupted; the same command continues the comparison")
-        sys.exit(130)
+    command_line = "wml " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    until_stopped(lambda: run_compare(plan, make_host=PluginHost, say=say, command=command_line, launch=launch),
+                  unit="member", whole="comparison")
     click.echo(str(plan.out / "comparison.md"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ._support import (
@@ -13,6 +11,7 @@ from ._support import (
     one_line_errors,
     resolve_config,
     resolve_launch,
+    until_stopped,
 )
 
 __all__ = ["command"]
@@ -40,7 +39,6 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
     from ..compare import parse_methods
     from ..compare.tune import make_tune_plan, run_tune
     from ..plugin_system.host import PluginHost
-    from ..runtime.interrupts import Interrupted
 
     if loss or updater:
         raise click.UsageError("--loss and --updater are chosen by each method; name methods with --method "
@@ -53,12 +51,6 @@ def command(config_path, preset, overrides, init, updater, loss, objective, teac
     except cfgmod.ConfigError as exc:
         raise click.UsageError(str(exc).replace("--methods", "--method")) from None
     say = lambda msg: click.echo(msg, err=True)  # noqa: E731 - progress to stderr, the result's path to stdout
-    try:
-        run_tune(plan, make_host=PluginHost, say=say, launch=launch, retry_failed=retry_failed)
-    except Interrupted as exc:
-        say(f"\n{exc.name}: stopped (the trial's checkpoint is written); the same command continues the tuning")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        say("\ninterrupted; the same command continues the tuning")
-        sys.exit(130)
+    until_stopped(lambda: run_tune(plan, make_host=PluginHost, say=say, launch=launch, retry_failed=retry_failed),
+                  unit="trial", whole="tuning")
     click.echo(str(plan.out / "tuned.json"))
