@@ -171,6 +171,16 @@ def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say,
     return failure
 
 
+class _InProcess:
+    """A member run in this process (``--jobs 1``): with the caller's plugin host and progress lines."""
+
+    def __init__(self, plan: ComparePlan, member: Member, first: bool, make_host, say):
+        self.args = (plan, member, first, make_host, say)
+
+    def __call__(self, *, threads: Optional[int] = None) -> Optional[str]:
+        return _run_member(*self.args, threads=threads)
+
+
 def member_job(plan: ComparePlan, member_name: str, first: bool, *, threads: Optional[int] = None) -> Optional[str]:
     """One member in a process of its own (``--jobs``, ``--launcher``): the plan travels pickled."""
     member = next(m for m in plan.members if m.name == member_name)
@@ -206,17 +216,33 @@ def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = Plug
             say(f"[{k}/{total}] {member.name}: done earlier, skipped")
         else:
             todo.append(member)
-    # the shared teacher is scored with one member only: the first one still to run, decided here
-    scorer = None if _teacher_scored(plan) or not todo else todo[0].name
     position = {m.name: k for k, m in enumerate(plan.members, start=1)}
     started = time.time()
     finished: list = []
+    waiting = list(todo)
+    # the shared teacher is scored with one member only: the next to start while none has it (again
+    # after its scorer failed), so a member that fails does not leave the teacher unscored
+    scorer: dict = {"name": None}
+
+    def next_member() -> Optional[Task]:
+        if not waiting:
+            return None
+        member = waiting.pop(0)
+        first = scorer["name"] is None and not _teacher_scored(plan)
+        if first:
+            scorer["name"] = member.name
+        if launch.parallel:
+            return Task(member.name, member_job, (plan, member.name, first))
+        say(f"[{position[member.name]}/{total}] {member.name}: {member.method.title} (log: {member.run_dir / 'wml.log'})")
+        return Task(member.name, _InProcess(plan, member, first, make_host, say))
 
     def on_done(task: Task, failure: Optional[str]) -> None:
         member = next(m for m in todo if m.name == task.name)
         k = position[member.name]
         finished.append(member)
         if failure:
+            if scorer["name"] == member.name:
+                scorer["name"] = None
             say(f"[{k}/{total}] {member.name}: FAILED ({failure}); the comparison goes on without it, and the same "
                 f"command tries it again (its log: {member.run_dir / 'wml.log'})")
             return
@@ -230,14 +256,7 @@ def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = Plug
         where = "SLURM jobs" if launch.launcher == "slurm" else "processes"
         say(f"compare: {len(todo)} run(s), {launch.jobs} at a time as {where}"
             + (f", {threads} thread(s) each" if threads else "") + " (each run's log: its wml.log)")
-        tasks = [Task(m.name, member_job, (plan, m.name, m.name == scorer)) for m in todo]
-        run_tasks(tasks, launch, folder=plan.out / "jobs", say=say, on_done=on_done)
-    else:
-        for member in todo:
-            k = position[member.name]
-            say(f"[{k}/{total}] {member.name}: {member.method.title} (log: {member.run_dir / 'wml.log'})")
-            failure = _run_member(plan, member, first=member.name == scorer, make_host=make_host, say=say)
-            on_done(Task(member.name, member_job), failure)
+    run_tasks([], launch, folder=plan.out / "jobs", say=say, on_done=on_done, refill=next_member)
     result = collect(plan, command=command)
     paths = write_outputs(plan.out, result)
     say(f"compare: all {total} runs done in {_eta(time.time() - t_all)} this session; "
