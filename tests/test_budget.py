@@ -228,7 +228,9 @@ def test_the_champion_arm_takes_the_preset_but_not_what_the_comparison_holds_equ
         assert getattr(champion, key) == preset[key], key
     assert (champion.max_steps, champion.enable_early_stopping, champion.bayesian_n_iter) == (3, False, 2)
     assert champion.budget_steps == preset["max_steps"] and plan.member_config(plan.members[0]).budget_steps == 0
-    assert plan.teacher_config().block_size == 512 and plan.eval_options(plan.members[1]) == {"block_size": 32}
+    teacher = plan.teacher_config()          # the comparison's blocks, with positions for the champion's
+    assert (teacher.block_size, teacher.teacher_positions) == (32, 512)
+    assert plan.eval_options(plan.members[1]) == {"block_size": 32}
     assert plan.eval_options(plan.members[0]) == {}
     record = plan.members[1].method.to_dict()
     assert record["preset"] == "babylm-champion" and "max_steps" in record["left_out"]

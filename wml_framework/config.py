@@ -94,6 +94,7 @@ class WMLConfig:
     teacher_n_head: int = _f(4, "Attention heads of the trained teacher.", low=1, high=128, group="teacher")
     teacher_steps: int = _f(1200, "Optimizer steps spent training the teacher.", low=0, high=10_000_000, group="teacher")
     teacher_budget: str = _f("", "How much text the teacher trained when none is given reads, in place of teacher_steps: the syntax of budget, or 'peers' (as many tokens as one peer's budget, never more: the teacher then reads no more words than a peer); teacher_steps then becomes the steps that fit it. Empty: teacher_steps. Ignored with a given teacher (docs/compare.md, Fair budgets).", group="teacher")
+    teacher_positions: int = _f(0, "Positions of the teacher trained when none is given (and of its peers): 0 for max(block_size, 256). wml compare sets it to the longest block_size of its methods, so the one teacher trains on the comparison's blocks and still holds every member's (wml_champion's 512).", low=0, high=1_000_000, group="teacher")
     teacher_learning_rate: float = _f(5e-3, "Peak learning rate of the teacher's training.", low=0.0, high=10.0, low_open=True, group="teacher")
 
     # -- optimisation (seed card names) ------------------------------------------------

@@ -427,7 +427,7 @@ class WMLTrainer:
             self._check_word_plan(data)
             family_name = default_family(cfg, plugins.objective)
             family = self.host.create("family", family_name)
-            hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS))
+            hf_config = teacher_config(family, cfg, data.tokenizer, max_positions=max(cfg.block_size, MIN_POSITIONS, cfg.teacher_positions))
             self._plan(plugins, hf_config)  # an impossible peer request fails before the teacher trains
             self._phase("teacher")
             teacher = new_teacher(hf_config, cfg.seed).to(train_dtype(cfg))

@@ -77,9 +77,14 @@ class ComparePlan:
 
     def teacher_config(self, host=None) -> cfgmod.WMLConfig:
         """The first method's config at the base seed: it trains (and sizes the peers for) the one teacher,
-        on blocks of the longest length any method uses, so that every member's peers hold their blocks."""
-        return cfgmod.from_dict({**self.base, **self.methods[0].config_values(), "teacher": "",
-                                 "block_size": max(self.block_sizes())}, host=host)
+        on the comparison's blocks, with positions for the longest block any method uses (so every
+        member's peers hold their blocks, and a tuning's teacher and a comparison's train alike)."""
+        values = {**self.base, **self.methods[0].config_values(), "teacher": ""}
+        values["block_size"] = self.base["block_size"]
+        longest = max(self.block_sizes())
+        if longest > values["block_size"]:
+            values["teacher_positions"] = max(int(values.get("teacher_positions") or 0), longest)
+        return cfgmod.from_dict(values, host=host)
 
     def eval_options(self, member: Member) -> dict:
         """How ``wml eval`` scores ``member``: on blocks of the comparison's length whatever the method
