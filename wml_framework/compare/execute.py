@@ -112,7 +112,7 @@ def _teacher_scored(plan: ComparePlan) -> bool:
     return False
 
 
-def _teacher(plan: ComparePlan, make_host, say) -> Path:
+def shared_teacher(plan: ComparePlan, make_host, say) -> Path:
     """The teacher every member shares: the one given, or one trained once in ``teacher_run/``."""
     if plan.teacher_given or is_model_dir(plan.teacher_dir):
         return plan.teacher_dir
@@ -129,10 +129,6 @@ def _teacher(plan: ComparePlan, make_host, say) -> Path:
     folder = trainer.train_teacher_only()
     say(f"teacher: ready in {time.time() - t0:.0f} s ({folder})")
     return folder
-
-
-#: the one teacher of a comparison's (or a tuning's) runs, trained once in ``teacher_run/`` or given
-shared_teacher = _teacher
 
 
 def _run_member(plan: ComparePlan, member: Member, first: bool, make_host, say,
@@ -208,7 +204,7 @@ def run_compare(plan: ComparePlan, *, make_host: Callable[[], PluginHost] = Plug
     total = len(plan.members)
     say(f"compare: {len(plan.methods)} method(s) × {len(plan.seeds)} seed(s) = {total} runs in {plan.out}"
         + (" (continuing)" if continuing else ""))
-    _teacher(plan, make_host, say)
+    shared_teacher(plan, make_host, say)
     t_all = time.time()
     todo = []
     for k, member in enumerate(plan.members, start=1):
